@@ -1,0 +1,53 @@
+# `make run` installs everything and starts the character; `make test` installs and runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# Without an NVIDIA driver, look for torch's CPU build first: PyPI's default Linux wheel is a
+# multi-GB CUDA build. torch==2.13.0+cpu beats 2.13.0 when both are found.
+TORCH_INDEX := $(if $(shell command -v nvidia-smi 2>/dev/null),,--extra-index-url https://download.pytorch.org/whl/cpu)
+APT_PACKAGES := espeak-ng libportaudio2
+
+.PHONY: run chat test test-all lint bench system-deps install
+
+run: install
+	$(VENV)/bin/omoide run
+
+chat: install
+	$(VENV)/bin/omoide chat
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m ''
+
+lint: install
+	$(VENV)/bin/ruff check runtime persona_model memory plugins tests bench
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) bench/first_audio.py
+
+install: system-deps $(VENV)/.installed
+
+system-deps:
+	@missing=""; \
+	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
+	ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || missing="$$missing libportaudio2"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(APT_PACKAGES); \
+	  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
+	    sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y $(APT_PACKAGES); \
+	  else \
+	    echo "missing system packages:$$missing; install them with: sudo apt-get install -y $(APT_PACKAGES)"; exit 1; \
+	  fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet --retries 1 torch==2.13.0 $(TORCH_INDEX)
+	$(PIP) install --quiet -e '.[dev]'
+	touch $@

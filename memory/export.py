@@ -1,0 +1,81 @@
+"""Export the interaction log as chat-format JSONL for training.
+
+Each line: {"messages": [...the prompt's messages..., {"role": "assistant", "content": spoken}],
+"metadata": {...}}. The assistant message is what was actually heard, never the unspoken rest of
+an interrupted reply.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from memory.schema import migrate
+from memory.store import connect_sync
+
+DEFAULT_STATUSES = ("complete", "interrupted")
+
+
+def iter_examples(
+    conn: sqlite3.Connection, since: float | None = None, statuses: tuple[str, ...] = DEFAULT_STATUSES
+) -> Iterator[dict[str, Any]]:
+    marks = ",".join("?" for _ in statuses)
+    rows = conn.execute(
+        "SELECT id, started_at, persona, model, adapter, messages, recalled, generated_text,"
+        " spoken_text, status, interrupted_at, interrupt_reason, moderated, timings"
+        f" FROM turns WHERE status IN ({marks}) AND spoken_text != '' AND started_at >= ?"
+        " ORDER BY started_at",
+        (*statuses, since or 0.0),
+    )
+    for (turn_id, started_at, persona, model, adapter, messages, recalled, generated, spoken,
+         status, cut_at, reason, moderated, timings) in rows:
+        inputs = conn.execute(
+            "SELECT id, kind, source, author, text FROM inputs WHERE turn_id = ? ORDER BY logged_at",
+            (turn_id,),
+        ).fetchall()
+        chat = [{"role": role, "content": content} for role, content in json.loads(messages)]
+        chat.append({"role": "assistant", "content": spoken})
+        yield {
+            "messages": chat,
+            "metadata": {
+                "turn_id": turn_id,
+                "started_at": started_at,
+                "persona": persona,
+                "model": model,
+                "adapter": adapter,
+                "status": status,
+                "interrupted": status == "interrupted",
+                "interrupted_at": cut_at,
+                "interrupt_reason": reason,
+                "generated_text": generated,
+                "moderated": json.loads(moderated),
+                "recalled": json.loads(recalled),
+                "inputs": [
+                    {"id": i, "kind": k, "source": s, "author": a, "text": t}
+                    for i, k, s, a, t in inputs
+                ],
+                "timings": json.loads(timings),
+            },
+        }
+
+
+def export_jsonl(
+    database: Path, out: TextIO, since: float | None = None, include_interrupted: bool = True
+) -> int:
+    """Write one JSON line per turn that was heard; returns how many were written."""
+    if not database.exists():
+        raise FileNotFoundError(f"no interaction log at {database}")
+    conn = connect_sync(database)
+    try:
+        migrate(conn)
+        statuses = DEFAULT_STATUSES if include_interrupted else ("complete",)
+        n = 0
+        for example in iter_examples(conn, since, statuses):
+            out.write(json.dumps(example, ensure_ascii=False) + "\n")
+            n += 1
+        return n
+    finally:
+        conn.close()

@@ -1,0 +1,81 @@
+"""The database schema and its migrations. `PRAGMA user_version` holds the schema version."""
+
+from __future__ import annotations
+
+import sqlite3
+
+# Each entry moves the schema one version up. Never edit a released entry: add a new one.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the interaction log and recallable memories
+    """
+    CREATE TABLE inputs (
+        id          TEXT PRIMARY KEY,
+        turn_id     TEXT,
+        kind        TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        author      TEXT,
+        text        TEXT NOT NULL,
+        priority    INTEGER NOT NULL,
+        logged_at   REAL NOT NULL,            -- unix time
+        meta        TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX inputs_turn ON inputs(turn_id);
+    CREATE TABLE turns (
+        id               TEXT PRIMARY KEY,
+        started_at       REAL NOT NULL,       -- unix time
+        updated_at       REAL NOT NULL,
+        persona          TEXT NOT NULL,
+        model            TEXT NOT NULL,
+        adapter          TEXT,
+        prompt           TEXT NOT NULL,       -- exactly as sent to the model
+        messages         TEXT NOT NULL,       -- the prompt as chat messages (JSON)
+        recalled         TEXT NOT NULL,       -- memory ids (JSON)
+        generated_text   TEXT NOT NULL,
+        spoken_text      TEXT NOT NULL,
+        status           TEXT NOT NULL,       -- started | complete | interrupted | failed
+        interrupted_at   INTEGER,             -- sentence seq where speech was cut
+        interrupt_reason TEXT,
+        moderated        TEXT NOT NULL,       -- sentences held back (JSON)
+        error            TEXT,
+        timings          TEXT NOT NULL        -- stage -> seconds since the input (JSON)
+    );
+    CREATE INDEX turns_started ON turns(started_at);
+    CREATE TABLE memories (
+        id          INTEGER PRIMARY KEY,
+        text        TEXT NOT NULL UNIQUE,
+        source      TEXT NOT NULL,
+        created_at  REAL NOT NULL
+    );
+    CREATE VIRTUAL TABLE memories_fts USING fts5(text, content='memories', content_rowid='id');
+    CREATE TRIGGER memories_ai AFTER INSERT ON memories BEGIN
+        INSERT INTO memories_fts(rowid, text) VALUES (new.id, new.text);
+    END;
+    CREATE TRIGGER memories_ad AFTER DELETE ON memories BEGIN
+        INSERT INTO memories_fts(memories_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    END;
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaError(Exception):
+    pass
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database up to SCHEMA_VERSION; returns the version it was at."""
+    (found,) = conn.execute("PRAGMA user_version").fetchone()
+    if found > SCHEMA_VERSION:
+        raise SchemaError(
+            f"database schema version {found} is newer than this Omoide understands"
+            f" ({SCHEMA_VERSION}); upgrade Omoide or point memory.database at another file"
+        )
+    for version in range(found, SCHEMA_VERSION):
+        # one transaction per step: a step that fails leaves the database at the version before
+        try:
+            conn.executescript(f"BEGIN; {MIGRATIONS[version]} PRAGMA user_version = {version + 1}; COMMIT;")
+        except sqlite3.Error:
+            conn.rollback()
+            raise
+    return int(found)

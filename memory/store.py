@@ -1,0 +1,229 @@
+"""The local store: one SQLite file (WAL) holding the interaction log and recallable memories.
+
+All writes go through one writer task that batches whatever is waiting into one transaction.
+An input's write can be awaited: the director waits for it before a reply starts, so a process
+killed mid-reply has already stored everything it received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sqlite3
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from memory.schema import migrate
+from runtime.events import (
+    ChatMessage,
+    InputEvent,
+    InputKind,
+    Memory,
+    Priority,
+    TurnRecord,
+    TurnStatus,
+    input_text,
+)
+
+log = logging.getLogger(__name__)
+
+_WORD = re.compile(r"\w{2,}")
+
+
+@dataclass(slots=True)
+class _Write:
+    sql: str
+    params: tuple[Any, ...]
+    done: asyncio.Future[None] | None = None
+
+
+def connect_sync(path: Path) -> sqlite3.Connection:
+    """Open the database for a one-off job (migrations, export), in WAL mode."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+class SqliteMemory:
+    """Implements the MemoryStore port."""
+
+    def __init__(self, path: Path, batch: int = 256) -> None:
+        self.path = path
+        self.batch = batch
+        self._db: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, path: Path | str) -> SqliteMemory:
+        store = cls(Path(path))
+        await store.start()
+        return store
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def prepare() -> None:
+            conn = connect_sync(self.path)
+            try:
+                migrate(conn)
+                # a turn left "started" was cut by a crash: say so, keep what it had
+                conn.execute(
+                    "UPDATE turns SET status = 'failed', error = 'process ended mid-turn'"
+                    " WHERE status = 'started'"
+                )
+                conn.commit()
+            finally:
+                conn.close()
+
+        await asyncio.to_thread(prepare)
+        self._db = await aiosqlite.connect(self.path)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: safe against a crash
+        await self._db.execute("PRAGMA busy_timeout=5000")
+        self._writer = asyncio.create_task(self._write_loop(), name="memory-writer")
+
+    async def aclose(self) -> None:
+        if self._writer is not None:
+            self._queue.put_nowait(None)
+            await self._writer
+            self._writer = None
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def log_input(self, event: InputEvent) -> Awaitable[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(
+            _Write(
+                "INSERT OR IGNORE INTO inputs (id, kind, source, author, text, priority, logged_at, meta)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (event.id, str(event.kind), event.source, event.author, event.text,
+                 int(event.priority), time.time(), json.dumps(event.meta, default=str)),
+                done,
+            )
+        )
+        return done
+
+    async def remember(self, record: TurnRecord) -> None:
+        now = time.time()
+        self._queue.put_nowait(
+            _Write(
+                "INSERT INTO turns (id, started_at, updated_at, persona, model, adapter, prompt,"
+                " messages, recalled, generated_text, spoken_text, status, interrupted_at,"
+                " interrupt_reason, moderated, error, timings)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at,"
+                " prompt = excluded.prompt, messages = excluded.messages,"
+                " recalled = excluded.recalled, generated_text = excluded.generated_text,"
+                " spoken_text = excluded.spoken_text, status = excluded.status,"
+                " interrupted_at = excluded.interrupted_at,"
+                " interrupt_reason = excluded.interrupt_reason, moderated = excluded.moderated,"
+                " error = excluded.error, timings = excluded.timings",
+                (record.turn_id, now, now, record.persona, record.model, record.adapter,
+                 record.prompt, json.dumps([[m.role, m.content] for m in record.messages]),
+                 json.dumps(list(record.recalled)), record.generated_text, record.spoken_text,
+                 str(record.status), record.interrupted_at, record.interrupt_reason,
+                 json.dumps(list(record.moderated)), record.error, json.dumps(record.timings)),
+            )
+        )
+        if record.status is TurnStatus.STARTED:
+            for event in record.inputs:
+                self._queue.put_nowait(
+                    _Write("UPDATE inputs SET turn_id = ? WHERE id = ?", (record.turn_id, event.id))
+                )
+
+    async def add_memory(self, text: str, source: str) -> None:
+        """Something the character should be able to recall (a card's lore entry, a fact)."""
+        self._queue.put_nowait(
+            _Write(
+                "INSERT OR IGNORE INTO memories (text, source, created_at) VALUES (?, ?, ?)",
+                (text, source, time.time()),
+            )
+        )
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Write("SELECT 1", (), done))
+        await done
+
+    async def _write_loop(self) -> None:
+        assert self._db is not None
+        stopping = False
+        while not stopping:
+            items = [await self._queue.get()]
+            while len(items) < self.batch and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            if None in items:
+                stopping = True
+            writes = [w for w in items if w is not None]
+            if not writes:
+                continue
+            try:
+                for w in writes:
+                    await self._db.execute(w.sql, w.params)
+                await self._db.commit()
+            except sqlite3.Error as exc:
+                # fail loudly for the writes that awaited, keep the writer alive for the rest
+                log.exception("database write failed", extra={"database": str(self.path)})
+                await self._db.rollback()
+                for w in writes:
+                    if w.done is not None and not w.done.done():
+                        w.done.set_exception(exc)
+                continue
+            for w in writes:
+                if w.done is not None and not w.done.done():
+                    w.done.set_result(None)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def recall(self, text: str, k: int) -> list[Memory]:
+        words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))[:32]
+        if not words or k <= 0:
+            return []
+        assert self._db is not None
+        query = " OR ".join(f'"{w}"' for w in words)
+        rows = await self._db.execute_fetchall(
+            "SELECT m.id, m.text, bm25(memories_fts) AS score FROM memories_fts"
+            " JOIN memories m ON m.id = memories_fts.rowid"
+            " WHERE memories_fts MATCH ? ORDER BY score LIMIT ?",
+            (query, k),
+        )
+        return [Memory(int(r[0]), str(r[1]), -float(r[2])) for r in rows]
+
+    async def recent_history(self, limit: int) -> list[ChatMessage]:
+        assert self._db is not None
+        turns = await self._db.execute_fetchall(
+            "SELECT id, spoken_text FROM turns WHERE status IN ('complete', 'interrupted')"
+            " ORDER BY started_at DESC LIMIT ?",
+            (max(limit, 0),),
+        )
+        messages: list[ChatMessage] = []
+        for turn_id, spoken in reversed(list(turns)):
+            rows = await self._db.execute_fetchall(
+                "SELECT kind, text, source, author, priority FROM inputs WHERE turn_id = ?"
+                " ORDER BY logged_at",
+                (turn_id,),
+            )
+            inputs = [_event(r) for r in rows]
+            if inputs:
+                messages.append(ChatMessage("user", input_text(inputs)))
+            if spoken:
+                messages.append(ChatMessage("assistant", spoken))
+        return messages[-limit:] if limit > 0 else []
+
+
+def _event(row: Any) -> InputEvent:
+    kind, text, source, author, priority = row
+    return InputEvent(InputKind(kind), text, source, 0.0, author, Priority(priority))

@@ -1,0 +1,120 @@
+"""Render a turn's prompt with the model's chat template, inside a token budget.
+
+The order is fixed so the start of the prompt stays the same from turn to turn (good for caches):
+the persona and system prompt first, then recalled memories, then recent history, then the
+inputs. When the budget is tight the oldest history goes first, then memories.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from runtime.events import ChatMessage, Memory, Persona, Prompt, PromptContext, input_text
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% endif %}"
+)
+DEFAULT_SYSTEM = (
+    "You are {name}, an AI VTuber talking live with your stream. Stay in character. Answer in"
+    " one to three short spoken sentences, with no lists, markdown or emoji."
+)
+_USER = re.compile(r"\{\{user\}\}|<user>", re.IGNORECASE)
+
+
+class PromptBudgetError(ValueError):
+    pass
+
+
+def system_text(persona: Persona, user: str) -> str:
+    parts = [persona.system_prompt or DEFAULT_SYSTEM.format(name=persona.name)]
+    if persona.description:
+        parts.append(persona.description)
+    if persona.personality:
+        parts.append(f"{persona.name}'s personality: {persona.personality}")
+    if persona.scenario:
+        parts.append(f"Scenario: {persona.scenario}")
+    if persona.examples:
+        parts.append(f"Example dialogue:\n{persona.examples}")
+    return _USER.sub(user, "\n\n".join(parts))
+
+
+def memory_text(memories: Sequence[Memory]) -> str:
+    if not memories:
+        return ""
+    return "Things you remember:\n" + "\n".join(f"- {m.text}" for m in memories)
+
+
+class PromptRenderer:
+    """Turns a PromptContext into the exact text a model sees. `tokenizer` is a transformers one."""
+
+    def __init__(self, tokenizer: Any, max_tokens: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.template = None if getattr(tokenizer, "chat_template", None) else CHATML
+
+    def messages(self, context: PromptContext, history: int, memories: int) -> list[ChatMessage]:
+        user = next((e.author for e in context.inputs if e.author), "Chat")
+        system = system_text(context.persona, user)
+        recalled = memory_text(context.memories[:memories])
+        if recalled:
+            system += "\n\n" + recalled
+        msgs = [ChatMessage("system", system)]
+        msgs += context.history[len(context.history) - history :] if history else []
+        msgs.append(ChatMessage("user", input_text(context.inputs)))
+        if context.persona.post_history_instructions:
+            msgs.append(ChatMessage("system", _USER.sub(user, context.persona.post_history_instructions)))
+        return msgs
+
+    def text(self, messages: Sequence[ChatMessage]) -> str:
+        result = self.tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages],
+            chat_template=self.template,
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        return str(result)
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def render(self, context: PromptContext) -> Prompt:
+        n_hist, n_mem = len(context.history), len(context.memories)
+
+        def fits(history: int, memories: int) -> tuple[bool, str, int, list[ChatMessage]]:
+            msgs = self.messages(context, history, memories)
+            text = self.text(msgs)
+            tokens = self.count(text)
+            return tokens <= self.max_tokens, text, tokens, msgs
+
+        ok, text, tokens, msgs = fits(n_hist, n_mem)
+        keep_hist, keep_mem = n_hist, n_mem
+        if not ok:
+            # the most recent history that fits, by bisection (each try renders once)
+            lo, hi = 0, n_hist
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if fits(mid, n_mem)[0]:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            keep_hist = lo
+            ok, text, tokens, msgs = fits(keep_hist, n_mem)
+            while not ok and keep_mem > 0:
+                keep_mem -= 1
+                ok, text, tokens, msgs = fits(keep_hist, keep_mem)
+            if not ok:
+                raise PromptBudgetError(
+                    f"the persona and this input alone take {tokens} tokens, more than"
+                    f" model.max_prompt_tokens ({self.max_tokens})"
+                )
+        return Prompt(
+            text=text,
+            messages=tuple(msgs),
+            tokens=tokens,
+            history_dropped=n_hist - keep_hist,
+            memories_dropped=n_mem - keep_mem,
+        )

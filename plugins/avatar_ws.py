@@ -1,0 +1,174 @@
+"""The avatar channel: a WebSocket server that streams each turn to every connected client —
+turn start, subtitles, expressions, audio with a lip-sync envelope, turn end.
+
+Every message is encoded once and put on each client's own bounded queue; a writer task per client
+sends it. A slow client whose queue fills is disconnected (it may reconnect), so no client can
+stall a turn or the other clients. Protocol: docs/protocols/avatar.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from plugins.audio import wav_bytes
+from runtime.events import AudioChunk, InputEvent, Sentence
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = 1
+SLOW_CLIENT = 4008  # close code for a client that could not keep up
+
+
+@dataclass(eq=False)
+class _Client:
+    ws: ServerConnection
+    queue: asyncio.Queue[str | None]
+    dropped: bool = False
+    name: str = field(default="")
+
+
+class AvatarServer:
+    """Implements the OutputSink port (non-pacing) over WebSocket."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8765, *, audio_format: str = "wav",
+                 character: str = "", queue_size: int = 256) -> None:
+        if audio_format not in ("wav", "pcm"):
+            raise ValueError(f"avatar audio format must be 'wav' or 'pcm', not {audio_format!r}")
+        self.host = host
+        self.requested_port = port
+        self.audio_format = audio_format
+        self.character = character
+        self.queue_size = queue_size
+        self._clients: set[_Client] = set()
+        self._server: Server | None = None
+        self._turn_start: str | None = None  # replayed to a client that joins mid-turn
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self.requested_port
+        return int(next(iter(self._server.sockets)).getsockname()[1])
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    async def start(self) -> None:
+        self._server = await serve(self._handle, self.host, self.requested_port, compression=None,
+                                   max_size=64 * 1024, close_timeout=2)
+        log.info("avatar channel listening", extra={"url": f"ws://{self.host}:{self.port}"})
+
+    async def aclose(self) -> None:
+        for client in list(self._clients):
+            client.queue.put_nowait(None)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    # -- OutputSink ------------------------------------------------------------------------------
+
+    async def begin_turn(self, turn_id: str, inputs: tuple[InputEvent, ...]) -> None:
+        self._turn_start = _encode(
+            "turn_start",
+            turn_id=turn_id,
+            inputs=[{"source": e.source, "author": e.author, "text": e.text, "kind": str(e.kind)}
+                    for e in inputs],
+        )
+        self._broadcast(self._turn_start)
+
+    async def sentence(self, sentence: Sentence) -> None:
+        self._broadcast(_encode("sentence", turn_id=sentence.turn_id, seq=sentence.seq,
+                                text=sentence.text, expressions=list(sentence.expressions)))
+        for name in sentence.expressions:
+            self._broadcast(_encode("expression", turn_id=sentence.turn_id, seq=sentence.seq, name=name))
+
+    async def play(self, chunk: AudioChunk) -> None:
+        if not self._clients:
+            return  # nobody listening: skip the encoding
+        data = wav_bytes(chunk.pcm, chunk.rate) if self.audio_format == "wav" else chunk.pcm
+        self._broadcast(_encode(
+            "audio", turn_id=chunk.turn_id, seq=chunk.seq, index=chunk.index,
+            format=self.audio_format, sample_rate=chunk.rate, samples=chunk.samples,
+            duration_ms=round(chunk.duration * 1000, 1), slice_ms=chunk.slice_ms,
+            volumes=list(chunk.envelope), audio=base64.b64encode(data).decode("ascii"),
+        ))
+
+    def clear(self) -> int:
+        return 0  # the speakers know what was heard; turn_end tells clients to stop
+
+    async def drain(self) -> None:
+        pass
+
+    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str) -> None:
+        self._turn_start = None
+        self._broadcast(_encode("turn_end", turn_id=turn_id, interrupted=interrupted,
+                                spoken_text=spoken_text))
+
+    # -- connections ------------------------------------------------------------------------------
+
+    def _broadcast(self, message: str) -> None:
+        for client in list(self._clients):
+            try:
+                client.queue.put_nowait(message)
+            except asyncio.QueueFull:
+                self._drop(client)
+
+    def _drop(self, client: _Client) -> None:
+        client.dropped = True
+        self._clients.discard(client)
+        log.warning("avatar client too slow; disconnected", extra={"client": client.name})
+        with contextlib.suppress(asyncio.QueueFull):
+            client.queue.put_nowait(None)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        client = _Client(ws, asyncio.Queue(self.queue_size), name=str(ws.remote_address))
+        client.queue.put_nowait(_encode("hello", protocol=PROTOCOL, character=self.character,
+                                        audio_format=self.audio_format))
+        if self._turn_start is not None:
+            client.queue.put_nowait(self._turn_start)
+        self._clients.add(client)
+        reader = asyncio.create_task(self._read(client), name="avatar-read")
+        try:
+            while not client.dropped and (message := await client.queue.get()) is not None:
+                await ws.send(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._clients.discard(client)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            if client.dropped:
+                await ws.close(SLOW_CLIENT, "too slow: messages were piling up")
+
+    async def _read(self, client: _Client) -> None:
+        """Read (and so answer pings for) what a client sends; nothing is expected yet."""
+        try:
+            async for raw in client.ws:
+                try:
+                    message = json.loads(raw)
+                except (TypeError, ValueError):
+                    log.warning("avatar client sent something that is not JSON",
+                                extra={"client": client.name})
+                    continue
+                kind = message.get("type") if isinstance(message, dict) else None
+                log.debug("avatar client message ignored", extra={"client": client.name, "kind": kind})
+        except ConnectionClosed:
+            pass
+        finally:
+            with contextlib.suppress(asyncio.QueueFull):
+                client.queue.put_nowait(None)  # the writer stops too
+
+
+def _encode(kind: str, **fields: Any) -> str:
+    return json.dumps({"type": kind, **fields}, ensure_ascii=False, separators=(",", ":"))

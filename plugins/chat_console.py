@@ -1,0 +1,112 @@
+"""Chat in the terminal: typed lines in (`ConsoleChatSource`), the reply printed as it is spoken
+(`ConsoleSubtitles`).
+
+Lines starting with `/` are commands: `/interrupt` stops the reply in flight, `/quit` exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import AsyncIterator
+from typing import TextIO
+
+from runtime.events import AudioChunk, Control, InputEvent, InputKind, Priority, Sentence
+from runtime.ports import Clock
+
+COMMANDS = {"/interrupt": Control.INTERRUPT, "/stop": Control.INTERRUPT, "/quit": Control.STOP,
+            "/exit": Control.STOP}
+MAX_LINE = 2000
+
+
+class ConsoleChatSource:
+    """Implements the Source port on a text stream (stdin by default).
+
+    Reading happens on a daemon thread, so a blocked read never holds up the loop or the exit.
+    """
+
+    name = "console"
+
+    def __init__(self, clock: Clock, author: str = "you", stream: TextIO | None = None) -> None:
+        self.clock = clock
+        self.author = author
+        self.stream = stream if stream is not None else sys.stdin
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def read() -> None:
+            try:
+                for line in self.stream:
+                    loop.call_soon_threadsafe(self._queue.put_nowait, line)
+            except (OSError, ValueError, RuntimeError):
+                pass  # the stream was closed, or the loop is gone
+            finally:
+                try:
+                    loop.call_soon_threadsafe(self._queue.put_nowait, None)
+                except RuntimeError:
+                    pass
+
+        self._thread = threading.Thread(target=read, name="console-read", daemon=True)
+        self._thread.start()
+
+    async def __aiter__(self) -> AsyncIterator[InputEvent]:  # type: ignore[override]
+        if self._thread is None:
+            self._start()
+        while not self._closed and (line := await self._queue.get()) is not None:
+            text = line.strip()
+            if not text:
+                continue
+            command = COMMANDS.get(text.lower())
+            if command is not None:
+                yield InputEvent(InputKind.CONTROL, str(command), self.name, self.clock.now(),
+                                 self.author, Priority.CRITICAL)
+                continue
+            yield InputEvent(InputKind.CHAT, text[:MAX_LINE], self.name, self.clock.now(),
+                             self.author, Priority.NORMAL)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._queue.put_nowait(None)
+
+
+class ConsoleSubtitles:
+    """Implements the OutputSink port (non-pacing): prints each sentence as it starts to be heard."""
+
+    def __init__(self, character: str, out: TextIO | None = None) -> None:
+        self.character = character
+        self.out = out if out is not None else sys.stdout
+        self._started = False
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    async def begin_turn(self, turn_id: str, inputs: tuple[InputEvent, ...]) -> None:
+        self._started = False
+
+    async def sentence(self, sentence: Sentence) -> None:
+        if not sentence.text:
+            return
+        self._write(("" if self._started else f"{self.character}: ") + sentence.text + " ")
+        self._started = True
+
+    async def play(self, chunk: AudioChunk) -> None:
+        pass
+
+    def clear(self) -> int:
+        return 0
+
+    async def drain(self) -> None:
+        pass
+
+    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str) -> None:
+        if self._started or interrupted:
+            self._write(("[interrupted]" if interrupted else "").rstrip() + "\n")
+
+    async def aclose(self) -> None:
+        pass

@@ -1,0 +1,165 @@
+"""App wiring: the only place that reads the configuration and picks concrete classes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from memory.store import SqliteMemory
+from persona_model.card import CardError, load_card
+from persona_model.hub import resolve
+from persona_model.local import LocalPersonaModel, Sampling
+from plugins.avatar_ws import AvatarServer
+from plugins.chat_console import ConsoleChatSource, ConsoleSubtitles
+from plugins.speakers_silent import SilentSpeakers
+from plugins.speakers_sounddevice import open_speakers
+from plugins.tts_espeak import EspeakSynthesizer
+from runtime.config import Config
+from runtime.director import Director, DirectorSettings
+from runtime.events import Persona
+from runtime.inbox import Inbox
+from runtime.moderation import Moderator
+from runtime.ports import Clock, MonotonicClock, OutputSink, PersonaModel, Source
+from runtime.turn import TurnSettings
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """Something the user must fix before the character can start; the message says what."""
+
+
+def persona_from(config: Config) -> tuple[Persona, tuple[str, ...]]:
+    """The persona (and lorebook texts) from the card named in the config, or its [persona]."""
+    if config.character.card:
+        try:
+            return load_card(config.path(config.character.card))
+        except CardError as exc:
+            raise StartupError(f"character card: {exc}") from None
+    p = config.persona
+    return Persona(p.name, p.description, p.personality, p.scenario, p.first_message, p.examples,
+                   p.system_prompt, p.post_history_instructions, source="config [persona]"), ()
+
+
+def moderator_from(config: Config) -> Moderator:
+    words = list(config.moderation.blocklist)
+    if config.moderation.blocklist_file:
+        path = config.path(config.moderation.blocklist_file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise StartupError(f"moderation.blocklist_file {path}: {exc.strerror or exc}") from None
+        words += [w.strip() for w in lines if w.strip() and not w.lstrip().startswith("#")]
+    return Moderator(words, config.moderation.action)
+
+
+def model_from(config: Config) -> LocalPersonaModel:
+    m = config.model
+    path = resolve(m.id, config.path(m.models_dir), m.download)
+    adapter = config.path(m.adapter) if m.adapter else None
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        raise StartupError(f"model.adapter {adapter} is not a peft adapter folder (no adapter_config.json)")
+    return LocalPersonaModel.load(
+        path, name=m.id, adapter_path=adapter, device=m.device, dtype=m.dtype, threads=m.threads,
+        sampling=Sampling(m.max_new_tokens, m.temperature, m.top_p, m.repetition_penalty, m.seed),
+        max_prompt_tokens=m.max_prompt_tokens,
+    )
+
+
+@dataclass
+class App:
+    """A running character: its director and everything it owns."""
+
+    config: Config
+    director: Director
+    memory: SqliteMemory
+    avatar: AvatarServer | None
+    sinks: list[OutputSink] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        for sink in self.sinks:
+            with contextlib.suppress(Exception):
+                await sink.aclose()
+        await self.memory.aclose()
+
+
+async def build(
+    config: Config,
+    *,
+    model: PersonaModel | None = None,
+    console: bool | None = None,
+    exit_when_sources_end: bool = False,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    clock: Clock | None = None,
+    sources: list[Source] | None = None,
+) -> App:
+    """Assemble a character from its configuration. `model` skips loading one (tests, benches)."""
+    clock = clock or MonotonicClock()
+    persona, lore = persona_from(config)
+    moderator = moderator_from(config)
+    synthesizer = EspeakSynthesizer(config.tts.voice, config.tts.speed, config.tts.pitch,
+                                    config.tts.chunk_ms)
+    if model is None:
+        model = await asyncio.to_thread(model_from, config)
+    memory = await SqliteMemory.open(config.path(config.memory.database))
+    for text in lore:
+        await memory.add_memory(text, source=persona.source)
+
+    playout: OutputSink
+    if config.audio.output == "speakers":
+        playout = open_speakers(clock, config.audio.device or None)
+    else:
+        playout = SilentSpeakers(clock)
+    observers: list[OutputSink] = []
+    avatar = None
+    if config.avatar.enabled:
+        avatar = AvatarServer(config.avatar.host, config.avatar.port, audio_format=config.avatar.audio_format,
+                              character=persona.name, queue_size=config.avatar.queue_size)
+        try:
+            await avatar.start()
+        except OSError as exc:
+            await memory.aclose()
+            raise StartupError(
+                f"avatar channel cannot listen on {config.avatar.host}:{config.avatar.port}"
+                f" ({exc.strerror or exc}); set avatar.port to a free port or avatar.enabled = false"
+            ) from None
+        observers.append(avatar)
+    sources = list(sources or [])
+    use_console = config.chat.console.enabled if console is None else console
+    if use_console:
+        sources.append(ConsoleChatSource(clock, config.chat.console.name, stdin))
+        observers.append(ConsoleSubtitles(persona.name, stdout))
+
+    t = config.turn
+    director = Director(
+        persona=persona, model=model, synthesizer=synthesizer, playout=playout, observers=observers,
+        memory=memory, moderator=moderator, clock=clock,
+        inbox=Inbox(clock, config.inbox.capacity, config.inbox.max_chat_age_s),
+        sources=sources,
+        turn_settings=TurnSettings(t.first_sentence_min_chars, t.max_sentence_chars,
+                                   t.sentences_ahead, t.recall_k),
+        settings=DirectorSettings(t.history_messages, exit_when_sources_end),
+    )
+    return App(config, director, memory, avatar, [playout, *observers])
+
+
+async def run(config: Config, **kwargs: object) -> None:
+    """Build the character and run it until it is stopped (Ctrl-C, SIGTERM, /quit)."""
+    app = await build(config, **kwargs)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, app.director.stop)
+    log.info("character ready", extra={"character": app.director.persona.name,
+                                       "model": app.director.model.name,
+                                       "database": str(Path(app.memory.path))})
+    try:
+        await app.director.run()
+    finally:
+        await app.aclose()

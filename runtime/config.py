@@ -1,0 +1,195 @@
+"""The configuration: config.toml, validated on load, with environment overrides.
+
+Any key can be overridden by `OMOIDE_<SECTION>__<KEY>` (nested tables add more `__` parts), e.g.
+`OMOIDE_MODEL__TEMPERATURE=0.5`. Values are read as TOML when they parse (numbers, booleans,
+arrays), else as plain text. A bad value is reported in one line: the key, the value, what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "OMOIDE_"
+
+
+class ConfigError(Exception):
+    """One line naming the key, the value and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CharacterConfig(_Section):
+    card: str = ""
+
+
+class PersonaConfig(_Section):
+    name: str = Field("Omoide", min_length=1)
+    description: str = ""
+    personality: str = ""
+    scenario: str = ""
+    first_message: str = ""
+    examples: str = ""
+    system_prompt: str = ""
+    post_history_instructions: str = ""
+
+
+class ModelConfig(_Section):
+    id: str = Field("HuggingFaceTB/SmolLM2-360M-Instruct", min_length=1)
+    adapter: str = ""
+    models_dir: str = "~/.cache/omoide/models"
+    download: bool = True
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    threads: int = Field(0, ge=0)
+    max_prompt_tokens: int = Field(2048, ge=64)
+    max_new_tokens: int = Field(160, ge=1, le=4096)
+    temperature: float = Field(0.8, ge=0.0, le=5.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.1, ge=0.5, le=3.0)
+    seed: int | None = None
+
+
+class TurnConfig(_Section):
+    first_sentence_min_chars: int = Field(30, ge=1)
+    max_sentence_chars: int = Field(220, ge=20)
+    sentences_ahead: int = Field(2, ge=1, le=16)
+    history_messages: int = Field(24, ge=0)
+    recall_k: int = Field(3, ge=0, le=50)
+
+
+class InboxConfig(_Section):
+    capacity: int = Field(64, ge=1)
+    max_chat_age_s: float = Field(120.0, gt=0)
+
+
+class ModerationConfig(_Section):
+    blocklist: list[str] = []
+    blocklist_file: str = ""
+    action: Literal["skip", "stop"] = "skip"
+
+
+class TtsConfig(_Section):
+    engine: Literal["espeak"] = "espeak"
+    voice: str = Field("en-us", min_length=1)
+    speed: int = Field(175, ge=80, le=450)
+    pitch: int = Field(50, ge=0, le=99)
+    chunk_ms: int = Field(100, ge=20, le=1000)
+
+
+class AudioConfig(_Section):
+    output: Literal["speakers", "silent"] = "speakers"
+    device: str = ""
+
+
+class AvatarConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    audio_format: Literal["wav", "pcm"] = "wav"
+    queue_size: int = Field(256, ge=8)
+
+
+class ConsoleConfig(_Section):
+    enabled: bool = True
+    name: str = Field("you", min_length=1)
+
+
+class ChatConfig(_Section):
+    console: ConsoleConfig = ConsoleConfig()
+
+
+class MemoryConfig(_Section):
+    database: str = "training_logs/omoide.db"
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(_Section):
+    character: CharacterConfig = CharacterConfig()
+    persona: PersonaConfig = PersonaConfig()
+    model: ModelConfig = ModelConfig()
+    turn: TurnConfig = TurnConfig()
+    inbox: InboxConfig = InboxConfig()
+    moderation: ModerationConfig = ModerationConfig()
+    tts: TtsConfig = TtsConfig()
+    audio: AudioConfig = AudioConfig()
+    avatar: AvatarConfig = AvatarConfig()
+    chat: ChatConfig = ChatConfig()
+    memory: MemoryConfig = MemoryConfig()
+    log: LogConfig = LogConfig()
+
+    # where relative paths in the file are resolved from (the config file's folder)
+    base_dir: Path = Path(".")
+
+    def path(self, value: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+
+def load(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, validate. Raises ConfigError."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    base = Path(".")
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        base = path.resolve().parent
+    for key, raw in sorted(env.items()):
+        if key.startswith(ENV_PREFIX) and "__" in key:
+            parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
+            _set(data, parts, _env_value(raw), key)
+    try:
+        return Config.model_validate({**data, "base_dir": base})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, data)) from None
+
+
+def _set(data: dict[str, Any], parts: list[str], value: Any, key: str) -> None:
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {'.'.join(parts)} overrides inside a value that is not a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _describe(exc: ValidationError, data: Mapping[str, Any]) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        section: Any = Config
+        for part in loc[:-1]:
+            field = section.model_fields.get(part) if hasattr(section, "model_fields") else None
+            section = field.annotation if field is not None else None
+        allowed = ", ".join(k for k in getattr(section, "model_fields", {}) if k != "base_dir")
+        return f"config error: {key} is not a known key (allowed here: {allowed})"
+    value = err.get("input")
+    return f"config error: {key} = {value!r}: {err['msg'].rstrip('.')}"

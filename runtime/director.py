@@ -1,0 +1,192 @@
+"""The director: the one orchestrator. It takes inputs from the sources, logs them, picks what to
+answer next, runs one turn at a time and owns interruption."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from runtime.events import (
+    ChatMessage,
+    Control,
+    InputEvent,
+    Persona,
+    Priority,
+    TurnRecord,
+    input_text,
+    new_id,
+)
+from runtime.inbox import Inbox
+from runtime.moderation import Moderator
+from runtime.ports import Clock, MemoryStore, OutputSink, PersonaModel, Source, Synthesizer
+from runtime.turn import TurnHandle, TurnSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorSettings:
+    history_messages: int = 24  # conversation messages kept for the prompt
+    exit_when_sources_end: bool = False  # stop once every source has ended and all is answered
+
+
+class Director:
+    def __init__(
+        self,
+        *,
+        persona: Persona,
+        model: PersonaModel,
+        synthesizer: Synthesizer,
+        playout: OutputSink,
+        observers: Sequence[OutputSink] = (),
+        memory: MemoryStore,
+        moderator: Moderator,
+        clock: Clock,
+        inbox: Inbox,
+        sources: Sequence[Source] = (),
+        turn_settings: TurnSettings = TurnSettings(),
+        settings: DirectorSettings = DirectorSettings(),
+        on_turn: Callable[[TurnRecord], None] | None = None,
+    ) -> None:
+        self.persona = persona
+        self.model = model
+        self.synthesizer = synthesizer
+        self.playout = playout
+        self.observers = tuple(observers)
+        self.memory = memory
+        self.moderator = moderator
+        self.clock = clock
+        self.inbox = inbox
+        self.sources = tuple(sources)
+        self.turn_settings = turn_settings
+        self.settings = settings
+        self.on_turn = on_turn
+        self.history: deque[ChatMessage] = deque(maxlen=max(settings.history_messages, 0))
+        self.current: TurnHandle | None = None
+        self._committed: dict[str, Awaitable[None]] = {}
+        self._stop = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._sources_live = len(self.sources)
+
+    def submit(self, event: InputEvent) -> bool:
+        """Take an input from outside: log it at once, queue it, and interrupt if it must."""
+        if not event.is_control:
+            self._committed[event.id] = self.memory.log_input(event)
+        accepted = self.inbox.put(event)
+        if not accepted:
+            log.info("inbox full; input dropped", extra={"source": event.source, "input_id": event.id})
+        elif (
+            event.priority is Priority.CRITICAL
+            and self.current is not None
+            and self.current.priority < Priority.CRITICAL
+        ):
+            self.current.cancel("preempted")
+        self._idle.clear()
+        return accepted
+
+    def interrupt(self, reason: str = "operator") -> bool:
+        """Stop the turn in flight, if there is one."""
+        if self.current is None:
+            return False
+        self.current.cancel(reason)
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Run until stop() (or, if configured, until every source has ended)."""
+        if self.settings.history_messages:
+            self.history.extend(await self.memory.recent_history(self.settings.history_messages))
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(self._turns(), name="director-turns"),
+                tg.create_task(self._controls(), name="director-controls"),
+            ]
+            tasks += [tg.create_task(self._pump(s), name=f"source-{s.name}") for s in self.sources]
+            await self._stop.wait()
+            for task in tasks:
+                task.cancel()
+        for source in self.sources:
+            await source.aclose()
+
+    async def wait_idle(self) -> None:
+        """Until everything submitted so far has been answered (or dropped)."""
+        await self._idle.wait()
+
+    async def _pump(self, source: Source) -> None:
+        try:
+            async for event in source:
+                self.submit(event)
+        except Exception:  # noqa: BLE001 - a broken source is logged; the others go on
+            log.exception("source failed", extra={"source": source.name})
+        finally:
+            self._sources_live -= 1
+            self._check_done()
+
+    async def _controls(self) -> None:
+        while True:
+            event = await self.inbox.get_control()
+            if event.text == Control.STOP:
+                self.interrupt("stop")
+                self.stop()
+            elif event.text == Control.INTERRUPT:
+                self.interrupt("operator")
+            else:
+                log.warning("unknown control command", extra={"command": event.text, "source": event.source})
+
+    async def _turns(self) -> None:
+        while True:
+            if not len(self.inbox):
+                self._idle.set()
+                self._check_done()
+            event = await self.inbox.get()
+            self._idle.clear()
+            await self._run_turn((event,))
+
+    async def _run_turn(self, inputs: tuple[InputEvent, ...]) -> None:
+        for event in inputs:
+            committed = self._committed.pop(event.id, None)
+            if committed is not None:
+                await committed  # the input is on disk before any reply starts
+        turn = TurnHandle(
+            new_id(),
+            inputs,
+            persona=self.persona,
+            history=tuple(self.history),
+            model=self.model,
+            synthesizer=self.synthesizer,
+            playout=self.playout,
+            observers=self.observers,
+            memory=self.memory,
+            moderator=self.moderator,
+            clock=self.clock,
+            settings=self.turn_settings,
+        )
+        self.current = turn
+        try:
+            record = await turn.run()
+        finally:
+            self.current = None
+        self.history.append(ChatMessage("user", input_text(inputs)))
+        if record.spoken_text:
+            self.history.append(ChatMessage("assistant", record.spoken_text))
+        log.info(
+            "turn done",
+            extra={"turn_id": record.turn_id, "status": str(record.status), "timings": record.timings},
+        )
+        if self.on_turn is not None:
+            self.on_turn(record)
+
+    def _check_done(self) -> None:
+        if (
+            self.settings.exit_when_sources_end
+            and self.sources
+            and self._sources_live <= 0
+            and self.current is None
+            and not len(self.inbox)
+        ):
+            self.stop()

@@ -1,0 +1,195 @@
+"""The shared vocabulary of Omoide: what flows between sources, the director, the model and sinks.
+
+Layer 0: standard library only. Every other module may import this one.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Priority(enum.IntEnum):
+    """How urgently an input wants an answer. Higher wins; CRITICAL may interrupt a turn."""
+
+    LOW = 0
+    NORMAL = 1
+    HIGH = 2
+    CRITICAL = 3
+
+
+class InputKind(enum.StrEnum):
+    CHAT = "chat"  # a typed line: console, Twitch chat, overlay
+    TRANSCRIPT = "transcript"  # the final text of something said into the microphone
+    SPEECH_STARTED = "speech_started"  # someone started talking (barge-in signal)
+    GAME_CONTEXT = "game_context"  # a game told the character what is going on
+    GAME_FORCE = "game_force"  # a game requires the character to act now
+    CONTROL = "control"  # operator commands: interrupt, mute, stop
+
+
+class Control(enum.StrEnum):
+    """The text of a CONTROL input. Control never waits behind data."""
+
+    INTERRUPT = "interrupt"  # stop the turn in flight, keep running
+    STOP = "stop"  # stop the turn in flight and shut down
+
+
+_seq = itertools.count()
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class InputEvent:
+    """One thing from outside the character."""
+
+    kind: InputKind
+    text: str
+    source: str  # which plugin produced it: "console", "twitch", "mic", a game's name
+    received_at: float  # Clock.now() when it entered the runtime
+    author: str | None = None  # viewer or player name, when there is one
+    priority: Priority = Priority.NORMAL
+    id: str = field(default_factory=new_id)
+    meta: dict[str, Any] = field(default_factory=dict)
+    # arrival order, to break priority ties without comparing clocks
+    order: int = field(default_factory=lambda: next(_seq), compare=False)
+
+    @property
+    def is_control(self) -> bool:
+        return self.kind is InputKind.CONTROL
+
+
+@dataclass(frozen=True, slots=True)
+class Sentence:
+    """One speakable chunk of a reply, with the expression tags that were found in it."""
+
+    turn_id: str
+    seq: int
+    text: str  # what is spoken and shown as the subtitle, tags removed
+    expressions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """Mono signed 16-bit little-endian PCM of one piece of one sentence."""
+
+    turn_id: str
+    seq: int  # the sentence this audio speaks
+    index: int  # position of this chunk within its sentence
+    pcm: bytes
+    rate: int
+    envelope: tuple[float, ...] = ()  # volume 0..1 per slice, for lip-sync
+    slice_ms: int = 20
+
+    @property
+    def samples(self) -> int:
+        return len(self.pcm) // 2
+
+    @property
+    def duration(self) -> float:
+        return self.samples / self.rate
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str  # "system", "user" or "assistant"
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Persona:
+    """Who the character is. Loaded from a character card or the config's [persona] table."""
+
+    name: str
+    description: str = ""
+    personality: str = ""
+    scenario: str = ""
+    first_message: str = ""
+    examples: str = ""  # example dialogue, as the card writes it
+    system_prompt: str = ""
+    post_history_instructions: str = ""
+    source: str = "config"  # where it came from, for logs and the interaction record
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """Something the character recalled for a turn."""
+
+    id: int
+    text: str
+    score: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PromptContext:
+    """Everything a PersonaModel needs to render one prompt."""
+
+    persona: Persona
+    inputs: tuple[InputEvent, ...]
+    history: tuple[ChatMessage, ...] = ()
+    memories: tuple[Memory, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A rendered prompt: the exact text the model will see, and how it was made."""
+
+    text: str
+    messages: tuple[ChatMessage, ...]
+    tokens: int
+    history_dropped: int = 0  # oldest history messages left out to fit the budget
+    memories_dropped: int = 0
+
+
+class Stage(enum.StrEnum):
+    """The moments of a turn that are timed, in order."""
+
+    INPUT_RECEIVED = "input_received"
+    PROMPT_READY = "prompt_ready"
+    FIRST_TOKEN = "first_token"
+    FIRST_SENTENCE = "first_sentence"
+    FIRST_AUDIO = "first_audio"
+    LAST_AUDIO = "last_audio"
+
+
+class TurnStatus(enum.StrEnum):
+    STARTED = "started"  # written when the turn starts; left so if the process dies mid-turn
+    COMPLETE = "complete"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class TurnRecord:
+    """What the interaction log keeps of one turn: enough to train on and to debug."""
+
+    turn_id: str
+    inputs: tuple[InputEvent, ...]
+    persona: str
+    model: str
+    adapter: str | None = None
+    prompt: str = ""  # exactly as sent to the model
+    recalled: tuple[int, ...] = ()  # memory ids used in the prompt
+    generated_text: str = ""  # everything the model produced, tags included
+    spoken_text: str = ""  # what the listener actually heard
+    status: TurnStatus = TurnStatus.STARTED
+    interrupted_at: int | None = None  # sentence seq where the turn was cut
+    interrupt_reason: str | None = None
+    messages: tuple[ChatMessage, ...] = ()  # the prompt as messages, before the chat template
+    moderated: tuple[str, ...] = ()  # sentences held back by moderation
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # Stage -> seconds since input
+
+    @property
+    def interrupted(self) -> bool:
+        return self.status is TurnStatus.INTERRUPTED
+
+
+def input_text(inputs: tuple[InputEvent, ...] | list[InputEvent]) -> str:
+    """How a turn's inputs read to the model: one line each, "author: text" where there is one."""
+    return "\n".join(f"{e.author}: {e.text}" if e.author else e.text for e in inputs)

@@ -1,0 +1,52 @@
+"""Structured logs: the message is fixed text; chat text, names and numbers travel as fields
+(`log.info("turn done", extra={"turn_id": ...})`) and are printed as key=value or as JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_SECRET_WORDS = ("token", "secret", "password", "oauth")
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    fields = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+    return {k: "***" if any(w in k.lower() for w in _SECRET_WORDS) else v for k, v in fields.items()}
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname.lower():7} {record.name}: "
+        line += record.getMessage()
+        for key, value in _fields(record).items():
+            line += f" {key}={json.dumps(value, default=str, ensure_ascii=False)}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "time": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            **_fields(record),
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str, ensure_ascii=False)
+
+
+def setup(level: str = "info", fmt: str = "text") -> None:
+    """Logs go to stderr, so the terminal chat on stdout stays clean."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("websockets", "httpx", "httpcore", "huggingface_hub", "transformers", "filelock"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

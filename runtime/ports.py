@@ -1,0 +1,121 @@
+"""The ports: what the runtime asks of the outside world. Plugins, the model and memory implement
+them; the director and the turn only ever talk to these.
+
+Layer 0: standard library only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import Protocol, runtime_checkable
+
+from runtime.events import (
+    AudioChunk,
+    ChatMessage,
+    InputEvent,
+    Memory,
+    Prompt,
+    PromptContext,
+    Sentence,
+    TurnRecord,
+)
+
+
+class Clock(Protocol):
+    """Time, injected so that tests can run on virtual time."""
+
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class MonotonicClock:
+    """The real clock."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Something that produces inputs: `async for event in source`, then `await source.aclose()`."""
+
+    name: str
+
+    def __aiter__(self) -> AsyncIterator[InputEvent]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class PersonaModel(Protocol):
+    """The character's language model."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def adapter(self) -> str | None: ...
+
+    def render(self, context: PromptContext) -> Prompt:
+        """The exact prompt for this context, within the model's token budget."""
+        ...
+
+    def stream(self, prompt: Prompt) -> AsyncIterator[str]:
+        """Text pieces as they are generated. Closing the iterator stops generation."""
+        ...
+
+
+class MemoryStore(Protocol):
+    """The local store: the interaction log and what the character remembers."""
+
+    def log_input(self, event: InputEvent) -> Awaitable[None]:
+        """Queue an input for writing; the awaitable resolves once it is committed."""
+        ...
+
+    async def remember(self, record: TurnRecord) -> None:
+        """Write (or update) the record of a turn. Queued; never stalls the caller."""
+        ...
+
+    async def recall(self, text: str, k: int) -> list[Memory]: ...
+
+    async def recent_history(self, limit: int) -> list[ChatMessage]:
+        """The last `limit` messages of the conversation as it was heard, oldest first."""
+        ...
+
+
+class Synthesizer(Protocol):
+    """Text to speech."""
+
+    def synthesize(self, sentence: Sentence) -> AsyncIterator[AudioChunk]: ...
+
+
+class OutputSink(Protocol):
+    """Somewhere a turn is delivered: speakers, an avatar socket, a terminal.
+
+    Calls arrive in order for each turn: begin_turn, then for each sentence `sentence` followed by
+    its audio chunks through `play`, then end_turn. A pacing sink (the speakers) returns from
+    `play` only when it is ready for the next chunk; every other sink must return at once.
+    """
+
+    async def begin_turn(self, turn_id: str, inputs: tuple[InputEvent, ...]) -> None: ...
+
+    async def sentence(self, sentence: Sentence) -> None: ...
+
+    async def play(self, chunk: AudioChunk) -> None: ...
+
+    def clear(self) -> int:
+        """Stop sound at once. Returns how many samples were handed over but never heard."""
+        ...
+
+    async def drain(self) -> None:
+        """Wait until everything handed over has been heard."""
+        ...
+
+    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str) -> None: ...
+
+    async def aclose(self) -> None: ...

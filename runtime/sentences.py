@@ -1,0 +1,113 @@
+"""Cut a stream of generated text into speakable sentences, the first one early.
+
+Expression tags such as `[happy]` are taken out of the spoken text and attached to the sentence
+they were found in, so the avatar can show them while that sentence is heard.
+"""
+
+from __future__ import annotations
+
+import re
+
+from runtime.events import Sentence
+
+TAG = re.compile(r"\[([A-Za-z][A-Za-z _-]{0,30})\]")
+# a sentence ends at . ! ? or … (and any closing quotes/brackets), once whitespace follows
+END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)|\n+")
+CLAUSE = re.compile(r"[,;:—–](?=\s)")
+ABBREVIATIONS = frozenset(
+    "mr mrs ms dr st sr jr vs etc e.g i.e prof mt no fig approx ca".split()
+)
+SPEAKABLE = re.compile(r"\w")
+
+
+class SentenceCutter:
+    """Feed text pieces in, get finished sentences out.
+
+    `first_min_chars`: once the first sentence has this many characters and has passed a clause
+    boundary (a comma, a colon, a dash), it is cut there so speech can start sooner.
+    `max_chars`: a run without any boundary is cut at the last space before this length.
+    """
+
+    def __init__(self, turn_id: str, first_min_chars: int = 30, max_chars: int = 220) -> None:
+        self.turn_id = turn_id
+        self.first_min_chars = first_min_chars
+        self.max_chars = max_chars
+        self._buf = ""
+        self._seq = 0
+        self._pending_tags: list[str] = []
+
+    def feed(self, text: str) -> list[Sentence]:
+        self._buf += text
+        out: list[Sentence] = []
+        while (cut := self._find_cut()) is not None:
+            piece, self._buf = self._buf[:cut], self._buf[cut:]
+            sentence = self._make(piece)
+            if sentence is not None:
+                out.append(sentence)
+        return out
+
+    def flush(self) -> list[Sentence]:
+        """The rest of the text, when the stream has ended."""
+        piece, self._buf = self._buf, ""
+        sentence = self._make(piece, last=True)
+        return [sentence] if sentence is not None else []
+
+    def _find_cut(self) -> int | None:
+        buf = self._buf
+        limit = _open_tag_at(buf)  # never cut inside a tag that has not closed yet
+        for m in END.finditer(buf, 0, limit):
+            if m.group().startswith("\n") or not _is_abbreviation(buf, m.start()):
+                return m.end()
+        if self._seq == 0 and len(buf) >= self.first_min_chars:
+            for m in CLAUSE.finditer(buf, self.first_min_chars // 2, limit):
+                return m.end()
+        if len(buf) >= self.max_chars:
+            space = buf.rfind(" ", 0, min(self.max_chars, limit))
+            if space > 0:
+                return space + 1
+        return None
+
+    def _make(self, piece: str, last: bool = False) -> Sentence | None:
+        tags = self._pending_tags + [_tag_name(m) for m in TAG.finditer(piece)]
+        text = " ".join(TAG.sub(" ", piece).split())
+        if last:
+            text = TAG.sub("", text).strip()
+        if not SPEAKABLE.search(text):
+            # nothing to say: keep any tags for the next sentence (or the last one)
+            self._pending_tags = tags
+            if last and tags:
+                return self._emit("", tags)
+            return None
+        self._pending_tags = []
+        return self._emit(text, tags)
+
+    def _emit(self, text: str, tags: list[str]) -> Sentence:
+        sentence = Sentence(self.turn_id, self._seq, text, tuple(dict.fromkeys(tags)))
+        self._seq += 1
+        return sentence
+
+
+def split_tags(text: str) -> tuple[str, tuple[str, ...]]:
+    """Text without its expression tags, and the tags in order of first appearance."""
+    tags = tuple(dict.fromkeys(_tag_name(m) for m in TAG.finditer(text)))
+    return " ".join(TAG.sub(" ", text).split()), tags
+
+
+def _tag_name(m: re.Match[str]) -> str:
+    return "_".join(m.group(1).lower().split())
+
+
+def _open_tag_at(buf: str) -> int:
+    """Where an unclosed `[` starts (cuts must come before it), or the buffer's length."""
+    start = buf.rfind("[")
+    if start >= 0 and "]" not in buf[start:] and len(buf) - start <= 32:
+        return start
+    return len(buf)
+
+
+def _is_abbreviation(buf: str, dot: int) -> bool:
+    if buf[dot] != ".":
+        return False
+    word = buf[:dot].rsplit(None, 1)[-1].lower() if buf[:dot].strip() else ""
+    word = word.lstrip("(\"'“")
+    return word in ABBREVIATIONS or (len(word) == 1 and word.isalpha())

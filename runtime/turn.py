@@ -1,0 +1,274 @@
+"""One reply in flight: generate, cut into sentences, moderate, synthesize ahead, deliver in order.
+
+The three stages run as one task group joined by small bounded queues, so generation runs at most
+about two sentences ahead of speech. Cancelling the turn stops all three together; the record then
+keeps exactly what the listener heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from runtime.events import (
+    AudioChunk,
+    ChatMessage,
+    InputEvent,
+    Persona,
+    Prompt,
+    PromptContext,
+    Sentence,
+    Stage,
+    TurnRecord,
+    TurnStatus,
+    input_text,
+)
+from runtime.moderation import Moderator, Verdict
+from runtime.ports import Clock, MemoryStore, OutputSink, PersonaModel, Synthesizer
+from runtime.sentences import SentenceCutter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnSettings:
+    first_sentence_min_chars: int = 30
+    max_sentence_chars: int = 220
+    sentences_ahead: int = 2  # how many cut sentences may wait for the synthesizer
+    recall_k: int = 3
+
+
+@dataclass(slots=True)
+class _Spoken:
+    """Delivery accounting of one sentence: how much audio went to the speakers."""
+
+    sentence: Sentence
+    samples: int = 0
+    complete: bool = False  # all its audio has been handed over
+
+
+class TurnHandle:
+    """Runs one turn. `await handle.run()` returns its TurnRecord, also when it was interrupted."""
+
+    def __init__(
+        self,
+        turn_id: str,
+        inputs: tuple[InputEvent, ...],
+        *,
+        persona: Persona,
+        history: Sequence[ChatMessage],
+        model: PersonaModel,
+        synthesizer: Synthesizer,
+        playout: OutputSink,
+        observers: Sequence[OutputSink] = (),
+        memory: MemoryStore,
+        moderator: Moderator,
+        clock: Clock,
+        settings: TurnSettings = TurnSettings(),
+    ) -> None:
+        self.turn_id = turn_id
+        self.inputs = inputs
+        self.persona = persona
+        self.history = tuple(history)
+        self.model = model
+        self.synthesizer = synthesizer
+        self.playout = playout
+        self.observers = tuple(observers)
+        self.memory = memory
+        self.moderator = moderator
+        self.clock = clock
+        self.settings = settings
+        self.record = TurnRecord(
+            turn_id=turn_id,
+            inputs=inputs,
+            persona=persona.name,
+            model=model.name,
+            adapter=model.adapter,
+        )
+        self._t0 = min(e.received_at for e in inputs)
+        self._generated: list[str] = []
+        self._delivered: list[_Spoken] = []
+        self._moderated: list[str] = []
+        self._work: asyncio.Task[None] | None = None
+        self._cancel_reason: str | None = None
+        self.mark(Stage.INPUT_RECEIVED, at=self._t0)
+
+    @property
+    def priority(self) -> int:
+        return max(e.priority for e in self.inputs)
+
+    def mark(self, stage: Stage, at: float | None = None) -> None:
+        """Record when a stage was first reached, in seconds since the input arrived."""
+        if stage not in self.record.timings:
+            now = self.clock.now() if at is None else at
+            self.record.timings[stage] = round(now - self._t0, 6)
+
+    def cancel(self, reason: str) -> None:
+        """Interrupt the turn: generation, synthesis and playback stop together."""
+        if self._cancel_reason is None:
+            self._cancel_reason = reason
+        if self._work is not None:
+            self._work.cancel()
+
+    async def run(self) -> TurnRecord:
+        self._work = asyncio.create_task(self._run(), name=f"turn-{self.turn_id[:8]}")
+        try:
+            await self._work
+        except asyncio.CancelledError:
+            outer = asyncio.current_task()
+            if self._cancel_reason is None or (outer is not None and outer.cancelling()):
+                self._cancel_reason = self._cancel_reason or "shutdown"
+                await self._finish(TurnStatus.INTERRUPTED)
+                raise
+            await self._finish(TurnStatus.INTERRUPTED)
+        except Exception as exc:  # noqa: BLE001 - a failed turn is logged, the character goes on
+            log.exception("turn failed", extra={"turn_id": self.turn_id})
+            self.record.error = f"{type(exc).__name__}: {exc}"
+            await self._finish(TurnStatus.FAILED)
+        else:
+            await self._finish(TurnStatus.COMPLETE)
+        return self.record
+
+    async def _run(self) -> None:
+        query = input_text(self.inputs)
+        memories = await self.memory.recall(query, self.settings.recall_k) if self.settings.recall_k else []
+        context = PromptContext(self.persona, self.inputs, self.history, tuple(memories))
+        prompt = await asyncio.to_thread(self.model.render, context)
+        self.record.prompt = prompt.text
+        self.record.messages = prompt.messages
+        self.record.recalled = tuple(m.id for m in memories[: len(memories) - prompt.memories_dropped])
+        self.mark(Stage.PROMPT_READY)
+        await self.memory.remember(self.record)
+        for sink in (self.playout, *self.observers):
+            await sink.begin_turn(self.turn_id, self.inputs)
+
+        sentences: asyncio.Queue[Sentence | None] = asyncio.Queue(self.settings.sentences_ahead)
+        audio: asyncio.Queue[tuple[Sentence, asyncio.Queue[AudioChunk | None]] | None] = asyncio.Queue(1)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._generate(prompt, sentences), name="turn-generate")
+            tg.create_task(self._synthesize(sentences, audio), name="turn-synthesize")
+            tg.create_task(self._deliver(audio), name="turn-deliver")
+
+    async def _generate(self, prompt: Prompt, out: asyncio.Queue[Sentence | None]) -> None:
+        cutter = SentenceCutter(
+            self.turn_id, self.settings.first_sentence_min_chars, self.settings.max_sentence_chars
+        )
+        async with contextlib.aclosing(self.model.stream(prompt)) as stream:
+            async for piece in stream:
+                self.mark(Stage.FIRST_TOKEN)
+                self._generated.append(piece)
+                if not await self._pass_on(cutter.feed(piece), out):
+                    break
+            else:
+                await self._pass_on(cutter.flush(), out)
+        await out.put(None)
+
+    async def _pass_on(self, cut: list[Sentence], out: asyncio.Queue[Sentence | None]) -> bool:
+        """Moderate and queue sentences; False when moderation ends the reply."""
+        for sentence in cut:
+            verdict, phrase = self.moderator.check(sentence.text)
+            if verdict is not Verdict.SPEAK:
+                self._moderated.append(sentence.text)
+                log.warning(
+                    "sentence held back by moderation",
+                    extra={"turn_id": self.turn_id, "phrase": phrase, "verdict": str(verdict)},
+                )
+                if verdict is Verdict.STOP:
+                    return False
+                continue
+            self.mark(Stage.FIRST_SENTENCE)
+            await out.put(sentence)
+        return True
+
+    async def _synthesize(
+        self,
+        inp: asyncio.Queue[Sentence | None],
+        out: asyncio.Queue[tuple[Sentence, asyncio.Queue[AudioChunk | None]] | None],
+    ) -> None:
+        while (sentence := await inp.get()) is not None:
+            chunks: asyncio.Queue[AudioChunk | None] = asyncio.Queue()
+            await out.put((sentence, chunks))
+            try:
+                if sentence.text:
+                    async for chunk in self.synthesizer.synthesize(sentence):
+                        chunks.put_nowait(chunk)
+            except Exception:  # noqa: BLE001 - one bad sentence loses its voice, not the turn
+                log.exception("synthesis failed; sentence shown without audio",
+                              extra={"turn_id": self.turn_id, "seq": sentence.seq})
+            finally:
+                chunks.put_nowait(None)
+        await out.put(None)
+
+    async def _deliver(
+        self, inp: asyncio.Queue[tuple[Sentence, asyncio.Queue[AudioChunk | None]] | None]
+    ) -> None:
+        while (item := await inp.get()) is not None:
+            sentence, chunks = item
+            spoken = _Spoken(sentence)
+            self._delivered.append(spoken)
+            for sink in (self.playout, *self.observers):
+                await sink.sentence(sentence)
+            while (chunk := await chunks.get()) is not None:
+                self.mark(Stage.FIRST_AUDIO)
+                for sink in self.observers:
+                    await sink.play(chunk)
+                spoken.samples += chunk.samples
+                await self.playout.play(chunk)
+            spoken.complete = True
+        await self.playout.drain()
+        if any(s.samples for s in self._delivered):
+            self.mark(Stage.LAST_AUDIO)
+
+    async def _finish(self, status: TurnStatus) -> None:
+        unheard = 0
+        if status is not TurnStatus.COMPLETE:
+            unheard = self.playout.clear()
+            for sink in self.observers:
+                sink.clear()
+        rec = self.record
+        rec.status = status
+        rec.generated_text = "".join(self._generated)
+        rec.moderated = tuple(self._moderated)
+        rec.spoken_text, cut_at = _heard(self._delivered, unheard, complete=status is TurnStatus.COMPLETE)
+        if status is TurnStatus.INTERRUPTED:
+            rec.interrupted_at = cut_at
+            rec.interrupt_reason = self._cancel_reason
+        for sink in (self.playout, *self.observers):
+            try:
+                await sink.end_turn(self.turn_id, status is not TurnStatus.COMPLETE, rec.spoken_text)
+            except Exception:  # noqa: BLE001 - a broken sink must not lose the record
+                log.exception("sink failed to end the turn", extra={"turn_id": self.turn_id})
+        await self.memory.remember(rec)
+
+
+def _heard(delivered: list[_Spoken], unheard: int, complete: bool) -> tuple[str, int | None]:
+    """The text the listener heard, and the seq of the sentence where speech was cut.
+
+    `unheard` samples are taken off the end of what was handed to the speakers; a sentence cut
+    part-way keeps the share of its words that matches the share of its audio that was heard.
+    """
+    if complete:
+        return " ".join(s.sentence.text for s in delivered if s.sentence.text), None
+    heard_parts: list[str] = []
+    remaining = sum(s.samples for s in delivered) - unheard
+    cut_at: int | None = None
+    for s in delivered:
+        if not s.sentence.text:
+            continue
+        if s.complete and s.samples and remaining >= s.samples:
+            heard_parts.append(s.sentence.text)
+            remaining -= s.samples
+            continue
+        cut_at = s.sentence.seq
+        if s.samples and remaining > 0:
+            words = s.sentence.text.split()
+            # an unfinished sentence's length is not known yet; its heard share is a guess
+            share = remaining / s.samples if s.complete else 0.0
+            keep = int(len(words) * min(share, 1.0))
+            if keep:
+                heard_parts.append(" ".join(words[:keep]))
+        break
+    return " ".join(heard_parts), cut_at

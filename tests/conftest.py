@@ -1,0 +1,109 @@
+"""Shared fixtures: a tiny model built once per session, a fast clock, a character wired from a
+real config with real components (SQLite file, espeak-ng, WebSocket server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class FastClock:
+    """Real time, sped up: playing 3 s of speech takes 3/speed s. Keeps every ordering real."""
+
+    def __init__(self, speed: float = 20.0) -> None:
+        self.speed = speed
+        self._t0 = time.monotonic()
+
+    def now(self) -> float:
+        return (time.monotonic() - self._t0) * self.speed
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds) / self.speed)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from persona_model.tiny import build
+
+    return build(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir: Path) -> Any:
+    from persona_model.local import LocalPersonaModel, Sampling
+
+    return LocalPersonaModel.load(tiny_model_dir, name="tiny", sampling=Sampling(max_new_tokens=60, seed=7))
+
+
+def write_config(tmp_path: Path, **sections: dict[str, Any]) -> Path:
+    """A config.toml in tmp_path: test defaults (silent audio, port 0, a temp database) + overrides."""
+    base: dict[str, dict[str, Any]] = {
+        "persona": {"name": "Testa", "description": "A test character."},
+        "audio": {"output": "silent"},
+        "avatar": {"port": 0},
+        "chat": {},
+        "memory": {"database": str(tmp_path / "omoide.db")},
+        "model": {"download": False},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    lines: list[str] = []
+    for name, values in base.items():
+        if name == "chat":
+            lines.append("[chat.console]")
+            lines.append(f"enabled = {json.dumps(values.get('enabled', False))}")
+            continue
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class AvatarClient:
+    """A real WebSocket client of the avatar channel that records every message."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.messages: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._ws: Any = None
+
+    async def __aenter__(self) -> AvatarClient:
+        self._ws = await websockets.connect(self.url)
+        self._task = asyncio.create_task(self._read(), name="test-avatar-client")
+        await self.wait_for(lambda m: m["type"] == "hello")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._ws.close()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _read(self) -> None:
+        async for raw in self._ws:
+            self.messages.append(json.loads(raw))
+
+    async def wait_for(self, pred: Any, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in self.messages:
+                if pred(m):
+                    return m
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no matching avatar message in {timeout}s; got {[m['type'] for m in self.messages]}")
+
+
+@pytest.fixture
+async def avatar_client() -> AsyncIterator[type[AvatarClient]]:
+    yield AvatarClient
