@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import logging
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = 1
 SLOW_CLIENT = 4008  # close code for a client that could not keep up
+# what the kernel may hold for one client; past it (and the message queue) the client is "slow"
+SEND_BUFFER = 256 * 1024
 
 
 @dataclass(eq=False)
@@ -132,6 +135,9 @@ class AvatarServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         client = _Client(ws, asyncio.Queue(self.queue_size), name=str(ws.remote_address))
+        sock = ws.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         client.queue.put_nowait(_encode("hello", protocol=PROTOCOL, character=self.character,
                                         audio_format=self.audio_format))
         if self._turn_start is not None:

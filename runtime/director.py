@@ -79,7 +79,8 @@ class Director:
         if not accepted:
             log.info("inbox full; input dropped", extra={"source": event.source, "input_id": event.id})
         elif (
-            event.priority is Priority.CRITICAL
+            not event.is_control
+            and event.priority is Priority.CRITICAL
             and self.current is not None
             and self.current.priority < Priority.CRITICAL
         ):

@@ -1,0 +1,86 @@
+"""The local backend on a tiny Llama model built on the spot (no network)."""
+
+import asyncio
+import time
+
+import pytest
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+
+from persona_model.local import LocalPersonaModel, Sampling
+from persona_model.prompt import PromptRenderer
+from runtime.events import ChatMessage, InputEvent, InputKind, Memory, Persona, PromptContext
+
+pytestmark = pytest.mark.model
+
+
+def ctx(text="hello there", history=(), memories=()):
+    return PromptContext(Persona("Aiko", description="A test streamer."),
+                         (InputEvent(InputKind.CHAT, text, "test", 0.0, "bob"),), tuple(history), tuple(memories))
+
+
+async def collect(model, prompt):
+    return [piece async for piece in model.stream(prompt)]
+
+
+async def test_a_reply_streams_in_pieces_and_is_reproducible_with_a_seed(tiny_model):
+    prompt = tiny_model.render(ctx())
+    assert prompt.text.startswith("<|im_start|>system\n")
+    assert prompt.text.endswith("<|im_start|>assistant\n")
+    assert "bob: hello there" in prompt.text
+    pieces = await collect(tiny_model, prompt)
+    assert len(pieces) > 1 and "".join(pieces).strip()
+    assert pieces == await collect(tiny_model, prompt)
+
+
+async def test_closing_the_stream_stops_generation_promptly(tiny_model_dir):
+    model = LocalPersonaModel.load(tiny_model_dir, sampling=Sampling(max_new_tokens=2000, temperature=1.0, seed=1,
+                                                                     repetition_penalty=1.0))
+    model.model.generation_config.eos_token_id = None  # never ends by itself
+    stream = model.stream(model.render(ctx()))
+    await anext(stream)
+    await stream.aclose()
+    t = time.monotonic()
+    await asyncio.to_thread(model._thread.join, 5)
+    assert not model._thread.is_alive(), "generation went on after the stream was closed"
+    assert time.monotonic() - t < 1.0
+    assert model.last_stats.stopped_early
+    assert model.last_stats.new_tokens < 100
+
+
+def test_the_budget_trims_oldest_history_first_then_memories(tiny_model):
+    history = [ChatMessage("user" if i % 2 == 0 else "assistant", f"message number {i} " + "blah " * 20)
+               for i in range(20)]
+    memories = [Memory(i, f"memory {i} " + "fact " * 30) for i in range(3)]
+    full = PromptRenderer(tiny_model.tokenizer, 100_000).render(ctx(history=history, memories=memories))
+    budget = full.tokens - 200
+    p = PromptRenderer(tiny_model.tokenizer, budget).render(ctx(history=history, memories=memories))
+    assert p.tokens <= budget
+    assert p.history_dropped > 0 and p.memories_dropped == 0
+    assert "message number 19" in p.text and "message number 0 " not in p.text
+    kept = [m.content for m in p.messages[1:-1]]
+    assert kept == [m.content for m in history[p.history_dropped:]]  # a suffix: newest kept
+    # the persona and system prompt stay first and unchanged
+    assert p.messages[0].content.startswith(full.messages[0].content.split("Things you remember")[0])
+    tight = PromptRenderer(tiny_model.tokenizer, 230).render(ctx(history=history, memories=memories))
+    assert tight.history_dropped == 20 and tight.memories_dropped > 0
+
+
+def test_an_input_too_long_for_the_budget_is_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        PromptRenderer(tiny_model.tokenizer, 50).render(ctx("word " * 500))
+
+
+async def test_a_lora_adapter_loads_on_the_same_code_path(tiny_model_dir, tmp_path):
+    base = LocalPersonaModel.load(tiny_model_dir)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type=TaskType.CAUSAL_LM)
+    peft_model = get_peft_model(base.model, cfg)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # a trained adapter changes the output
+    peft_model.save_pretrained(tmp_path / "adapter-v1")
+    tuned = LocalPersonaModel.load(tiny_model_dir, adapter_path=tmp_path / "adapter-v1", sampling=Sampling(temperature=0))
+    plain = LocalPersonaModel.load(tiny_model_dir, sampling=Sampling(temperature=0))
+    assert tuned.adapter == "adapter-v1" and plain.adapter is None
+    prompt = plain.render(ctx())
+    assert "".join(await collect(tuned, prompt)) != "".join(await collect(plain, prompt))

@@ -1,0 +1,82 @@
+"""The `omoide` process: killed mid-reply it loses nothing received; a missing model fails fast."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def omoide(config: Path, *args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "runtime.cli", "--config", str(config), *args],
+                            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **kw)
+
+
+def read_until(proc: subprocess.Popen, marker: bytes, timeout: float) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0 and proc.poll() is None, f"no {marker!r} on stdout; stderr: {proc.stderr.read()[-2000:]!r}"
+        ready, _, _ = select.select([proc.stdout], [], [], min(left, 0.5))
+        if ready:
+            seen += os.read(proc.stdout.fileno(), 4096)
+    return seen
+
+
+@pytest.mark.model
+def test_a_process_killed_mid_reply_keeps_the_input(tmp_path, tiny_model_dir):
+    config = write_config(tmp_path, model={"id": str(tiny_model_dir), "max_new_tokens": 400, "seed": 3},
+                          chat={"enabled": True})
+    proc = omoide(config, "chat")
+    try:
+        proc.stdin.write(b"please tell me a very long story\n")
+        proc.stdin.flush()
+        read_until(proc, b"Testa: ", timeout=120)  # the first sentence is being spoken
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    db = sqlite3.connect(tmp_path / "omoide.db")
+    assert db.execute("select author, text from inputs").fetchall() == [("you", "please tell me a very long story")]
+    [(status, prompt)] = db.execute("select status, prompt from turns").fetchall()
+    assert status == "started" and "please tell me a very long story" in prompt
+
+
+def test_a_missing_model_exits_within_seconds_naming_it_and_the_ways_out(tmp_path):
+    config = write_config(tmp_path, model={"id": "nonexistent-org/no-such-model", "download": True,
+                                           "models_dir": str(tmp_path / "models")})
+    t = time.monotonic()
+    proc = omoide(config, "run")
+    _, err = proc.communicate(timeout=120)
+    elapsed = time.monotonic() - t
+    text = err.decode()
+    assert proc.returncode == 3, text
+    assert "nonexistent-org/no-such-model" in text
+    assert str(tmp_path / "models") in text  # where it looked
+    assert "omoide model tiny" in text and "model.id" in text  # the two ways out
+    assert elapsed < 30, f"took {elapsed:.1f}s to give up"
+
+
+def test_a_bad_card_is_a_clear_error(tmp_path):
+    (tmp_path / "card.json").write_text('{"spec": "chara_card_v2", "data": {"description": "x"}}')
+    config = write_config(tmp_path, character={"card": str(tmp_path / "card.json")})
+    proc = omoide(config, "run")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.decode().strip() == f"cannot start: character card: {tmp_path / 'card.json'}: data.name is missing or empty"
