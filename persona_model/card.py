@@ -60,6 +60,7 @@ def parse_card(card: Any, where: str = "card") -> tuple[Persona, tuple[str, ...]
     if not isinstance(card, dict):
         raise CardError(f"{where}: a card must be a JSON object")
     spec = card.get("spec")
+    data: Any
     if spec is None and "name" in card and "data" not in card:
         data, prefix = card, ""  # a V1 card: the fields sit at the top level
     elif spec not in SPECS:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,13 @@ class Sampling:
 
 @dataclass(slots=True)
 class GenerationStats:
+    """What the last generation did, with monotonic timestamps of the model's own work."""
+
     prompt_tokens: int = 0
     new_tokens: int = 0
     stopped_early: bool = False  # the stream was closed before the model finished
-    extra: dict[str, Any] = field(default_factory=dict)
+    started_at: float = 0.0  # just before generate() was called, in the worker thread
+    pieces: list[tuple[float, str]] = field(default_factory=list)  # (when decoded, text)
 
 
 class _Stop(StoppingCriteria):
@@ -54,7 +58,12 @@ class _Stop(StoppingCriteria):
 
 
 class _QueueStreamer(TextStreamer):
-    """Hands decoded text to an asyncio queue from the generation thread."""
+    """Hands decoded text to an asyncio queue from the generation thread, token by token.
+
+    transformers' TextStreamer holds text back until a word ends; we pass on every token's text
+    at once (holding back only an unfinished multi-byte character), so the first token reaches
+    the sentence cutter as soon as it exists.
+    """
 
     def __init__(self, tokenizer: Any, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any],
                  stats: GenerationStats) -> None:
@@ -62,16 +71,25 @@ class _QueueStreamer(TextStreamer):
         self.loop = loop
         self.queue = queue
         self.stats = stats
-        self._prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
-        if self._prompt_seen:
-            self.stats.new_tokens += int(value.numel())
-        self._prompt_seen = True
-        super().put(value)
+        if self.skip_prompt and self.next_tokens_are_prompt:
+            self.next_tokens_are_prompt = False
+            return
+        ids = value.reshape(-1).tolist()
+        self.stats.new_tokens += len(ids)
+        self.token_cache.extend(ids)
+        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+        if text.endswith("\ufffd"):
+            return  # the rest of a multi-byte character is in the next token
+        piece, self.print_len = text[self.print_len :], len(text)
+        if text.endswith("\n"):  # keep the decode short: start afresh after each line
+            self.token_cache, self.print_len = [], 0
+        self.on_finalized_text(piece)
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
         if text:
+            self.stats.pieces.append((time.monotonic(), text))
             self.loop.call_soon_threadsafe(self.queue.put_nowait, text)
         if stream_end:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, _END)
@@ -105,7 +123,7 @@ class LocalPersonaModel:
         elif dtype != "auto":
             torch_dtype = getattr(torch, dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)  # type: ignore[arg-type]
         adapter = None
         if adapter_path:
             model = PeftModel.from_pretrained(model, str(adapter_path))
@@ -125,7 +143,14 @@ class LocalPersonaModel:
     def render(self, context: PromptContext) -> Prompt:
         return self.renderer.render(context)
 
-    async def stream(self, prompt: Prompt) -> AsyncIterator[str]:
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the last generation's thread to end; True if none is running."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
         # one generation at a time: wait for the last one's thread (it stops within one token)
         if self._thread is not None and self._thread.is_alive():
             await asyncio.to_thread(self._thread.join)
@@ -141,6 +166,7 @@ class LocalPersonaModel:
 
         def work() -> None:
             try:
+                stats.started_at = time.monotonic()
                 with torch.inference_mode():
                     self.model.generate(**kwargs)
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
@@ -170,7 +196,8 @@ class LocalPersonaModel:
             "streamer": streamer,
             "stopping_criteria": StoppingCriteriaList([_Stop(stop)]),
             "repetition_penalty": s.repetition_penalty,
-            "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            "pad_token_id": (self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+                             else self.tokenizer.eos_token_id),
         }
         if s.temperature > 0:
             kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Protocol, runtime_checkable
 
 from runtime.events import (
@@ -65,8 +65,8 @@ class PersonaModel(Protocol):
         """The exact prompt for this context, within the model's token budget."""
         ...
 
-    def stream(self, prompt: Prompt) -> AsyncIterator[str]:
-        """Text pieces as they are generated. Closing the iterator stops generation."""
+    def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
+        """Text pieces as they are generated. Closing the generator stops generation."""
         ...
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from runtime.events import ChatMessage, Prompt, PromptContext, input_text
 
@@ -26,7 +26,7 @@ class ScriptedModel:
         text = "\n".join(f"{m.role}: {m.content}" for m in msgs)
         return Prompt(text, tuple(msgs), len(text.split()))
 
-    async def stream(self, prompt: Prompt) -> AsyncIterator[str]:
+    async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
         finished = False
         try:
             for piece in re.findall(r"\S+\s*", self.text):

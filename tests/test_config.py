@@ -14,7 +14,7 @@ def test_the_shipped_config_is_valid_and_every_key_is_commented():
     assert config.character.card.endswith("komorebi.json")
     assert config.path(config.character.card).is_file()
     lines = (ROOT / "config.toml").read_text().splitlines()
-    for before, line in zip(["#"] + lines, lines):
+    for before, line in zip(["#"] + lines, lines, strict=False):
         if "=" in line and not line.lstrip().startswith("#"):
             assert "#" in line or before.startswith("#"), f"config.toml key without a comment: {line}"
 
