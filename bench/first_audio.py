@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
@@ -161,7 +162,7 @@ async def main() -> None:
     ap.add_argument("--json", help="also write the raw figures here")
     args = ap.parse_args()
 
-    path = model_dir(args.like, Path(args.models_dir).expanduser())
+    path = model_dir(args.like, Path(args.models_dir).expanduser())  # noqa: ASYNC240
     sampling = Sampling(max_new_tokens=80, temperature=0.8, top_p=0.95, repetition_penalty=1.1, seed=1)
     model = LocalPersonaModel.load(path, name=args.like, sampling=sampling)
     work = Path(tempfile.mkdtemp(prefix="omoide-bench-"))
@@ -175,8 +176,8 @@ async def main() -> None:
     timed = TimedModel(model)
     app = await build(config, model=timed, console=False)
     director = app.director
-    synth = TimedSynth(director.synthesizer)
-    director.synthesizer = synth
+    synth = TimedSynth(director.cast.synthesizer)
+    director.cast = dataclasses.replace(director.cast, synthesizer=synth)
     runner = asyncio.create_task(director.run(), name="bench-director")
     assert app.avatar is not None
     client = await websockets.connect(f"ws://127.0.0.1:{app.avatar.port}")
@@ -194,7 +195,7 @@ async def main() -> None:
     chunk = int(config.tts.chunk_ms / 20) * (22050 * 20 // 1000) * 2
     for i in range(args.trials + 1):  # the first trial warms up and is not counted
         text = f"hey, what do you think about question number {i}?"
-        event = InputEvent(InputKind.CHAT, text, "bench", director.clock.now(), "viewer")
+        event = InputEvent(InputKind.CHAT, text, "bench", director.cast.clock.now(), "viewer")
         director.submit(event)
         while director.current is None or Stage.FIRST_AUDIO not in director.current.record.timings:
             await asyncio.sleep(0.001)
@@ -208,7 +209,7 @@ async def main() -> None:
         await asyncio.to_thread(model.join)  # the stopped generation has ended: no shared RNG or CPU
         # direct path, same prompt and seed
         t0 = time.perf_counter()
-        prompt = model.render(PromptContext(director.persona, (event,)))
+        prompt = model.render(PromptContext(director.cast.persona, (event,)))
         d_render = time.perf_counter() - t0
         assert prompt.text == rec.prompt, "direct and runtime prompts differ"
         d_gen, d_sentence = await asyncio.to_thread(direct_generation, model, prompt.text)
@@ -260,7 +261,7 @@ async def main() -> None:
     print(f"avatar messages received: {received}; direct path spoke the runtime's first sentence in"
           f" {sum(r['same_first_sentence'] for r in rows)}/{len(rows)} trials")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps(rows, indent=1))  # noqa: ASYNC240
 
 
 if __name__ == "__main__":

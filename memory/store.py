@@ -28,7 +28,6 @@ from runtime.events import (
     Memory,
     Priority,
     TurnRecord,
-    TurnStatus,
     input_text,
 )
 
@@ -137,11 +136,10 @@ class SqliteMemory:
                  json.dumps(list(record.moderated)), record.error, json.dumps(record.timings)),
             )
         )
-        if record.status is TurnStatus.STARTED:
-            for event in record.inputs:
-                self._queue.put_nowait(
-                    _Write("UPDATE inputs SET turn_id = ? WHERE id = ?", (record.turn_id, event.id))
-                )
+        for event in record.inputs:
+            self._queue.put_nowait(
+                _Write("UPDATE inputs SET turn_id = ? WHERE id = ?", (record.turn_id, event.id))
+            )
 
     async def add_memory(self, text: str, source: str) -> None:
         """Something the character should be able to recall (a card's lore entry, a fact)."""

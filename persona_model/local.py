@@ -79,7 +79,7 @@ class _QueueStreamer(TextStreamer):
         ids = value.reshape(-1).tolist()
         self.stats.new_tokens += len(ids)
         self.token_cache.extend(ids)
-        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+        text = str(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
         if text.endswith("\ufffd"):
             return  # the rest of a multi-byte character is in the next token
         piece, self.print_len = text[self.print_len :], len(text)

@@ -25,7 +25,7 @@ from runtime.events import Persona
 from runtime.inbox import Inbox
 from runtime.moderation import Moderator
 from runtime.ports import Clock, MonotonicClock, OutputSink, PersonaModel, Source
-from runtime.turn import TurnSettings
+from runtime.turn import Cast, TurnSettings
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +137,17 @@ async def build(
         observers.append(ConsoleSubtitles(persona.name, stdout))
 
     t = config.turn
+    cast = Cast(
+        persona=persona, model=model, synthesizer=synthesizer, playout=playout, memory=memory,
+        moderator=moderator, clock=clock, observers=tuple(observers),
+        settings=TurnSettings(t.first_sentence_min_chars, t.max_sentence_chars, t.sentences_ahead,
+                              t.recall_k),
+    )
     director = Director(
-        persona=persona, model=model, synthesizer=synthesizer, playout=playout, observers=observers,
-        memory=memory, moderator=moderator, clock=clock,
-        inbox=Inbox(clock, config.inbox.capacity, config.inbox.max_chat_age_s),
-        sources=sources,
-        turn_settings=TurnSettings(t.first_sentence_min_chars, t.max_sentence_chars,
-                                   t.sentences_ahead, t.recall_k),
-        settings=DirectorSettings(t.history_messages, exit_when_sources_end),
+        cast,
+        Inbox(clock, config.inbox.capacity, config.inbox.max_chat_age_s),
+        sources,
+        DirectorSettings(t.history_messages, exit_when_sources_end),
     )
     return App(config, director, memory, avatar, [playout, *observers])
 
@@ -156,8 +159,8 @@ async def run(config: Config, **kwargs: object) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, app.director.stop)
-    log.info("character ready", extra={"character": app.director.persona.name,
-                                       "model": app.director.model.name,
+    log.info("character ready", extra={"character": app.director.cast.persona.name,
+                                       "model": app.director.cast.model.name,
                                        "database": str(Path(app.memory.path))})
     try:
         await app.director.run()

@@ -9,20 +9,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from runtime.events import (
-    ChatMessage,
-    Control,
-    InputEvent,
-    Persona,
-    Priority,
-    TurnRecord,
-    input_text,
-    new_id,
-)
+from runtime.events import ChatMessage, Control, InputEvent, Priority, TurnRecord, input_text, new_id
 from runtime.inbox import Inbox
-from runtime.moderation import Moderator
-from runtime.ports import Clock, MemoryStore, OutputSink, PersonaModel, Source, Synthesizer
-from runtime.turn import TurnHandle, TurnSettings
+from runtime.ports import Source
+from runtime.turn import Cast, TurnHandle
 
 log = logging.getLogger(__name__)
 
@@ -36,32 +26,16 @@ class DirectorSettings:
 class Director:
     def __init__(
         self,
-        *,
-        persona: Persona,
-        model: PersonaModel,
-        synthesizer: Synthesizer,
-        playout: OutputSink,
-        observers: Sequence[OutputSink] = (),
-        memory: MemoryStore,
-        moderator: Moderator,
-        clock: Clock,
+        cast: Cast,
         inbox: Inbox,
         sources: Sequence[Source] = (),
-        turn_settings: TurnSettings = TurnSettings(),
         settings: DirectorSettings = DirectorSettings(),
         on_turn: Callable[[TurnRecord], None] | None = None,
     ) -> None:
-        self.persona = persona
-        self.model = model
-        self.synthesizer = synthesizer
-        self.playout = playout
-        self.observers = tuple(observers)
-        self.memory = memory
-        self.moderator = moderator
-        self.clock = clock
+        self.cast = cast
+        self.memory = cast.memory
         self.inbox = inbox
         self.sources = tuple(sources)
-        self.turn_settings = turn_settings
         self.settings = settings
         self.on_turn = on_turn
         self.history: deque[ChatMessage] = deque(maxlen=max(settings.history_messages, 0))
@@ -153,20 +127,7 @@ class Director:
             committed = self._committed.pop(event.id, None)
             if committed is not None:
                 await committed  # the input is on disk before any reply starts
-        turn = TurnHandle(
-            new_id(),
-            inputs,
-            persona=self.persona,
-            history=tuple(self.history),
-            model=self.model,
-            synthesizer=self.synthesizer,
-            playout=self.playout,
-            observers=self.observers,
-            memory=self.memory,
-            moderator=self.moderator,
-            clock=self.clock,
-            settings=self.turn_settings,
-        )
+        turn = TurnHandle(new_id(), inputs, tuple(self.history), self.cast)
         self.current = turn
         try:
             record = await turn.run()

@@ -41,6 +41,21 @@ class TurnSettings:
     recall_k: int = 3
 
 
+@dataclass(frozen=True, slots=True)
+class Cast:
+    """Everything a turn works with; the director holds one and hands it to each turn."""
+
+    persona: Persona
+    model: PersonaModel
+    synthesizer: Synthesizer
+    playout: OutputSink  # the one sink that paces the turn (the speakers)
+    memory: MemoryStore
+    moderator: Moderator
+    clock: Clock
+    observers: tuple[OutputSink, ...] = ()  # sinks that follow along (avatar, terminal)
+    settings: TurnSettings = TurnSettings()
+
+
 @dataclass(slots=True)
 class _Spoken:
     """Delivery accounting of one sentence: how much audio went to the speakers."""
@@ -54,39 +69,22 @@ class TurnHandle:
     """Runs one turn. `await handle.run()` returns its TurnRecord, also when it was interrupted."""
 
     def __init__(
-        self,
-        turn_id: str,
-        inputs: tuple[InputEvent, ...],
-        *,
-        persona: Persona,
-        history: Sequence[ChatMessage],
-        model: PersonaModel,
-        synthesizer: Synthesizer,
-        playout: OutputSink,
-        observers: Sequence[OutputSink] = (),
-        memory: MemoryStore,
-        moderator: Moderator,
-        clock: Clock,
-        settings: TurnSettings = TurnSettings(),
+        self, turn_id: str, inputs: tuple[InputEvent, ...], history: Sequence[ChatMessage], cast: Cast
     ) -> None:
         self.turn_id = turn_id
         self.inputs = inputs
-        self.persona = persona
         self.history = tuple(history)
-        self.model = model
-        self.synthesizer = synthesizer
-        self.playout = playout
-        self.observers = tuple(observers)
-        self.memory = memory
-        self.moderator = moderator
-        self.clock = clock
-        self.settings = settings
+        self.cast = cast
+        self.clock = cast.clock
+        self.settings = cast.settings
+        self.playout = cast.playout
+        self.observers = cast.observers
         self.record = TurnRecord(
             turn_id=turn_id,
             inputs=inputs,
-            persona=persona.name,
-            model=model.name,
-            adapter=model.adapter,
+            persona=cast.persona.name,
+            model=cast.model.name,
+            adapter=cast.model.adapter,
         )
         self._t0 = min(e.received_at for e in inputs)
         self._generated: list[str] = []
@@ -134,14 +132,14 @@ class TurnHandle:
 
     async def _run(self) -> None:
         query = input_text(self.inputs)
-        memories = await self.memory.recall(query, self.settings.recall_k) if self.settings.recall_k else []
-        context = PromptContext(self.persona, self.inputs, self.history, tuple(memories))
-        prompt = await asyncio.to_thread(self.model.render, context)
+        memories = await self.cast.memory.recall(query, self.settings.recall_k) if self.settings.recall_k else []
+        context = PromptContext(self.cast.persona, self.inputs, self.history, tuple(memories))
+        prompt = await asyncio.to_thread(self.cast.model.render, context)
         self.record.prompt = prompt.text
         self.record.messages = prompt.messages
         self.record.recalled = tuple(m.id for m in memories[: len(memories) - prompt.memories_dropped])
         self.mark(Stage.PROMPT_READY)
-        await self.memory.remember(self.record)
+        await self.cast.memory.remember(self.record)
         for sink in (self.playout, *self.observers):
             await sink.begin_turn(self.turn_id, self.inputs)
 
@@ -156,7 +154,7 @@ class TurnHandle:
         cutter = SentenceCutter(
             self.turn_id, self.settings.first_sentence_min_chars, self.settings.max_sentence_chars
         )
-        async with contextlib.aclosing(self.model.stream(prompt)) as stream:
+        async with contextlib.aclosing(self.cast.model.stream(prompt)) as stream:
             async for piece in stream:
                 self.mark(Stage.FIRST_TOKEN)
                 self._generated.append(piece)
@@ -169,7 +167,7 @@ class TurnHandle:
     async def _pass_on(self, cut: list[Sentence], out: asyncio.Queue[Sentence | None]) -> bool:
         """Moderate and queue sentences; False when moderation ends the reply."""
         for sentence in cut:
-            verdict, phrase = self.moderator.check(sentence.text)
+            verdict, phrase = self.cast.moderator.check(sentence.text)
             if verdict is not Verdict.SPEAK:
                 self._moderated.append(sentence.text)
                 log.warning(
@@ -193,7 +191,7 @@ class TurnHandle:
             await out.put((sentence, chunks))
             try:
                 if sentence.text:
-                    async for chunk in self.synthesizer.synthesize(sentence):
+                    async for chunk in self.cast.synthesizer.synthesize(sentence):
                         chunks.put_nowait(chunk)
             except Exception:  # noqa: BLE001 - one bad sentence loses its voice, not the turn
                 log.exception("synthesis failed; sentence shown without audio",
@@ -241,7 +239,7 @@ class TurnHandle:
                 await sink.end_turn(self.turn_id, status is not TurnStatus.COMPLETE, rec.spoken_text)
             except Exception:  # noqa: BLE001 - a broken sink must not lose the record
                 log.exception("sink failed to end the turn", extra={"turn_id": self.turn_id})
-        await self.memory.remember(rec)
+        await self.cast.memory.remember(rec)
 
 
 def _heard(delivered: list[_Spoken], unheard: int, complete: bool) -> tuple[str, int | None]:

@@ -48,7 +48,7 @@ async def character(tmp_path: Any, model: Any, speed: float = 20.0, **sections: 
 
 
 def say(app: App, text: str, author: str = "viewer", priority: Priority = Priority.NORMAL) -> InputEvent:
-    event = InputEvent(InputKind.CHAT, text, "test", app.director.clock.now(), author, priority)
+    event = InputEvent(InputKind.CHAT, text, "test", app.director.cast.clock.now(), author, priority)
     app.director.submit(event)
     return event
 
@@ -124,7 +124,7 @@ async def test_avatar_client_receives_the_turn_in_order_with_audio_and_envelopes
         # the log holds the prompt exactly as sent, and what was spoken
         [(prompt, db_spoken, status, timings)] = db_rows(
             app, "select prompt, spoken_text, status, timings from turns")
-        expected = tiny_model.render(PromptContext(app.director.persona, (event,)))
+        expected = tiny_model.render(PromptContext(app.director.cast.persona, (event,)))
         assert prompt == expected.text
         assert db_spoken == spoken and status == "complete"
         stages = ["input_received", "prompt_ready", "first_token", "first_sentence", "first_audio", "last_audio"]
