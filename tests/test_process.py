@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import select
 import signal
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from memory.store import SqliteMemory
+from runtime.events import ChatMessage, InputEvent, InputKind, TurnRecord, TurnStatus
 from tests.conftest import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,3 +84,23 @@ def test_a_bad_card_is_a_clear_error(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert err.decode().strip() == f"cannot start: character card: {tmp_path / 'card.json'}: data.name is missing or empty"
+
+
+def test_logs_export_from_the_command_line(tmp_path):
+    async def fill() -> None:
+        store = await SqliteMemory.open(tmp_path / "omoide.db")
+        e = InputEvent(InputKind.CHAT, "hi", "test", 0.0, "viewer")
+        await store.log_input(e)
+        await store.remember(TurnRecord("t1", (e,), "P", "m", prompt="p", spoken_text="Hello!",
+                                        messages=(ChatMessage("user", "viewer: hi"),),
+                                        status=TurnStatus.COMPLETE))
+        await store.aclose()
+
+    asyncio.run(fill())
+    config = write_config(tmp_path)
+    proc = omoide(config, "logs", "export", str(tmp_path / "out.jsonl"))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    [line] = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert json.loads(line)["messages"][-1] == {"role": "assistant", "content": "Hello!"}
+    assert b"exported 1 turns" in err
