@@ -25,13 +25,13 @@ def iter_examples(
     marks = ",".join("?" for _ in statuses)
     rows = conn.execute(
         "SELECT id, started_at, persona, model, adapter, messages, recalled, generated_text,"
-        " spoken_text, status, interrupted_at, interrupt_reason, moderated, timings"
+        " spoken_text, status, interrupted_at, interrupt_reason, moderated, timings, false_interruptions"
         f" FROM turns WHERE status IN ({marks}) AND spoken_text != '' AND started_at >= ?"
         " ORDER BY started_at",
         (*statuses, since or 0.0),
     )
     for (turn_id, started_at, persona, model, adapter, messages, recalled, generated, spoken,
-         status, cut_at, reason, moderated, timings) in rows:
+         status, cut_at, reason, moderated, timings, false_interruptions) in rows:
         inputs = conn.execute(
             "SELECT id, kind, source, author, text FROM inputs WHERE turn_id = ? ORDER BY logged_at",
             (turn_id,),
@@ -50,6 +50,7 @@ def iter_examples(
                 "interrupted": status == "interrupted",
                 "interrupted_at": cut_at,
                 "interrupt_reason": reason,
+                "false_interruptions": false_interruptions,
                 "generated_text": generated,
                 "moderated": json.loads(moderated),
                 "recalled": json.loads(recalled),

@@ -54,6 +54,10 @@ MIGRATIONS: tuple[str, ...] = (
         INSERT INTO memories_fts(memories_fts, rowid, text) VALUES ('delete', old.id, old.text);
     END;
     """,
+    # 2: barge-ins that held a reply but came to nothing
+    """
+    ALTER TABLE turns ADD COLUMN false_interruptions INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

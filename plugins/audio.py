@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
+import threading
 import wave
+from collections.abc import AsyncGenerator, Callable, Iterator
 
 import numpy as np
 
-from runtime.events import AudioChunk
+from runtime.events import AudioChunk, Sentence
 
 SLICE_MS = 20
+
+
+class SynthesizerError(RuntimeError):
+    """A voice that cannot speak: the message says what is missing and how to get it."""
+
 # RMS (as a fraction of full scale) that counts as a fully open mouth; speech sits near 0.1-0.3
 FULL_VOLUME_RMS = 0.25
 
@@ -48,3 +57,132 @@ def wav_bytes(pcm: bytes, rate: int) -> bytes:
         w.setframerate(rate)
         w.writeframes(pcm)
     return buf.getvalue()
+
+
+class ThreadedVoice:
+    """Runs a blocking synthesis engine on a worker thread and streams its audio into asyncio as it
+    is produced. Closing the iterator asks the engine to stop between pieces."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()  # one synthesis at a time: engines are not thread-safe
+
+    async def speak(
+        self, sentence: Sentence, produce: Callable[[threading.Event], Iterator[tuple[bytes, int]]]
+    ) -> AsyncGenerator[AudioChunk, None]:
+        """`produce(stop)` yields (s16 mono PCM, sample rate) pieces; it runs on the worker."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[bytes, int] | BaseException | None] = asyncio.Queue()
+        stop = threading.Event()
+
+        def work() -> None:
+            try:
+                with self._lock:
+                    for piece in produce(stop):
+                        if stop.is_set():
+                            break
+                        loop.call_soon_threadsafe(queue.put_nowait, piece)
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop may be gone at exit
+                    loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        threading.Thread(target=work, name=f"{self.name}-synth", daemon=True).start()
+        index = 0
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield make_chunk(sentence.turn_id, sentence.seq, index, *item)
+                index += 1
+        finally:
+            stop.set()
+
+
+def rechunk(pcm: bytes, size: int) -> Iterator[bytes]:
+    """Split PCM into pieces of `size` bytes (the last may be shorter)."""
+    for start in range(0, len(pcm), size):
+        yield pcm[start : start + size]
+
+
+MIC_RATE = 16000
+
+
+def resample(samples: np.ndarray, rate: int, to: int = MIC_RATE) -> np.ndarray:
+    """Linear resampling of float32 mono audio (good enough for references and VAD)."""
+    if rate == to or samples.size == 0:
+        return samples.astype(np.float32, copy=False)
+    n = int(round(samples.size * to / rate))
+    return np.interp(np.arange(n) * (rate / to), np.arange(samples.size), samples).astype(np.float32)
+
+
+def pcm_to_float(pcm: bytes) -> np.ndarray:
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+
+
+class PlaybackLog:
+    """What the speakers played and when (on the runtime's clock), at 16 kHz: the reference that
+    tells the microphone which sound is the character's own voice."""
+
+    def __init__(self, keep_s: float = 5.0) -> None:
+        self.keep_s = keep_s
+        self._segments: list[tuple[float, np.ndarray]] = []  # (clock time of first sample, audio)
+
+    def write(self, start: float, pcm: bytes, rate: int) -> None:
+        self._segments.append((start, resample(pcm_to_float(pcm), rate)))
+        horizon = start - self.keep_s
+        self._segments = [(t, a) for t, a in self._segments if t + a.size / MIC_RATE > horizon]
+
+    def cut(self, at: float) -> None:
+        """Playback stopped at `at`: forget what was scheduled after it."""
+        kept = []
+        for t, a in self._segments:
+            if t < at:
+                kept.append((t, a[: max(0, int((at - t) * MIC_RATE))]))
+        self._segments = kept
+
+    def read(self, start: float, n: int) -> np.ndarray:
+        """The n samples that were playing from clock time `start` on (zeros where nothing was)."""
+        out = np.zeros(n, dtype=np.float32)
+        for t, a in self._segments:
+            offset = int(round((t - start) * MIC_RATE))
+            lo, hi = max(0, offset), min(n, offset + a.size)
+            if lo < hi:
+                out[lo:hi] += a[lo - offset : hi - offset]
+        return out
+
+
+def dbfs(frame: np.ndarray) -> float:
+    rms = float(np.sqrt(np.mean(np.square(frame)))) if frame.size else 0.0
+    return 20 * np.log10(max(rms, 1e-9))
+
+
+class EchoGate:
+    """Tells whether a microphone frame is the character's own voice coming back.
+
+    The frame is compared with what the speakers played in the last `max_delay_s` (normalized
+    cross-correlation over every delay): a frame that the playback explains is echo. A person
+    talking over the playback makes the frame unlike it, so barge-in still works.
+    """
+
+    def __init__(self, log: PlaybackLog, threshold: float = 0.5, max_delay_s: float = 0.35) -> None:
+        self.log = log
+        self.threshold = threshold
+        self.max_delay = int(max_delay_s * MIC_RATE)
+
+    def similarity(self, frame: np.ndarray, t: float) -> float:
+        n = frame.size
+        ref = self.log.read(t - self.max_delay / MIC_RATE, n + self.max_delay)
+        energy = np.concatenate([[0.0], np.cumsum(ref.astype(np.float64) ** 2)])
+        window = energy[n:] - energy[:-n]  # energy of ref[k:k+n] for every delay k
+        if window.max() < 1e-6:
+            return 0.0  # nothing was playing
+        size = 1 << (n + ref.size).bit_length()
+        dots = np.fft.irfft(np.fft.rfft(ref, size) * np.conj(np.fft.rfft(frame, size)), size)[: ref.size - n + 1]
+        norm = np.sqrt(window * float(np.dot(frame, frame))) + 1e-9
+        audible = window > 0.01 * window.max()  # delays where the playback was (nearly) silent don't count
+        return float(np.max(np.where(audible, np.abs(dots) / norm, 0.0)))
+
+    def is_echo(self, frame: np.ndarray, t: float) -> bool:
+        return self.similarity(frame, t) >= self.threshold

@@ -54,6 +54,7 @@ class AvatarServer:
         self._clients: set[_Client] = set()
         self._server: Server | None = None
         self._turn_start: str | None = None  # replayed to a client that joins mid-turn
+        self._turn_id: str | None = None
 
     @property
     def port(self) -> int:
@@ -81,6 +82,7 @@ class AvatarServer:
     # -- OutputSink ------------------------------------------------------------------------------
 
     async def begin_turn(self, turn_id: str, inputs: tuple[InputEvent, ...]) -> None:
+        self._turn_id = turn_id
         self._turn_start = _encode(
             "turn_start",
             turn_id=turn_id,
@@ -108,6 +110,12 @@ class AvatarServer:
 
     def clear(self) -> int:
         return 0  # the speakers know what was heard; turn_end tells clients to stop
+
+    def pause(self) -> None:
+        self._broadcast(_encode("pause", turn_id=self._turn_id))
+
+    def resume(self) -> None:
+        self._broadcast(_encode("resume", turn_id=self._turn_id))
 
     async def drain(self) -> None:
         pass

@@ -1,7 +1,8 @@
 """Chat in the terminal: typed lines in (`ConsoleChatSource`), the reply printed as it is spoken
 (`ConsoleSubtitles`).
 
-Lines starting with `/` are commands: `/interrupt` stops the reply in flight, `/quit` exits.
+Lines starting with `/` are commands: `/interrupt` stops the reply in flight, `/quit` exits,
+`/mute` and `/unmute` the microphone, `/talk` and `/over` press and release push-to-talk.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from runtime.events import AudioChunk, Control, InputEvent, InputKind, Priority,
 from runtime.ports import Clock
 
 COMMANDS = {"/interrupt": Control.INTERRUPT, "/stop": Control.INTERRUPT, "/quit": Control.STOP,
-            "/exit": Control.STOP}
+            "/exit": Control.STOP, "/mute": Control.MUTE, "/unmute": Control.UNMUTE,
+            "/talk": Control.TALK_START, "/over": Control.TALK_STOP}
 MAX_LINE = 2000
 
 
@@ -100,6 +102,12 @@ class ConsoleSubtitles:
 
     def clear(self) -> int:
         return 0
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
 
     async def drain(self) -> None:
         pass

@@ -9,14 +9,10 @@ import shutil
 import struct
 from collections.abc import AsyncIterator
 
-from plugins.audio import chunk_bytes, make_chunk
+from plugins.audio import SynthesizerError, chunk_bytes, make_chunk
 from runtime.events import AudioChunk, Sentence
 
 INSTALL_HINT = "install it with: sudo apt-get install -y espeak-ng"
-
-
-class SynthesizerError(RuntimeError):
-    pass
 
 
 class EspeakSynthesizer:

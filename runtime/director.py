@@ -9,9 +9,19 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from runtime.events import ChatMessage, Control, InputEvent, Priority, TurnRecord, input_text, new_id
+from runtime.events import (
+    ChatMessage,
+    Control,
+    InputEvent,
+    InputKind,
+    Priority,
+    Stage,
+    TurnRecord,
+    input_text,
+    new_id,
+)
 from runtime.inbox import Inbox
-from runtime.ports import Source
+from runtime.ports import Controllable, Source
 from runtime.turn import Cast, TurnHandle
 
 log = logging.getLogger(__name__)
@@ -21,6 +31,8 @@ log = logging.getLogger(__name__)
 class DirectorSettings:
     history_messages: int = 24  # conversation messages kept for the prompt
     exit_when_sources_end: bool = False  # stop once every source has ended and all is answered
+    barge_in: str = "on"  # on | off | loud: does speech during a reply hold it?
+    barge_in_min_dbfs: float = -30.0  # with "loud": how loud the speech must be
 
 
 class Director:
@@ -47,6 +59,11 @@ class Director:
 
     def submit(self, event: InputEvent) -> bool:
         """Take an input from outside: log it at once, queue it, and interrupt if it must."""
+        if event.is_signal:
+            self._signal(event)
+            return True
+        if event.kind is InputKind.TRANSCRIPT and self.current is not None and self.current.paused:
+            self.current.cancel("barge-in")  # they said something: the held reply is over
         if not event.is_control:
             self._committed[event.id] = self.memory.log_input(event)
         accepted = self.inbox.put(event)
@@ -61,6 +78,26 @@ class Director:
             self.current.cancel("preempted")
         self._idle.clear()
         return accepted
+
+    def _signal(self, event: InputEvent) -> None:
+        turn = self.current
+        if turn is None:
+            return
+        if event.kind is InputKind.SPEECH_STARTED:
+            if self.settings.barge_in == "off":
+                return
+            level = float(event.meta.get("dbfs", 0.0))
+            if self.settings.barge_in == "loud" and level < self.settings.barge_in_min_dbfs:
+                return
+            turn.pause()
+            onset = float(event.meta.get("onset", event.received_at))
+            turn.mark(Stage.SPEECH_ONSET, at=onset)
+            turn.mark(Stage.BARGE_IN)
+            log.info("barge-in: reply held", extra={"turn_id": turn.turn_id,
+                     "latency_ms": round((self.cast.clock.now() - onset) * 1000, 1)})
+        elif event.kind is InputKind.SPEECH_ENDED and turn.paused and not event.meta.get("transcribed"):
+            turn.resume()
+            log.info("barge-in came to nothing: reply resumed", extra={"turn_id": turn.turn_id})
 
     def interrupt(self, reason: str = "operator") -> bool:
         """Stop the turn in flight, if there is one."""
@@ -110,7 +147,7 @@ class Director:
                 self.stop()
             elif event.text == Control.INTERRUPT:
                 self.interrupt("operator")
-            else:
+            elif not any([s.control(event.text) for s in self.sources if isinstance(s, Controllable)]):
                 log.warning("unknown control command", extra={"command": event.text, "source": event.source})
 
     async def _turns(self) -> None:

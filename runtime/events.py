@@ -25,6 +25,7 @@ class InputKind(enum.StrEnum):
     CHAT = "chat"  # a typed line: console, Twitch chat, overlay
     TRANSCRIPT = "transcript"  # the final text of something said into the microphone
     SPEECH_STARTED = "speech_started"  # someone started talking (barge-in signal)
+    SPEECH_ENDED = "speech_ended"  # they stopped; meta["transcribed"] says if words came of it
     GAME_CONTEXT = "game_context"  # a game told the character what is going on
     GAME_FORCE = "game_force"  # a game requires the character to act now
     CONTROL = "control"  # operator commands: interrupt, mute, stop
@@ -35,6 +36,10 @@ class Control(enum.StrEnum):
 
     INTERRUPT = "interrupt"  # stop the turn in flight, keep running
     STOP = "stop"  # stop the turn in flight and shut down
+    MUTE = "mute"  # the microphone stops listening
+    UNMUTE = "unmute"
+    TALK_START = "talk_start"  # push-to-talk pressed
+    TALK_STOP = "talk_stop"  # push-to-talk released: what was said is final
 
 
 _seq = itertools.count()
@@ -62,6 +67,11 @@ class InputEvent:
     @property
     def is_control(self) -> bool:
         return self.kind is InputKind.CONTROL
+
+    @property
+    def is_signal(self) -> bool:
+        """Speech started/ended: acted on at once, never answered as a turn."""
+        return self.kind in (InputKind.SPEECH_STARTED, InputKind.SPEECH_ENDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +165,8 @@ class Stage(enum.StrEnum):
     FIRST_SENTENCE = "first_sentence"
     FIRST_AUDIO = "first_audio"
     LAST_AUDIO = "last_audio"
+    SPEECH_ONSET = "speech_onset"  # barge-in: when the person started talking over the reply
+    BARGE_IN = "barge_in"  # barge-in: when the reply was held
 
 
 class TurnStatus(enum.StrEnum):
@@ -183,6 +195,7 @@ class TurnRecord:
     messages: tuple[ChatMessage, ...] = ()  # the prompt as messages, before the chat template
     moderated: tuple[str, ...] = ()  # sentences held back by moderation
     error: str | None = None
+    false_interruptions: int = 0  # barge-ins that paused the turn but said nothing
     timings: dict[str, float] = field(default_factory=dict)  # Stage -> seconds since input
 
     @property

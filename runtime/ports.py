@@ -52,6 +52,15 @@ class Source(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class Controllable(Protocol):
+    """A source that obeys control commands (a microphone: mute, push-to-talk)."""
+
+    def control(self, command: str) -> bool:
+        """Act on a Control command; False if it is not one for this source."""
+        ...
+
+
 class PersonaModel(Protocol):
     """The character's language model."""
 
@@ -111,6 +120,12 @@ class OutputSink(Protocol):
     def clear(self) -> int:
         """Stop sound at once. Returns how many samples were handed over but never heard."""
         ...
+
+    def pause(self) -> None:
+        """Hold the sound where it is (someone started talking); `play` waits until resume."""
+        ...
+
+    def resume(self) -> None: ...
 
     async def drain(self) -> None:
         """Wait until everything handed over has been heard."""

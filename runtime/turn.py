@@ -92,6 +92,7 @@ class TurnHandle:
         self._moderated: list[str] = []
         self._work: asyncio.Task[None] | None = None
         self._cancel_reason: str | None = None
+        self._paused = False
         self.mark(Stage.INPUT_RECEIVED, at=self._t0)
 
     @property
@@ -103,6 +104,25 @@ class TurnHandle:
         if stage not in self.record.timings:
             now = self.clock.now() if at is None else at
             self.record.timings[stage] = round(now - self._t0, 6)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Hold the sound at once (someone started talking); resume() or cancel() follows."""
+        if not self._paused:
+            self._paused = True
+            for sink in (self.playout, *self.observers):
+                sink.pause()
+
+    def resume(self) -> None:
+        """The talking turned out to be nothing: go on where the sound was held."""
+        if self._paused:
+            self._paused = False
+            self.record.false_interruptions += 1
+            for sink in (self.playout, *self.observers):
+                sink.resume()
 
     def cancel(self, reason: str) -> None:
         """Interrupt the turn: generation, synthesis and playback stop together."""

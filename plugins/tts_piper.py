@@ -1,0 +1,49 @@
+"""Piper: fast local neural voices. A voice is a local `NAME.onnx` with its `NAME.onnx.json`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+from piper import PiperVoice, SynthesisConfig
+
+from plugins.audio import SynthesizerError, ThreadedVoice, chunk_bytes, rechunk
+from runtime.events import AudioChunk, Sentence
+
+
+class PiperSynthesizer:
+    """Implements the Synthesizer port with piper-tts on a worker thread.
+
+    Piper speaks a sentence per inference; its audio is cut into `chunk_ms` chunks for the sinks.
+    """
+
+    def __init__(self, voice: Path | str, speaker: int | None = None, length_scale: float | None = None,
+                 chunk_ms: int = 100) -> None:
+        voice = Path(voice).expanduser()
+        config = voice.with_name(voice.name + ".json")
+        if not voice.is_file() or not config.is_file():
+            raise SynthesizerError(
+                f"piper voice {voice} (and its {config.name}) not found; download one with"
+                " `omoide models pull` (tts.piper.voice names a voice like en_US-lessac-medium)"
+                " or point tts.piper.voice at a local .onnx file"
+            )
+        try:
+            self.voice = PiperVoice.load(voice, config_path=config)
+        except Exception as exc:  # noqa: BLE001 - a broken voice file is the user's to fix
+            raise SynthesizerError(f"piper voice {voice} cannot be loaded: {exc}") from None
+        self.config = SynthesisConfig(speaker_id=speaker, length_scale=length_scale)
+        self.rate = int(self.voice.config.sample_rate)
+        self.chunk_ms = chunk_ms
+        self._worker = ThreadedVoice("piper")
+
+    def _produce(self, text: str, stop: threading.Event) -> Iterator[tuple[bytes, int]]:
+        size = chunk_bytes(self.rate, self.chunk_ms)
+        for audio in self.voice.synthesize(text, self.config):
+            for piece in rechunk(audio.audio_int16_bytes, size):
+                yield piece, audio.sample_rate
+            if stop.is_set():
+                return
+
+    def synthesize(self, sentence: Sentence) -> AsyncIterator[AudioChunk]:
+        return self._worker.speak(sentence, lambda stop: self._produce(sentence.text, stop))
