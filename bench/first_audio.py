@@ -213,7 +213,7 @@ async def main() -> None:
         d_render = time.perf_counter() - t0
         assert prompt.text == rec.prompt, "direct and runtime prompts differ"
         d_gen, d_sentence = await asyncio.to_thread(direct_generation, model, prompt.text)
-        d_tts = direct_tts(d_sentence, config.tts.voice, config.tts.speed, config.tts.pitch, chunk)
+        d_tts = direct_tts(d_sentence, config.tts.espeak.voice, config.tts.espeak.speed, config.tts.espeak.pitch, chunk)
         if i == 0:
             continue
         t = rec.timings

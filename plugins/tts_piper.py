@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+from huggingface_hub import hf_hub_download
 from piper import PiperVoice, SynthesisConfig
 
 from plugins.audio import SynthesizerError, ThreadedVoice, chunk_bytes, rechunk
 from runtime.events import AudioChunk, Sentence
+
+VOICES_REPO = "rhasspy/piper-voices"
+VOICE_NAME = re.compile(r"^(?P<lang>[a-z]{2,3})_(?P<region>[A-Z]{2})-(?P<name>\w+)-(?P<quality>x_low|low|medium|high)$")
+
+
+def _voice_subpath(voice: str) -> str:
+    m = VOICE_NAME.match(voice)
+    if m is None:
+        raise SynthesizerError(
+            f"{voice!r} is neither a .onnx file nor a Piper voice name like en_US-lessac-medium")
+    lang = m["lang"]
+    return f"{lang}/{lang}_{m['region']}/{m['name']}/{m['quality']}/{voice}.onnx"
+
+
+def piper_voice_path(voice: str, models_dir: Path) -> Path:
+    """A local .onnx file as given, or where `omoide models pull` puts the named voice."""
+    path = Path(voice).expanduser()
+    if path.suffix == ".onnx" or path.exists():
+        return path
+    return models_dir / "piper" / _voice_subpath(voice)
+
+
+def pull_piper_voice(voice: str, models_dir: Path) -> Path:
+    """Download a Piper voice (.onnx and .onnx.json) from the Hugging Face Hub."""
+    sub = _voice_subpath(voice)
+    for name in (sub, sub + ".json"):
+        hf_hub_download(VOICES_REPO, name, local_dir=models_dir / "piper")
+    return models_dir / "piper" / sub
 
 
 class PiperSynthesizer:

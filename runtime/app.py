@@ -14,18 +14,25 @@ from memory.store import SqliteMemory
 from persona_model.card import CardError, load_card
 from persona_model.hub import resolve
 from persona_model.local import LocalPersonaModel, Sampling
+from plugins.audio import EchoGate, PlaybackLog, SynthesizerError
 from plugins.avatar_ws import AvatarServer
 from plugins.chat_console import ConsoleChatSource, ConsoleSubtitles
+from plugins.mic_file import FileMicrophone, MicrophoneError
+from plugins.mic_sounddevice import SoundDeviceMicrophone
 from plugins.speakers_silent import SilentSpeakers
 from plugins.speakers_sounddevice import open_speakers
+from plugins.stt_whisper import ListenerSettings, Microphone, WhisperListener, load_whisper
+from plugins.tts_coqui import CoquiSynthesizer
 from plugins.tts_espeak import EspeakSynthesizer
+from plugins.tts_piper import PiperSynthesizer, piper_voice_path
 from runtime.config import Config
 from runtime.director import Director, DirectorSettings
 from runtime.events import Persona
 from runtime.inbox import Inbox
 from runtime.moderation import Moderator
-from runtime.ports import Clock, MonotonicClock, OutputSink, PersonaModel, Source
+from runtime.ports import Clock, MonotonicClock, OutputSink, PersonaModel, Source, Synthesizer
 from runtime.turn import Cast, TurnSettings
+from runtime.voices import FallbackSynthesizer
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,53 @@ def moderator_from(config: Config) -> Moderator:
             raise StartupError(f"moderation.blocklist_file {path}: {exc.strerror or exc}") from None
         words += [w.strip() for w in lines if w.strip() and not w.lstrip().startswith("#")]
     return Moderator(words, config.moderation.action)
+
+
+def synthesizer_from(config: Config) -> Synthesizer:
+    """The configured voice, with espeak-ng behind it for any sentence it fails on."""
+    t = config.tts
+    espeak = EspeakSynthesizer(t.espeak.voice, t.espeak.speed, t.espeak.pitch, t.chunk_ms)
+    if t.engine == "espeak":
+        return espeak
+    try:
+        voice: Synthesizer
+        if t.engine == "piper":
+            voice = PiperSynthesizer(piper_voice_path(t.piper.voice, config.path(config.model.models_dir)),
+                                     t.piper.speaker, t.piper.length_scale, t.chunk_ms)
+        else:
+            voice = CoquiSynthesizer(t.coqui.model, str(config.path(t.coqui.speaker_wav)) if t.coqui.speaker_wav
+                                     else "", t.coqui.language, t.coqui.device, t.chunk_ms)
+    except SynthesizerError as exc:
+        raise StartupError(f"tts.engine = {t.engine!r}: {exc}") from None
+    return FallbackSynthesizer(voice, espeak, t.engine) if t.fallback else voice
+
+
+def listener_from(config: Config, clock: Clock, playback: PlaybackLog | None) -> WhisperListener:
+    """The microphone (or files played as one), VAD and Whisper, from [stt]."""
+    c = config.stt
+    gate = EchoGate(playback, c.echo_threshold) if (c.echo_gate and playback is not None) else None
+    try:
+        mic: Microphone
+        if c.input == "microphone":
+            device = int(c.input_device) if c.input_device.isdigit() else (c.input_device or None)
+            mic = SoundDeviceMicrophone(clock, device)
+        else:
+            files = [c.input] if isinstance(c.input, str) else c.input
+            mic = FileMicrophone([config.path(f) for f in files], clock)
+        model = load_whisper(c.model, config.path(config.model.models_dir), c.device, c.compute_type,
+                             c.threads, config.model.download)
+    except MicrophoneError as exc:
+        raise StartupError(f"stt.input: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a Whisper model that is not there or not loadable
+        raise StartupError(
+            f"stt.model {c.model!r} cannot be loaded ({type(exc).__name__}: {exc}); fetch it with"
+            " `omoide models pull`, or set stt.model to a local CTranslate2 folder"
+            " (`omoide model tiny-whisper DIR` builds one offline)") from None
+    settings = ListenerSettings(
+        author=c.name, language=c.language or None, vad_threshold=c.vad_threshold,
+        end_of_speech_s=c.end_of_speech_s, min_utterance_s=c.min_utterance_s,
+        push_to_talk=c.push_to_talk, strict_filters=c.strict_filters, drop_phrases=tuple(c.drop_phrases))
+    return WhisperListener(mic, model, clock, settings, gate)
 
 
 def model_from(config: Config) -> LocalPersonaModel:
@@ -93,6 +147,7 @@ async def build(
     *,
     model: PersonaModel | None = None,
     console: bool | None = None,
+    listen: bool | None = None,
     exit_when_sources_end: bool = False,
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
@@ -103,19 +158,20 @@ async def build(
     clock = clock or MonotonicClock()
     persona, lore = persona_from(config)
     moderator = moderator_from(config)
-    synthesizer = EspeakSynthesizer(config.tts.voice, config.tts.speed, config.tts.pitch,
-                                    config.tts.chunk_ms)
+    synthesizer = synthesizer_from(config)
     if model is None:
         model = await asyncio.to_thread(model_from, config)
     memory = await SqliteMemory.open(config.path(config.memory.database))
     for text in lore:
         await memory.add_memory(text, source=persona.source)
 
+    listen = config.stt.enabled if listen is None else listen
+    playback = PlaybackLog() if listen else None  # what the speakers play, for the echo gate
     playout: OutputSink
     if config.audio.output == "speakers":
-        playout = open_speakers(clock, config.audio.device or None)
+        playout = open_speakers(clock, config.audio.device or None, playback)
     else:
-        playout = SilentSpeakers(clock)
+        playout = SilentSpeakers(clock, playback)
     observers: list[OutputSink] = []
     avatar = None
     if config.avatar.enabled:
@@ -131,6 +187,14 @@ async def build(
             ) from None
         observers.append(avatar)
     sources = list(sources or [])
+    if listen:
+        try:
+            sources.append(await asyncio.to_thread(listener_from, config, clock, playback))
+        except StartupError:
+            await memory.aclose()
+            if avatar is not None:
+                await avatar.aclose()
+            raise
     use_console = config.chat.console.enabled if console is None else console
     if use_console:
         sources.append(ConsoleChatSource(clock, config.chat.console.name, stdin))
@@ -147,7 +211,8 @@ async def build(
         cast,
         Inbox(clock, config.inbox.capacity, config.inbox.max_chat_age_s),
         sources,
-        DirectorSettings(t.history_messages, exit_when_sources_end),
+        DirectorSettings(t.history_messages, exit_when_sources_end, config.barge_in.mode,
+                         config.barge_in.min_dbfs),
     )
     return App(config, director, memory, avatar, [playout, *observers])
 

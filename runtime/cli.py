@@ -11,7 +11,10 @@ from pathlib import Path
 
 from memory.export import export_jsonl
 from persona_model import tiny
-from persona_model.hub import ModelNotFound, pull
+from persona_model.hub import ModelNotFound, local_folder, pull
+from plugins import tiny_piper, tiny_whisper
+from plugins.stt_whisper import pull_whisper, whisper_folder
+from plugins.tts_piper import piper_voice_path, pull_piper_voice
 from runtime import app, logs
 from runtime.config import Config, ConfigError, load
 
@@ -26,11 +29,12 @@ def _config(args: argparse.Namespace) -> Config:
     return load(path)
 
 
-def cmd_run(args: argparse.Namespace, chat: bool = False) -> int:
+def cmd_run(args: argparse.Namespace, chat: bool = False, companion: bool = False) -> int:
     config = _config(args)
     logs.setup(config.log.level, config.log.format)
     try:
-        asyncio.run(app.run(config, console=True if chat else None, exit_when_sources_end=chat))
+        asyncio.run(app.run(config, console=True if (chat or companion) else None,
+                            listen=True if companion else None, exit_when_sources_end=chat))
     except KeyboardInterrupt:
         pass
     return 0
@@ -43,11 +47,60 @@ def cmd_model_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_tiny_whisper(args: argparse.Namespace) -> int:
+    out = tiny_whisper.build_whisper(args.dir, like=args.like)
+    print(f"built a {args.like}-sized random Whisper for faster-whisper in {out}")
+    print(f"use it with: OMOIDE_STT__MODEL={out}")
+    return 0
+
+
+def cmd_model_tiny_voice(args: argparse.Namespace) -> int:
+    out = tiny_piper.build_voice(args.dir)
+    print(f"built a tiny Piper voice in {out}")
+    print(f"use it with: OMOIDE_TTS__ENGINE=piper OMOIDE_TTS__PIPER__VOICE={out}")
+    return 0
+
+
+def _models_dir(args: argparse.Namespace, config: Config) -> Path:
+    return Path(args.dir).expanduser() if getattr(args, "dir", None) else config.path(config.model.models_dir)
+
+
 def cmd_models_pull(args: argparse.Namespace) -> int:
+    """The configured language model, Whisper model and Piper voice (or one LLM named)."""
     config = _config(args)
-    model_id = args.id or config.model.id
-    target = pull(model_id, Path(args.dir).expanduser() if args.dir else config.path(config.model.models_dir))
-    print(f"{model_id} is in {target}")
+    models_dir = _models_dir(args, config)
+    wanted = set(args.only or ["llm", "whisper", "piper"])
+    if args.id:
+        wanted = {"llm"}
+    llm = args.id or config.model.id
+    if "llm" in wanted and not Path(llm).expanduser().is_dir():
+        print(f"language model {llm}: {pull(llm, models_dir)}")
+    whisper = config.stt.model
+    if "whisper" in wanted and not Path(whisper).expanduser().is_dir():
+        print(f"whisper {whisper}: {pull_whisper(whisper, models_dir)}")
+    voice = config.tts.piper.voice
+    if "piper" in wanted and not piper_voice_path(voice, models_dir).is_file():
+        print(f"piper voice {voice}: {pull_piper_voice(voice, models_dir)}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    config = _config(args)
+    models_dir = _models_dir(args, config)
+    print(f"models folder: {models_dir}")
+    rows = [("llm", p.name.replace("--", "/"), p) for p in sorted(models_dir.glob("*")) if (p / "config.json").is_file()]
+    rows += [("whisper", p.name, p) for p in sorted((models_dir / "whisper").glob("*")) if (p / "model.bin").is_file()]
+    rows += [("piper", p.stem, p) for p in sorted((models_dir / "piper").rglob("*.onnx"))]
+    for kind, name, path in rows:
+        print(f"  {kind:8} {name:45} {path}")
+    if not rows:
+        print("  (nothing yet: `omoide models pull`)")
+    for kind, name, present in (
+        ("llm", config.model.id, Path(config.model.id).expanduser().is_dir() or (local_folder(models_dir, config.model.id) / "config.json").is_file()),
+        ("whisper", config.stt.model, (whisper_folder(config.stt.model, models_dir) / "model.bin").is_file()),
+        ("piper", config.tts.piper.voice, piper_voice_path(config.tts.piper.voice, models_dir).is_file()),
+    ):
+        print(f"configured {kind}: {name} ({'present' if present else 'not here'})")
     return 0
 
 
@@ -80,6 +133,8 @@ def parser() -> argparse.ArgumentParser:
         func=cmd_run)
     sub.add_parser("chat", help="talk to the character in the terminal").set_defaults(
         func=lambda a: cmd_run(a, chat=True))
+    sub.add_parser("companion", help="desktop companion: talk by voice (microphone) and by typing").set_defaults(
+        func=lambda a: cmd_run(a, companion=True))
 
     model = sub.add_parser("model", aliases=["models"], help="build or download models")
     msub = model.add_subparsers(dest="model_command", required=True)
@@ -90,10 +145,23 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--train-steps", type=int, default=120,
                    help="steps of training for the tiny shape so it speaks in sentences (default 120)")
     t.set_defaults(func=cmd_model_tiny)
-    pl = msub.add_parser("pull", help="download a model from the Hugging Face Hub")
-    pl.add_argument("id", nargs="?", help="hub id (default: model.id from the config)")
+    tw = msub.add_parser("tiny-whisper", help="build a random-weight Whisper for faster-whisper (no network)")
+    tw.add_argument("dir", help="folder to write the CTranslate2 model to")
+    tw.add_argument("--like", default="tiny", choices=sorted(tiny_whisper.SHAPES),
+                    help="tiny, or base for Whisper base's size (benchmarks)")
+    tw.set_defaults(func=cmd_model_tiny_whisper)
+    tv = msub.add_parser("tiny-voice", help="build a tiny Piper voice (no network)")
+    tv.add_argument("dir", help="folder to write tiny.onnx and tiny.onnx.json to")
+    tv.set_defaults(func=cmd_model_tiny_voice)
+    pl = msub.add_parser("pull", help="download the configured LLM, Whisper model and Piper voice")
+    pl.add_argument("id", nargs="?", help="a hub id: download just this language model")
+    pl.add_argument("--only", action="append", choices=["llm", "whisper", "piper"],
+                    help="download only these (repeatable)")
     pl.add_argument("--dir", help="models folder (default: model.models_dir)")
     pl.set_defaults(func=cmd_models_pull)
+    ls = msub.add_parser("list", help="show the models on disk and whether the configured ones are there")
+    ls.add_argument("--dir", help="models folder (default: model.models_dir)")
+    ls.set_defaults(func=cmd_models_list)
 
     lg = sub.add_parser("logs", help="the interaction log")
     lsub = lg.add_subparsers(dest="logs_command", required=True)

@@ -77,12 +77,57 @@ class ModerationConfig(_Section):
     action: Literal["skip", "stop"] = "skip"
 
 
-class TtsConfig(_Section):
-    engine: Literal["espeak"] = "espeak"
+class EspeakConfig(_Section):
     voice: str = Field("en-us", min_length=1)
     speed: int = Field(175, ge=80, le=450)
     pitch: int = Field(50, ge=0, le=99)
+
+
+class PiperConfig(_Section):
+    voice: str = "en_US-lessac-medium"
+    speaker: int | None = None
+    length_scale: float | None = Field(None, gt=0.1, le=5.0)
+
+
+class CoquiConfig(_Section):
+    model: str = "tts_models/multilingual/multi-dataset/xtts_v2"
+    speaker_wav: str = ""
+    language: str = "en"
+    device: str = "cpu"
+
+
+class TtsConfig(_Section):
+    engine: Literal["espeak", "piper", "coqui"] = "espeak"
+    fallback: bool = True
     chunk_ms: int = Field(100, ge=20, le=1000)
+    espeak: EspeakConfig = EspeakConfig()
+    piper: PiperConfig = PiperConfig()
+    coqui: CoquiConfig = CoquiConfig()
+
+
+class SttConfig(_Section):
+    enabled: bool = False
+    input: str | list[str] = "microphone"
+    input_device: str = ""
+    name: str = Field("you", min_length=1)
+    model: str = Field("base.en", min_length=1)
+    language: str = "en"
+    device: str = "auto"
+    compute_type: str = "int8"
+    threads: int = Field(0, ge=0)
+    vad_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    end_of_speech_s: float = Field(0.4, ge=0.1, le=5.0)
+    min_utterance_s: float = Field(0.25, ge=0.0)
+    push_to_talk: bool = False
+    strict_filters: bool = True
+    drop_phrases: list[str] = []
+    echo_gate: bool = True
+    echo_threshold: float = Field(0.6, gt=0.0, le=1.0)
+
+
+class BargeInConfig(_Section):
+    mode: Literal["on", "off", "loud"] = "on"
+    min_dbfs: float = Field(-30.0, le=0.0)
 
 
 class AudioConfig(_Section):
@@ -124,6 +169,8 @@ class Config(_Section):
     inbox: InboxConfig = InboxConfig()
     moderation: ModerationConfig = ModerationConfig()
     tts: TtsConfig = TtsConfig()
+    stt: SttConfig = SttConfig()
+    barge_in: BargeInConfig = BargeInConfig()
     audio: AudioConfig = AudioConfig()
     avatar: AvatarConfig = AvatarConfig()
     chat: ChatConfig = ChatConfig()
