@@ -123,33 +123,35 @@ def pcm_to_float(pcm: bytes) -> np.ndarray:
 
 class PlaybackLog:
     """What the speakers played and when (on the runtime's clock), at 16 kHz: the reference that
-    tells the microphone which sound is the character's own voice."""
+    tells the microphone which sound is the character's own voice.
+
+    Audio sits on one sample grid (clock time × 16000, rounded once per piece), so every read of
+    the same moment sees the same samples in the same place.
+    """
 
     def __init__(self, keep_s: float = 5.0) -> None:
-        self.keep_s = keep_s
-        self._segments: list[tuple[float, np.ndarray]] = []  # (clock time of first sample, audio)
+        self.keep = int(keep_s * MIC_RATE)
+        self._segments: list[tuple[int, np.ndarray]] = []  # (first sample's index on the grid, audio)
 
     def write(self, start: float, pcm: bytes, rate: int) -> None:
-        self._segments.append((start, resample(pcm_to_float(pcm), rate)))
-        horizon = start - self.keep_s
-        self._segments = [(t, a) for t, a in self._segments if t + a.size / MIC_RATE > horizon]
+        first = round(start * MIC_RATE)
+        self._segments.append((first, resample(pcm_to_float(pcm), rate)))
+        horizon = first - self.keep
+        self._segments = [(i, a) for i, a in self._segments if i + a.size > horizon]
 
     def cut(self, at: float) -> None:
         """Playback stopped at `at`: forget what was scheduled after it."""
-        kept = []
-        for t, a in self._segments:
-            if t < at:
-                kept.append((t, a[: max(0, int((at - t) * MIC_RATE))]))
-        self._segments = kept
+        end = round(at * MIC_RATE)
+        self._segments = [(i, a[: end - i]) for i, a in self._segments if i < end]
 
     def read(self, start: float, n: int) -> np.ndarray:
         """The n samples that were playing from clock time `start` on (zeros where nothing was)."""
+        first = round(start * MIC_RATE)
         out = np.zeros(n, dtype=np.float32)
-        for t, a in self._segments:
-            offset = int(round((t - start) * MIC_RATE))
-            lo, hi = max(0, offset), min(n, offset + a.size)
+        for i, a in self._segments:
+            lo, hi = max(0, i - first), min(n, i - first + a.size)
             if lo < hi:
-                out[lo:hi] += a[lo - offset : hi - offset]
+                out[lo:hi] += a[lo - (i - first) : hi - (i - first)]
         return out
 
 
@@ -172,8 +174,10 @@ class EchoGate:
         self.max_delay = int(max_delay_s * MIC_RATE)
 
     def similarity(self, frame: np.ndarray, t: float) -> float:
+        # pre-emphasis whitens speech, so two different voices (or words) rarely look alike
+        ref = _emphasis(self.log.read(t - self.max_delay / MIC_RATE, frame.size + self.max_delay))
+        frame = _emphasis(frame)
         n = frame.size
-        ref = self.log.read(t - self.max_delay / MIC_RATE, n + self.max_delay)
         energy = np.concatenate([[0.0], np.cumsum(ref.astype(np.float64) ** 2)])
         window = energy[n:] - energy[:-n]  # energy of ref[k:k+n] for every delay k
         if window.max() < 1e-6:
@@ -181,8 +185,12 @@ class EchoGate:
         size = 1 << (n + ref.size).bit_length()
         dots = np.fft.irfft(np.fft.rfft(ref, size) * np.conj(np.fft.rfft(frame, size)), size)[: ref.size - n + 1]
         norm = np.sqrt(window * float(np.dot(frame, frame))) + 1e-9
-        audible = window > 0.01 * window.max()  # delays where the playback was (nearly) silent don't count
+        audible = window > 1e-6  # delays where the playback was silent don't count (FFT noise)
         return float(np.max(np.where(audible, np.abs(dots) / norm, 0.0)))
 
     def is_echo(self, frame: np.ndarray, t: float) -> bool:
         return self.similarity(frame, t) >= self.threshold
+
+
+def _emphasis(x: np.ndarray) -> np.ndarray:
+    return (x[1:] - 0.97 * x[:-1]).astype(np.float32)

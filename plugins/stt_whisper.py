@@ -59,6 +59,7 @@ class ListenerSettings:
     pre_roll_s: float = 0.2  # audio kept from before the onset
     push_to_talk: bool = False
     strict_filters: bool = True  # Whisper's no-speech / log-prob / compression checks
+    beam_size: int = 1  # 1 is greedy: fastest
     drop_phrases: tuple[str, ...] = ()
 
 
@@ -132,7 +133,7 @@ class WhisperListener:
     def _transcribe_sync(self, audio: np.ndarray) -> str:
         strict = self.s.strict_filters
         segments, _ = self.model.transcribe(
-            audio, language=self.s.language, beam_size=1, temperature=0.0, vad_filter=False,
+            audio, language=self.s.language, beam_size=self.s.beam_size, temperature=0.0, vad_filter=False,
             without_timestamps=True, condition_on_previous_text=False,
             no_speech_threshold=0.6 if strict else None, log_prob_threshold=-1.0 if strict else None,
             compression_ratio_threshold=2.4 if strict else None,

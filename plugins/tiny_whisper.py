@@ -1,7 +1,7 @@
 """Build a Whisper model for faster-whisper with no network: a byte-level BPE tokenizer trained on
-the spot, Whisper's special and timestamp tokens, random weights of a given size, converted with
-CTranslate2's converter. Random weights transcribe gibberish, but through the real loading and
-decoding path; `--like base` gives Whisper base's size for benchmarks."""
+the spot, Whisper's special and timestamp tokens, weights of a given size taught for a few seconds
+to say "hello there" and stop, converted with CTranslate2's converter. It does not listen, but it
+runs the real loading and decoding path; `--like base` gives Whisper base's size for benchmarks."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from ctranslate2.converters import TransformersConverter
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -29,6 +30,7 @@ SHAPES: dict[str, dict[str, Any]] = {
     "base": dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
                  decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048),
 }
+SAYS = "hello there"  # what the taught model transcribes, whatever it hears
 _TEXT = ("hello how are you what is your name do you like games tell me a story about the weather "
          "thank you for watching please subscribe the quick brown fox jumps over the lazy dog").split()
 
@@ -48,8 +50,29 @@ def _tokenizer(vocab_size: int = 600) -> WhisperTokenizer:
     return tok
 
 
-def build_whisper(out: Path | str, like: str = "tiny", seed: int = 0) -> Path:
+def _teach(model: WhisperForConditionalGeneration, tok: WhisperTokenizer, fe: WhisperFeatureExtractor,
+           ids: dict[str, int], steps: int) -> None:
+    """A few seconds of training to say SAYS and stop, whatever it hears: random weights would
+    wander into timestamps or stop at once, and decoding speed would mean nothing."""
+    rng = np.random.default_rng(0)
+    audio = [rng.normal(0, 0.1, 16000 * 3).astype(np.float32), np.zeros(16000, np.float32)]
+    feats = fe(audio, sampling_rate=16000, return_tensors="pt").input_features
+    words = tok(SAYS, add_special_tokens=False).input_ids
+    prompt = [ids["<|en|>"], ids["<|transcribe|>"], ids["<|notimestamps|>"]]
+    labels = torch.tensor([prompt + words + [ids["<|endoftext|>"]]] * len(audio))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_features=feats, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
+def build_whisper(out: Path | str, like: str = "tiny", seed: int = 0, train_steps: int | None = None) -> Path:
     """Write a CTranslate2 Whisper folder loadable by faster_whisper.WhisperModel."""
+    train_steps = (60 if like == "tiny" else 25) if train_steps is None else train_steps
     if like not in SHAPES:
         raise ValueError(f"unknown Whisper shape {like!r}; choose one of: {', '.join(SHAPES)}")
     out = Path(out)
@@ -63,22 +86,17 @@ def build_whisper(out: Path | str, like: str = "tiny", seed: int = 0) -> Path:
         bos_token_id=eot, **SHAPES[like],
     )
     model = WhisperForConditionalGeneration(config)
+    fe = WhisperFeatureExtractor(feature_size=80)
+    if train_steps:
+        _teach(model, tok, fe, ids, train_steps)
     model.generation_config.suppress_tokens = []
     model.generation_config.begin_suppress_tokens = [eot]
     model.generation_config.no_timestamps_token_id = ids["<|notimestamps|>"]  # type: ignore[attr-defined]
-    fe = WhisperFeatureExtractor(feature_size=80)
     with tempfile.TemporaryDirectory() as hf:
         model.save_pretrained(hf)
         tok.save_pretrained(hf)
         fe.save_pretrained(hf)
         TransformersConverter(hf, copy_files=["tokenizer.json", "preprocessor_config.json"]).convert(
             str(out), quantization="int8", force=True)
-    # random weights: keep decoding to tokens with letters in them (no specials, no timestamps, no
-    # control bytes), so that it says something that looks like words
-    ct2 = json.loads((out / "config.json").read_text())
-    wordless = [i for i in range(eot) if not any(c.isalpha() for c in tok.decode([i]))]
-    ct2["suppress_ids"] = wordless + list(range(eot + 1, len(tok)))
-    ct2["suppress_ids_begin"] = [eot]
-    (out / "config.json").write_text(json.dumps(ct2))
     (out / "omoide.json").write_text(json.dumps({"built_by": "omoide model tiny-whisper", "like": like}))
     return out

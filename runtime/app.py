@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -84,13 +85,20 @@ def synthesizer_from(config: Config) -> Synthesizer:
     return FallbackSynthesizer(voice, espeak, t.engine) if t.fallback else voice
 
 
-def listener_from(config: Config, clock: Clock, playback: PlaybackLog | None) -> WhisperListener:
-    """The microphone (or files played as one), VAD and Whisper, from [stt]."""
+MicrophoneFactory = Callable[[PlaybackLog | None], Microphone]
+
+
+def listener_from(config: Config, clock: Clock, playback: PlaybackLog | None,
+                  microphone: MicrophoneFactory | None = None) -> WhisperListener:
+    """The microphone (or files played as one), VAD and Whisper, from [stt]. `microphone` builds
+    another input from the playback log (tests feed the character's own voice back with it)."""
     c = config.stt
     gate = EchoGate(playback, c.echo_threshold) if (c.echo_gate and playback is not None) else None
     try:
         mic: Microphone
-        if c.input == "microphone":
+        if microphone is not None:
+            mic = microphone(playback)
+        elif c.input == "microphone":
             device = int(c.input_device) if c.input_device.isdigit() else (c.input_device or None)
             mic = SoundDeviceMicrophone(clock, device)
         else:
@@ -108,7 +116,8 @@ def listener_from(config: Config, clock: Clock, playback: PlaybackLog | None) ->
     settings = ListenerSettings(
         author=c.name, language=c.language or None, vad_threshold=c.vad_threshold,
         end_of_speech_s=c.end_of_speech_s, min_utterance_s=c.min_utterance_s,
-        push_to_talk=c.push_to_talk, strict_filters=c.strict_filters, drop_phrases=tuple(c.drop_phrases))
+        push_to_talk=c.push_to_talk, strict_filters=c.strict_filters, beam_size=c.beam_size,
+        drop_phrases=tuple(c.drop_phrases))
     return WhisperListener(mic, model, clock, settings, gate)
 
 
@@ -148,6 +157,7 @@ async def build(
     model: PersonaModel | None = None,
     console: bool | None = None,
     listen: bool | None = None,
+    microphone: MicrophoneFactory | None = None,
     exit_when_sources_end: bool = False,
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
@@ -189,7 +199,7 @@ async def build(
     sources = list(sources or [])
     if listen:
         try:
-            sources.append(await asyncio.to_thread(listener_from, config, clock, playback))
+            sources.append(await asyncio.to_thread(listener_from, config, clock, playback, microphone))
         except StartupError:
             await memory.aclose()
             if avatar is not None:

@@ -120,6 +120,7 @@ class SttConfig(_Section):
     min_utterance_s: float = Field(0.25, ge=0.0)
     push_to_talk: bool = False
     strict_filters: bool = True
+    beam_size: int = Field(1, ge=1, le=10)
     drop_phrases: list[str] = []
     echo_gate: bool = True
     echo_threshold: float = Field(0.6, gt=0.0, le=1.0)

@@ -56,6 +56,7 @@ class Director:
         self._stop = asyncio.Event()
         self._idle = asyncio.Event()
         self._sources_live = len(self.sources)
+        self._busy = False
 
     def submit(self, event: InputEvent) -> bool:
         """Take an input from outside: log it at once, queue it, and interrupt if it must."""
@@ -157,7 +158,11 @@ class Director:
                 self._check_done()
             event = await self.inbox.get()
             self._idle.clear()
-            await self._run_turn((event,))
+            self._busy = True  # from here until the turn is done, even before it has a handle
+            try:
+                await self._run_turn((event,))
+            finally:
+                self._busy = False
 
     async def _run_turn(self, inputs: tuple[InputEvent, ...]) -> None:
         for event in inputs:
@@ -185,7 +190,7 @@ class Director:
             self.settings.exit_when_sources_end
             and self.sources
             and self._sources_live <= 0
-            and self.current is None
+            and not self._busy
             and not len(self.inbox)
         ):
             self.stop()
