@@ -28,6 +28,8 @@ lint: install
 
 bench: install
 	$(PY) bench/first_audio.py
+	$(PY) bench/voice_latency.py --engine espeak
+	$(PY) bench/voice_latency.py --engine piper
 
 install: system-deps $(VENV)/.installed
 

@@ -1,9 +1,10 @@
 """Ears: microphone frames → Silero VAD → faster-whisper, as a Source of inputs.
 
 It yields SPEECH_STARTED as soon as speech is certain (for barge-in), a TRANSCRIPT when the
-person has finished (after `end_of_speech_s` of silence), and SPEECH_ENDED after either. Long
-utterances are transcribed while the person is still talking: at each short pause the audio so
-far is transcribed in the background, so at the end only the last stretch is left to do.
+person has finished (after `end_of_speech_s` of silence), and SPEECH_ENDED after either.
+At each pause (0.1 s of silence) (0.1 s of silence) the utterance so far is transcribed speculatively, while the
+rest of the end-of-speech silence is waited out; if nothing more was said, that transcript is the
+answer, and the time Whisper needs is hidden in the silence.
 
 The character's own voice coming back into the microphone is recognised by the echo gate and
 never starts anything. Known Whisper hallucinations ("Thank you for watching.") are dropped.
@@ -16,7 +17,7 @@ import collections
 import logging
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,8 +55,7 @@ class ListenerSettings:
     end_of_speech_s: float = 0.4
     min_utterance_s: float = 0.25  # shorter speech is a cough, not words
     max_utterance_s: float = 30.0
-    commit_after_s: float = 2.0  # transcribe the part before a pause once it is this long
-    commit_pause_s: float = 0.2
+    speculate_after_s: float = 0.1  # silence after which a transcript is guessed ahead of the end
     pre_roll_s: float = 0.2  # audio kept from before the onset
     push_to_talk: bool = False
     strict_filters: bool = True  # Whisper's no-speech / log-prob / compression checks
@@ -89,6 +89,25 @@ def load_whisper(model: str, models_dir: Path, device: str = "auto", compute_typ
             raise FileNotFoundError(f"no Whisper model in {folder}")
         pull_whisper(model, models_dir)
     return WhisperModel(str(folder), device=device, compute_type=compute_type, cpu_threads=threads)
+
+
+@dataclass
+class _Utterance:
+    """One stretch of speech being heard."""
+
+    active: bool = False
+    audio: list[np.ndarray] = field(default_factory=list)
+    onset: float = 0.0
+    last_voice: float = 0.0  # clock time the last voiced frame ended
+    voiced: int = 0  # frames up to the last voiced one
+    silence: float = 0.0  # seconds of silence since then
+    guess: asyncio.Task[str] | None = None  # a transcription started in a pause
+    guess_covers: int = 0  # the frames it was started on
+
+    def drop_guess(self) -> None:
+        if self.guess is not None and not self.guess.done():
+            self.guess.cancel()  # the thread finishes its pass; its text is not used
+        self.guess = None
 
 
 class WhisperListener:
@@ -159,75 +178,76 @@ class WhisperListener:
     async def __aiter__(self) -> AsyncIterator[InputEvent]:  # type: ignore[override]
         s = self.s
         pre_roll: collections.deque[np.ndarray] = collections.deque(maxlen=max(1, int(s.pre_roll_s / FRAME_S)))
-        audio: list[np.ndarray] = []
-        speaking, run, silence, committed = False, 0, 0.0, 0
-        onset = last_voice = 0.0
-        pending: asyncio.Task[str] | None = None
+        u = _Utterance()
+        run = 0
         try:
             async for t, frame in self.mic.frames():
                 if self._closed:
                     break
                 open_ = not self.muted and (not s.push_to_talk or self.talking)
-                if s.push_to_talk and self.talking and not speaking and not self.muted:
-                    speaking, onset, audio, committed, silence = True, t, [], 0, 0.0
-                    yield self._event(InputKind.SPEECH_STARTED, "", t, onset=t, dbfs=dbfs(frame))
+                if s.push_to_talk and self.talking and not u.active and not self.muted:
+                    u = _Utterance(active=True, onset=t, last_voice=t)
+                    yield self._event(InputKind.SPEECH_STARTED, "", t, onset=t, dbfs=round(dbfs(frame), 1))
                 if not open_:
-                    if speaking:  # released (or muted) mid-utterance
-                        keep = not self.muted
-                        async for event in self._finish(audio, committed, pending, onset, t, keep):
+                    if u.active:  # released (or muted) mid-utterance
+                        async for event in self._finish(u, t, keep=not self.muted):
                             yield event
-                        speaking, pending, audio = False, None, []
+                        u = _Utterance()
                     pre_roll.clear()
                     run = 0
                     continue
                 p = self.vad(frame)
-                if not speaking and self.echo_gate is not None and self.echo_gate.is_echo(frame, t):
+                if not u.active and self.echo_gate is not None and self.echo_gate.is_echo(frame, t):
                     self.echo_frames += 1
                     p = 0.0
-                if not speaking:
+                if not u.active:
                     pre_roll.append(frame)
                     run = run + 1 if p >= s.vad_threshold else 0
                     if run == 1:
                         onset = t
                     if run * FRAME_S >= s.onset_s:
-                        speaking, audio, committed, silence = True, list(pre_roll), 0, 0.0
-                        last_voice = t + FRAME_S
-                        level = dbfs(np.concatenate(audio[-run:]))
+                        u = _Utterance(active=True, audio=list(pre_roll), onset=onset, last_voice=t + FRAME_S)
+                        level = dbfs(np.concatenate(u.audio[-run:]))
                         yield self._event(InputKind.SPEECH_STARTED, "", t, onset=onset, dbfs=round(level, 1))
                     continue
-                audio.append(frame)
-                silence = silence + FRAME_S if p < s.vad_threshold - 0.15 else 0.0
-                if not silence:
-                    last_voice = t + FRAME_S
-                uncommitted = (len(audio) - committed) * FRAME_S
-                if (silence >= s.commit_pause_s and uncommitted >= s.commit_after_s and pending is None
-                        and not s.push_to_talk):
-                    pending = asyncio.create_task(self._transcribe(audio[committed:]), name="stt-commit")
-                    committed = len(audio)
-                ended = silence >= s.end_of_speech_s and not s.push_to_talk
-                if ended or len(audio) * FRAME_S >= s.max_utterance_s:
-                    async for event in self._finish(audio, committed, pending, onset, last_voice, True):
+                u.audio.append(frame)
+                u.silence = u.silence + FRAME_S if p < s.vad_threshold - 0.15 else 0.0
+                if not u.silence:
+                    u.last_voice = t + FRAME_S
+                    u.voiced = len(u.audio)
+                    u.drop_guess()  # they went on talking: a guess from the pause is out of date
+                if s.push_to_talk:
+                    continue
+                if u.silence >= s.speculate_after_s and u.guess is None:
+                    # they may have finished: transcribe now, while the silence is still being waited out
+                    u.guess = asyncio.create_task(self._transcribe(list(u.audio)), name="stt-guess")
+                    u.guess_covers = u.voiced
+                if u.silence >= s.end_of_speech_s or len(u.audio) * FRAME_S >= s.max_utterance_s:
+                    async for event in self._finish(u, u.last_voice, keep=True):
                         yield event
-                    speaking, pending, audio, run = False, None, [], 0
+                    u, run = _Utterance(), 0
                     pre_roll.clear()
                     self.vad.reset()
         finally:
-            if pending is not None:
-                pending.cancel()
+            u.drop_guess()
 
-    async def _finish(self, audio: list[np.ndarray], committed: int, pending: asyncio.Task[str] | None,
-                      onset: float, ended: float, keep: bool) -> AsyncIterator[InputEvent]:
-        """Transcribe what is left; a transcript's time is when the person stopped talking, so a
+    async def _finish(self, u: _Utterance, ended: float, keep: bool) -> AsyncIterator[InputEvent]:
+        """Transcribe the utterance; a transcript's time is when the person stopped talking, so a
         turn's timings count the wait for silence and the transcription too."""
-        texts = [await pending] if pending is not None else []
-        duration = max(0.0, ended - onset)  # voiced time, from onset to the last speech
+        decided = self.clock.now()
+        duration = max(0.0, ended - u.onset)  # voiced time, from onset to the last speech
+        text = ""
         if keep and duration >= self.s.min_utterance_s:
-            texts.append(await self._transcribe(audio[committed:]))
-        text = " ".join(x for x in texts if x).strip()
+            if u.guess is not None and u.guess_covers >= u.voiced:
+                text = await u.guess  # nothing was said after the guess started: it is the answer
+            else:
+                u.drop_guess()
+                text = await self._transcribe(u.audio)
+        u.drop_guess()
         transcribed = keep and self._keep(text)
         if transcribed:
-            yield self._event(InputKind.TRANSCRIPT, text, ended, onset=onset, duration_s=round(duration, 3),
-                              transcribed_at=self.clock.now())
+            yield self._event(InputKind.TRANSCRIPT, text, ended, onset=u.onset, duration_s=round(duration, 3),
+                              decided_at=decided, transcribed_at=self.clock.now())
         yield self._event(InputKind.SPEECH_ENDED, "", self.clock.now(), transcribed=transcribed)
 
     def _event(self, kind: InputKind, text: str, at: float, **meta: Any) -> InputEvent:
