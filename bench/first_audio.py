@@ -31,7 +31,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import websockets
@@ -88,6 +90,19 @@ def model_time_to_first_sentence(stats) -> float:  # noqa: ANN001
         if cutter.feed(piece):
             return when - stats.started_at
     return stats.pieces[-1][0] - stats.started_at
+
+
+def stats_ms(rows: list[dict[str, Any]]) -> tuple[Callable[[str], float], Callable[[str], float]]:
+    """median(key) and p90(key) over the trials, in milliseconds."""
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in rows) * 1000
+
+    def p90(key: str) -> float:
+        v = sorted(r[key] for r in rows)
+        return v[min(len(v) - 1, int(0.9 * len(v)))] * 1000
+
+    return med, p90
 
 
 def model_dir(like: str, root: Path) -> Path:
@@ -235,12 +250,7 @@ async def main() -> None:
     await runner
     await app.aclose()
 
-    def med(key: str) -> float:
-        return statistics.median(r[key] for r in rows) * 1000
-
-    def p90(key: str) -> float:
-        v = sorted(r[key] for r in rows)
-        return v[min(len(v) - 1, int(0.9 * len(v)))] * 1000
+    med, p90 = stats_ms(rows)
 
     print(f"\nmodel: {args.like} (random weights, real shape), {torch.get_num_threads()} torch threads,"
           f" {args.trials} trials, prompt {rows[0]['prompt_tokens']} tokens, avatar clients: 1")

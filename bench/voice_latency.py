@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from first_audio import (  # noqa: E402
     TimedSynth,
     model_dir,
     model_time_to_first_sentence,
+    stats_ms,
 )
 
 from persona_model.local import LocalPersonaModel, Sampling  # noqa: E402
@@ -176,12 +176,7 @@ async def main() -> None:
         if i:
             rows.append(row)
 
-    def med(key: str) -> float:
-        return statistics.median(r[key] for r in rows) * 1000
-
-    def p90(key: str) -> float:
-        v = sorted(r[key] for r in rows)
-        return v[min(len(v) - 1, int(0.9 * len(v)))] * 1000
+    med, p90 = stats_ms(rows)
 
     print(f"\nvoice: {args.engine}; LLM smollm2-135m shape; Whisper base shape (int8); {args.trials} trials;"
           f" replies of {min(r['sentences'] for r in rows)}-{max(r['sentences'] for r in rows)} sentences;"

@@ -48,5 +48,6 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("websockets", "httpx", "httpcore", "huggingface_hub", "transformers", "filelock"):
+    for noisy in ("websockets", "httpx", "httpcore", "huggingface_hub", "transformers", "filelock",
+                  "faster_whisper"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -104,3 +104,21 @@ def test_logs_export_from_the_command_line(tmp_path):
     [line] = (tmp_path / "out.jsonl").read_text().splitlines()
     assert json.loads(line)["messages"][-1] == {"role": "assistant", "content": "Hello!"}
     assert b"exported 1 turns" in err
+
+
+def test_models_list_shows_what_is_on_disk_and_what_is_missing(tmp_path):
+    models = tmp_path / "models"
+    (models / "HuggingFaceTB--SmolLM2-360M-Instruct").mkdir(parents=True)
+    (models / "HuggingFaceTB--SmolLM2-360M-Instruct" / "config.json").write_text("{}")
+    (models / "whisper" / "base.en").mkdir(parents=True)
+    (models / "whisper" / "base.en" / "model.bin").write_bytes(b"")
+    config = write_config(tmp_path, model={"id": "HuggingFaceTB/SmolLM2-360M-Instruct",
+                                           "models_dir": str(models)})
+    proc = omoide(config, "models", "list")
+    out, err = proc.communicate(timeout=120)
+    text = out.decode()
+    assert proc.returncode == 0, err
+    assert "llm      HuggingFaceTB/SmolLM2-360M-Instruct" in text
+    assert "whisper  base.en" in text
+    assert "configured llm: HuggingFaceTB/SmolLM2-360M-Instruct (present)" in text
+    assert "configured piper: en_US-lessac-medium (not here)" in text
