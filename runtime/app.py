@@ -29,8 +29,8 @@ from plugins.tts_piper import PiperSynthesizer, piper_voice_path
 from runtime.config import Config
 from runtime.director import Director, DirectorSettings
 from runtime.events import Persona
-from runtime.inbox import Inbox
-from runtime.moderation import Moderator
+from runtime.inbox import DEFAULT_MAX_AGE, DEFAULT_WEIGHTS, Inbox, Scoring
+from runtime.moderation import ChatFilter, Moderator
 from runtime.ports import Clock, MonotonicClock, OutputSink, PersonaModel, Source, Synthesizer
 from runtime.turn import Cast, TurnSettings
 from runtime.voices import FallbackSynthesizer
@@ -54,16 +54,35 @@ def persona_from(config: Config) -> tuple[Persona, tuple[str, ...]]:
                    p.system_prompt, p.post_history_instructions, source="config [persona]"), ()
 
 
+def _list_files(config: Config, key: str, value: str | list[str]) -> list[Path]:
+    """Moderation list files that must exist at start (they are re-read when they change)."""
+    paths = [config.path(v) for v in ([value] if isinstance(value, str) else value) if v]
+    for path in paths:
+        if not path.is_file():
+            raise StartupError(f"{key} {path} does not exist")
+    return paths
+
+
 def moderator_from(config: Config) -> Moderator:
-    words = list(config.moderation.blocklist)
-    if config.moderation.blocklist_file:
-        path = config.path(config.moderation.blocklist_file)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise StartupError(f"moderation.blocklist_file {path}: {exc.strerror or exc}") from None
-        words += [w.strip() for w in lines if w.strip() and not w.lstrip().startswith("#")]
-    return Moderator(words, config.moderation.action)
+    m = config.moderation
+    return Moderator(m.blocklist, m.action, m.replacement,
+                     _list_files(config, "moderation.blocklist_file", m.blocklist_file))
+
+
+def chat_filter_from(config: Config) -> ChatFilter:
+    f = config.chat.filter
+    return ChatFilter(f.max_chars, f.blocklist, _list_files(config, "chat.filter.blocklist_file", f.blocklist_file))
+
+
+def inbox_from(config: Config, clock: Clock, persona: Persona) -> Inbox:
+    i = config.inbox
+    scoring = Scoring(
+        mention_bonus=i.mention_bonus, question_bonus=i.question_bonus, cooldown_s=i.cooldown_s,
+        cooldown_penalty=i.cooldown_penalty, age_penalty_per_min=i.age_penalty_per_min,
+        per_viewer=i.per_viewer, weights={**DEFAULT_WEIGHTS, **i.weights},
+        max_age_s={**DEFAULT_MAX_AGE, "chat": i.max_chat_age_s, "message": i.max_chat_age_s, **i.max_age_s},
+    )
+    return Inbox(clock, i.capacity, scoring=scoring, names=(persona.name,))
 
 
 def synthesizer_from(config: Config) -> Synthesizer:
@@ -168,6 +187,7 @@ async def build(
     clock = clock or MonotonicClock()
     persona, lore = persona_from(config)
     moderator = moderator_from(config)
+    chat_filter_from(config)  # a missing list file stops the start here, before models load
     synthesizer = synthesizer_from(config)
     if model is None:
         model = await asyncio.to_thread(model_from, config)
@@ -219,10 +239,15 @@ async def build(
     )
     director = Director(
         cast,
-        Inbox(clock, config.inbox.capacity, config.inbox.max_chat_age_s),
+        inbox_from(config, clock, persona),
         sources,
-        DirectorSettings(t.history_messages, exit_when_sources_end, config.barge_in.mode,
-                         config.barge_in.min_dbfs),
+        DirectorSettings(
+            t.history_messages, exit_when_sources_end, config.barge_in.mode, config.barge_in.min_dbfs,
+            idle_after_s=config.idle.after_s, idle_min_interval_s=config.idle.min_interval_s,
+            thanks=dict(config.chat.thanks),
+            **({"idle_prompt": config.idle.prompt} if config.idle.prompt else {}),
+        ),
+        chat_filter=chat_filter_from(config),
     )
     return App(config, director, memory, avatar, [playout, *observers])
 

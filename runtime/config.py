@@ -69,12 +69,33 @@ class TurnConfig(_Section):
 class InboxConfig(_Section):
     capacity: int = Field(64, ge=1)
     max_chat_age_s: float = Field(120.0, gt=0)
+    mention_bonus: float = 3.0
+    question_bonus: float = 1.0
+    cooldown_s: float = Field(60.0, ge=0)
+    cooldown_penalty: float = 4.0
+    age_penalty_per_min: float = Field(1.0, ge=0)
+    per_viewer: int = Field(3, ge=0)
+    weights: dict[str, float] = {}
+    max_age_s: dict[str, float] = {}
 
 
 class ModerationConfig(_Section):
     blocklist: list[str] = []
-    blocklist_file: str = ""
+    blocklist_file: str | list[str] = ""
     action: Literal["skip", "stop"] = "skip"
+    replacement: str = ""
+
+
+class ChatFilterConfig(_Section):
+    max_chars: int = Field(300, ge=10, le=5000)
+    blocklist: list[str] = []
+    blocklist_file: str | list[str] = ""
+
+
+class IdleConfig(_Section):
+    after_s: float = Field(0.0, ge=0)
+    min_interval_s: float = Field(300.0, ge=0)
+    prompt: str = ""
 
 
 class EspeakConfig(_Section):
@@ -151,6 +172,8 @@ class ConsoleConfig(_Section):
 
 class ChatConfig(_Section):
     console: ConsoleConfig = ConsoleConfig()
+    filter: ChatFilterConfig = ChatFilterConfig()
+    thanks: dict[str, str] = {}
 
 
 class MemoryConfig(_Section):
@@ -172,6 +195,7 @@ class Config(_Section):
     tts: TtsConfig = TtsConfig()
     stt: SttConfig = SttConfig()
     barge_in: BargeInConfig = BargeInConfig()
+    idle: IdleConfig = IdleConfig()
     audio: AudioConfig = AudioConfig()
     avatar: AvatarConfig = AvatarConfig()
     chat: ChatConfig = ChatConfig()

@@ -4,10 +4,12 @@ answer next, runs one turn at a time and owns interruption."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from runtime.events import (
     ChatMessage,
@@ -20,9 +22,10 @@ from runtime.events import (
     input_text,
     new_id,
 )
-from runtime.inbox import Inbox
+from runtime.inbox import Inbox, event_type
+from runtime.moderation import ChatFilter
 from runtime.ports import Controllable, Source
-from runtime.turn import Cast, TurnHandle
+from runtime.turn import CannedReply, Cast, TurnHandle
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,11 @@ class DirectorSettings:
     exit_when_sources_end: bool = False  # stop once every source has ended and all is answered
     barge_in: str = "on"  # on | off | loud: does speech during a reply hold it?
     barge_in_min_dbfs: float = -30.0  # with "loud": how loud the speech must be
+    idle_after_s: float = 0.0  # talk on its own after this much quiet (0: never)
+    idle_min_interval_s: float = 300.0  # and never more often than this
+    idle_prompt: str = ("(Nobody has said anything for a while. Say something short to keep the"
+                        " stream going: a thought, a question for chat, or what you are doing.)")
+    thanks: Mapping[str, str] = field(default_factory=dict)  # event -> template, spoken without the model
 
 
 class Director:
@@ -43,8 +51,10 @@ class Director:
         sources: Sequence[Source] = (),
         settings: DirectorSettings = DirectorSettings(),
         on_turn: Callable[[TurnRecord], None] | None = None,
+        chat_filter: ChatFilter | None = None,
     ) -> None:
         self.cast = cast
+        self.chat_filter = chat_filter
         self.memory = cast.memory
         self.inbox = inbox
         self.sources = tuple(sources)
@@ -57,12 +67,22 @@ class Director:
         self._idle = asyncio.Event()
         self._sources_live = len(self.sources)
         self._busy = False
+        self._last_idle = -math.inf
 
     def submit(self, event: InputEvent) -> bool:
         """Take an input from outside: log it at once, queue it, and interrupt if it must."""
         if event.is_signal:
             self._signal(event)
             return True
+        if event.kind is InputKind.CHAT and self.chat_filter is not None:
+            text, reason = self.chat_filter.screen(event.text)
+            if reason is not None:  # logged with the reason, never answered
+                self.memory.log_input(dataclasses.replace(event, meta={**event.meta, "dropped": reason}))
+                log.info("chat message dropped", extra={"source": event.source, "input_id": event.id,
+                                                        "reason": reason})
+                return False
+            if text != event.text:
+                event = dataclasses.replace(event, text=text)
         if event.kind is InputKind.TRANSCRIPT and self.current is not None and self.current.paused:
             self.current.cancel("barge-in")  # they said something: the held reply is over
         if not event.is_control:
@@ -156,7 +176,7 @@ class Director:
             if not len(self.inbox):
                 self._idle.set()
                 self._check_done()
-            event = await self.inbox.get()
+            event = await self._next()
             self._idle.clear()
             self._busy = True  # from here until the turn is done, even before it has a handle
             try:
@@ -164,17 +184,49 @@ class Director:
             finally:
                 self._busy = False
 
+    async def _next(self) -> InputEvent:
+        """The next input; after a quiet spell (if configured), a turn of the character's own."""
+        s = self.settings
+        if s.idle_after_s <= 0:
+            return await self.inbox.get()
+        while True:
+            since_idle = self.cast.clock.now() - self._last_idle
+            wait = max(s.idle_after_s, s.idle_min_interval_s - since_idle)
+            get = asyncio.create_task(self.inbox.get(), name="director-next")
+            nap = asyncio.create_task(self.cast.clock.sleep(wait), name="director-quiet")
+            try:
+                await asyncio.wait({get, nap}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                nap.cancel()
+                if not get.done():
+                    get.cancel()
+            if get.done() and not get.cancelled():
+                return get.result()
+            if self.cast.clock.now() - self._last_idle >= s.idle_min_interval_s:
+                self._last_idle = self.cast.clock.now()
+                return InputEvent(InputKind.IDLE, s.idle_prompt, "director", self.cast.clock.now(),
+                                  priority=Priority.LOW)
+
     async def _run_turn(self, inputs: tuple[InputEvent, ...]) -> None:
         for event in inputs:
             committed = self._committed.pop(event.id, None)
             if committed is not None:
                 await committed  # the input is on disk before any reply starts
-        turn = TurnHandle(new_id(), inputs, tuple(self.history), self.cast)
+        self._committed = {k: f for k, f in self._committed.items() if not _done(f)}  # merged or dropped
+        cast = self.cast
+        template = self.settings.thanks.get(event_type(inputs[0]))
+        if template:  # a channel event thanked with a line of the streamer's, not the model
+            cast = dataclasses.replace(cast, model=CannedReply(_fill(template, inputs[0])))
+        turn = TurnHandle(new_id(), inputs, tuple(self.history), cast)
         self.current = turn
         try:
             record = await turn.run()
         finally:
             self.current = None
+        for event in inputs:
+            self.inbox.answered(event.author)
+        if inputs[0].kind is InputKind.IDLE:
+            self._last_idle = self.cast.clock.now()
         self.history.append(ChatMessage("user", input_text(inputs)))
         if record.spoken_text:
             self.history.append(ChatMessage("assistant", record.spoken_text))
@@ -194,3 +246,17 @@ class Director:
             and not len(self.inbox)
         ):
             self.stop()
+
+
+def _done(awaitable: Awaitable[None]) -> bool:
+    return bool(getattr(awaitable, "done", lambda: False)())
+
+
+def _fill(template: str, event: InputEvent) -> str:
+    """A thanks template with {name}, {bits}, {months}, {reward}, {viewers} filled in."""
+    values = {"name": event.author or "friend", "bits": "", "months": "", "reward": "", "viewers": "",
+              **{k: v for k, v in event.meta.items() if isinstance(v, (str, int, float))}}
+    try:
+        return template.format_map(values)
+    except (KeyError, ValueError, IndexError):
+        return template

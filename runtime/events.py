@@ -29,6 +29,7 @@ class InputKind(enum.StrEnum):
     GAME_CONTEXT = "game_context"  # a game told the character what is going on
     GAME_FORCE = "game_force"  # a game requires the character to act now
     CONTROL = "control"  # operator commands: interrupt, mute, stop
+    IDLE = "idle"  # nobody said anything for a while: the character may talk on its own
 
 
 class Control(enum.StrEnum):
@@ -203,6 +204,21 @@ class TurnRecord:
         return self.status is TurnStatus.INTERRUPTED
 
 
+VIEWER_CHAT = "[viewer chat]"
+
+
 def input_text(inputs: tuple[InputEvent, ...] | list[InputEvent]) -> str:
-    """How a turn's inputs read to the model: one line each, "author: text" where there is one."""
-    return "\n".join(f"{e.author}: {e.text}" if e.author else e.text for e in inputs)
+    """How a turn's inputs read to the model: one line each, "author: text" where there is one.
+
+    Text from viewers (meta["untrusted"]) is marked as viewer chat, so the system prompt can tell
+    the model it is speech to answer, never instructions to follow.
+    """
+    lines = []
+    for e in inputs:
+        line = f"{e.author}: {e.text}" if e.author else e.text
+        if e.meta.get("untrusted"):
+            line = f"{VIEWER_CHAT} {line}"
+        if e.meta.get("merged"):
+            line += f" (said by {e.meta['merged']} viewers)"
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,80 +1,168 @@
-"""A bounded inbox: data waits by priority, control jumps the queue, stale chat is let go."""
+"""A bounded inbox that picks what to answer: inputs are scored, not served first-in-first-out.
+
+Priority comes first; within it, direct mentions of the character, questions, bits, subs and
+redemptions rank higher, viewers answered recently rank lower, and older chat slowly loses to
+newer. Copy-pasted spam is merged into one entry; each kind of input has a maximum age after
+which it is dropped instead of answered late; one viewer cannot fill the backlog. Control jumps
+the queue.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import heapq
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from runtime.events import InputEvent, InputKind, Priority
+from runtime.moderation import normalize
 from runtime.ports import Clock
+
+DEFAULT_WEIGHTS = {"message": 0.0, "cheer": 4.0, "subscription": 4.0, "gift": 4.0, "redemption": 5.0,
+                   "raid": 5.0, "follow": 1.0}
+DEFAULT_MAX_AGE = {"chat": 120.0, "message": 120.0, "follow": 60.0, "idle": 30.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Scoring:
+    mention_bonus: float = 3.0  # the character's name is in the message
+    question_bonus: float = 1.0
+    weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))  # by event
+    cooldown_s: float = 60.0  # a viewer answered this recently...
+    cooldown_penalty: float = 4.0  # ...ranks this much lower
+    age_penalty_per_min: float = 1.0  # older chat loses slowly to newer
+    max_age_s: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_MAX_AGE))
+    per_viewer: int = 3  # inputs one viewer may have waiting; their oldest goes first
+
+
+def event_type(event: InputEvent) -> str:
+    """The kind of input for scoring: a chat source's event ("cheer", "raid"...) or the kind."""
+    return str(event.meta.get("event") or event.kind)
+
+
+@dataclass(slots=True)
+class _Entry:
+    event: InputEvent
+    key: str  # for spam merging
+    authors: list[str] = field(default_factory=list)
+    count: int = 1
 
 
 class Inbox:
-    """Holds inputs until the director takes them.
+    """Holds inputs until the director takes them; bounded by `capacity`."""
 
-    When full, the lowest-priority oldest item is dropped to make room; a new item that ranks
-    below everything waiting is refused instead. CRITICAL items are never dropped. Chat older than `max_age`
-    seconds is dropped when it would be taken: answering a question from two minutes ago live is
-    worse than not answering it.
-    """
-
-    def __init__(self, clock: Clock, capacity: int = 64, max_age: float = 120.0) -> None:
+    def __init__(self, clock: Clock, capacity: int = 64, max_age: float = 120.0,
+                 scoring: Scoring | None = None, names: tuple[str, ...] = ()) -> None:
         if capacity < 1:
             raise ValueError("inbox capacity must be at least 1")
         self.clock = clock
         self.capacity = capacity
-        self.max_age = max_age
+        self.scoring = scoring or Scoring(max_age_s={**DEFAULT_MAX_AGE, "chat": max_age, "message": max_age})
         self.dropped = 0
-        self._heap: list[tuple[int, int, InputEvent]] = []  # (-priority, order, event)
+        self.merged = 0
+        self._entries: list[_Entry] = []
+        self._answered: dict[str, float] = {}  # viewer -> when last answered
+        self._names = [re.compile(rf"(?<!\w){re.escape(normalize(n))}(?!\w)") for n in names if n.strip()]
         self._control: asyncio.Queue[InputEvent] = asyncio.Queue()
         self._ready = asyncio.Event()
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._entries)
 
     def put(self, event: InputEvent) -> bool:
         """Add an input; False if it was refused because the inbox is full of better ones."""
         if event.is_control:
             self._control.put_nowait(event)
             return True
-        if len(self._heap) >= self.capacity:
-            # the lowest priority, and among those the oldest, makes room
-            worst = min(self._heap, key=lambda e: (-e[0], e[1]))
-            if worst[2].priority is Priority.CRITICAL or event.priority < worst[2].priority:
-                if event.priority is not Priority.CRITICAL:
-                    self.dropped += 1
-                    return False
-            else:
-                self._heap.remove(worst)
-                heapq.heapify(self._heap)
+        key = self._spam_key(event)
+        if key:
+            for entry in self._entries:
+                if entry.key == key:  # the same message again: one entry, counted
+                    entry.count += 1
+                    if event.author and event.author not in entry.authors and len(entry.authors) < 20:
+                        entry.authors.append(event.author)
+                    self.merged += 1
+                    return True
+        if event.author and self.scoring.per_viewer > 0:
+            theirs = [e for e in self._entries if e.event.author == event.author]
+            if len(theirs) >= self.scoring.per_viewer:
+                self._entries.remove(theirs[0])
                 self.dropped += 1
-        heapq.heappush(self._heap, (-event.priority, event.order, event))
+        if len(self._entries) >= self.capacity:
+            now = self.clock.now()
+            worst = min(self._entries, key=lambda e: (self.score(e, now), -e.event.order))
+            if event.priority is not Priority.CRITICAL and self.score(_Entry(event, key), now) <= self.score(worst, now):
+                self.dropped += 1
+                return False
+            if worst.event.priority is Priority.CRITICAL and event.priority is not Priority.CRITICAL:
+                self.dropped += 1
+                return False
+            if worst.event.priority is not Priority.CRITICAL:
+                self._entries.remove(worst)
+                self.dropped += 1
+        self._entries.append(_Entry(event, key, [event.author] if event.author else []))
         self._ready.set()
         return True
 
+    def answered(self, author: str | None) -> None:
+        """The director answered this viewer: they wait a little before their next turn."""
+        if author:
+            self._answered[author] = self.clock.now()
+            if len(self._answered) > 10_000:  # forget the longest ago
+                for name, _ in sorted(self._answered.items(), key=lambda kv: kv[1])[:5_000]:
+                    del self._answered[name]
+
+    def score(self, entry: _Entry, now: float) -> float:
+        e, s = entry.event, self.scoring
+        score = 100.0 * int(e.priority) + s.weights.get(event_type(e), 0.0)
+        if e.kind is InputKind.CHAT:
+            text = normalize(e.text)
+            if any(p.search(text) for p in self._names):
+                score += s.mention_bonus
+            if "?" in e.text:
+                score += s.question_bonus
+            score -= s.age_penalty_per_min * max(0.0, now - e.received_at) / 60.0
+        last = self._answered.get(e.author or "")
+        if last is not None and now - last < s.cooldown_s:
+            score -= s.cooldown_penalty
+        return score + math.log2(entry.count)
+
     def peek_priority(self) -> Priority | None:
-        return Priority(-self._heap[0][0]) if self._heap else None
+        return max((e.event.priority for e in self._entries), default=None)
 
     async def get(self) -> InputEvent:
-        """The next input to answer: highest priority first, then oldest."""
+        """The best input to answer now; stale ones are dropped on the way."""
         while True:
-            while self._heap:
-                _, _, event = heapq.heappop(self._heap)
-                if self._stale(event):
-                    self.dropped += 1
-                    continue
-                if not self._heap:
+            now = self.clock.now()
+            fresh = [e for e in self._entries if not self._stale(e.event, now)]
+            self.dropped += len(self._entries) - len(fresh)
+            self._entries = fresh
+            if fresh:
+                best = max(fresh, key=lambda e: (self.score(e, now), -e.event.order))
+                self._entries.remove(best)
+                if not self._entries:
                     self._ready.clear()
-                return event
+                if best.count == 1:
+                    return best.event
+                return dataclasses.replace(
+                    best.event, meta={**best.event.meta, "merged": best.count, "authors": best.authors})
             self._ready.clear()
             await self._ready.wait()
 
     async def get_control(self) -> InputEvent:
         return await self._control.get()
 
-    def _stale(self, event: InputEvent) -> bool:
-        return (
-            event.kind is InputKind.CHAT
-            and event.priority < Priority.HIGH
-            and self.clock.now() - event.received_at > self.max_age
-        )
+    def _stale(self, event: InputEvent, now: float) -> bool:
+        limit = self.scoring.max_age_s.get(event_type(event))
+        if limit is None:
+            limit = self.scoring.max_age_s.get(str(event.kind))
+        return limit is not None and event.priority < Priority.CRITICAL and now - event.received_at > limit
+
+    @staticmethod
+    def _spam_key(event: InputEvent) -> str:
+        if event.kind is not InputKind.CHAT or event_type(event) not in ("chat", "message"):
+            return ""
+        text = re.sub(r"(.)\1{2,}", r"\1\1", normalize(event.text))  # "lolllll" = "loll"
+        return " ".join(re.sub(r"[^\w\s]", " ", text).split())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from runtime.events import (
@@ -39,6 +39,29 @@ class TurnSettings:
     max_sentence_chars: int = 220
     sentences_ahead: int = 2  # how many cut sentences may wait for the synthesizer
     recall_k: int = 3
+
+
+class CannedReply:
+    """A PersonaModel that says a fixed line: templated thanks, with no model in the loop."""
+
+    def __init__(self, text: str, name: str = "template") -> None:
+        self.text = text
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def adapter(self) -> str | None:
+        return None
+
+    def render(self, context: PromptContext) -> Prompt:
+        messages = (ChatMessage("user", input_text(context.inputs)),)
+        return Prompt(self.text, messages, 0)
+
+    async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
+        yield self.text
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +217,9 @@ class TurnHandle:
                     "sentence held back by moderation",
                     extra={"turn_id": self.turn_id, "phrase": phrase, "verdict": str(verdict)},
                 )
+                if self.cast.moderator.replacement:  # said instead, so the reply does not just stop
+                    self.mark(Stage.FIRST_SENTENCE)
+                    await out.put(Sentence(sentence.turn_id, sentence.seq, self.cast.moderator.replacement))
                 if verdict is Verdict.STOP:
                     return False
                 continue
