@@ -20,8 +20,9 @@ from runtime.events import InputEvent, InputKind, Priority
 from runtime.moderation import normalize
 from runtime.ports import Clock
 
-DEFAULT_WEIGHTS = {"message": 0.0, "cheer": 4.0, "subscription": 4.0, "gift": 4.0, "redemption": 5.0,
-                   "raid": 5.0, "follow": 1.0}
+# Within a priority: the streamer's own speech, then a game's demands, then channel events, then chat.
+DEFAULT_WEIGHTS = {"transcript": 8.0, "game_force": 6.0, "message": 0.0, "cheer": 4.0,
+                   "subscription": 4.0, "gift": 4.0, "redemption": 5.0, "raid": 5.0, "follow": 1.0}
 DEFAULT_MAX_AGE = {"chat": 120.0, "message": 120.0, "follow": 60.0, "idle": 30.0}
 
 

@@ -46,25 +46,35 @@ def tiny_model(tiny_model_dir: Path) -> Any:
 
 
 def write_config(tmp_path: Path, **sections: dict[str, Any]) -> Path:
-    """A config.toml in tmp_path: test defaults (silent audio, port 0, a temp database) + overrides."""
+    """A config.toml in tmp_path: test defaults (silent audio, port 0, a temp database) + overrides.
+
+    A dict inside a section is a sub-table (`chat={"console": {"enabled": True}}`)."""
     base: dict[str, dict[str, Any]] = {
         "persona": {"name": "Testa", "description": "A test character."},
         "audio": {"output": "silent"},
         "avatar": {"port": 0},
-        "chat": {},
+        "chat": {"console": {"enabled": False}},
         "memory": {"database": str(tmp_path / "omoide.db")},
         "model": {"download": False},
     }
     for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
+        section = base.setdefault(name, {})
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(section.get(key), dict):
+                section[key] = {**section[key], **value}
+            else:
+                section[key] = value
     lines: list[str] = []
-    for name, values in base.items():
-        if name == "chat":
-            lines.append("[chat.console]")
-            lines.append(f"enabled = {json.dumps(values.get('enabled', False))}")
-            continue
+
+    def table(name: str, values: dict[str, Any]) -> None:
         lines.append(f"[{name}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+        lines.extend(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in values.items() if not isinstance(v, dict))
+        for key, value in values.items():
+            if isinstance(value, dict):
+                table(f"{name}.{key}", value)
+
+    for name, values in base.items():
+        table(name, values)
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

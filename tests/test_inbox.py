@@ -57,7 +57,7 @@ async def test_one_viewer_cannot_take_over():
 async def test_copy_pasted_spam_is_merged_into_one_entry():
     clock = FastClock()
     box = Inbox(clock, capacity=10)
-    for i in range(6):
+    for _ in range(6):
         box.put(chat("POGGERS!!!", clock))
         box.put(chat("poggers", clock))
     box.put(chat("what game is this?", clock))

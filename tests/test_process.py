@@ -44,7 +44,7 @@ def read_until(proc: subprocess.Popen, marker: bytes, timeout: float) -> bytes:
 @pytest.mark.model
 def test_a_process_killed_mid_reply_keeps_the_input(tmp_path, tiny_model_dir):
     config = write_config(tmp_path, model={"id": str(tiny_model_dir), "max_new_tokens": 400, "seed": 3},
-                          chat={"enabled": True})
+                          chat={"console": {"enabled": True}})
     proc = omoide(config, "chat")
     try:
         proc.stdin.write(b"please tell me a very long story\n")
