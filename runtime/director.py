@@ -64,7 +64,6 @@ class Director:
         self.current: TurnHandle | None = None
         self._committed: dict[str, Awaitable[None]] = {}
         self._stop = asyncio.Event()
-        self._idle = asyncio.Event()
         self._sources_live = len(self.sources)
         self._busy = False
         self._last_idle = -math.inf
@@ -97,7 +96,6 @@ class Director:
             and self.current.priority < Priority.CRITICAL
         ):
             self.current.cancel("preempted")
-        self._idle.clear()
         return accepted
 
     def _signal(self, event: InputEvent) -> None:
@@ -146,10 +144,6 @@ class Director:
         for source in self.sources:
             await source.aclose()
 
-    async def wait_idle(self) -> None:
-        """Until everything submitted so far has been answered (or dropped)."""
-        await self._idle.wait()
-
     async def _pump(self, source: Source) -> None:
         try:
             async for event in source:
@@ -174,10 +168,8 @@ class Director:
     async def _turns(self) -> None:
         while True:
             if not len(self.inbox):
-                self._idle.set()
                 self._check_done()
             event = await self._next()
-            self._idle.clear()
             self._busy = True  # from here until the turn is done, even before it has a handle
             try:
                 await self._run_turn((event,))

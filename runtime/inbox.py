@@ -130,9 +130,6 @@ class Inbox:
             score -= s.cooldown_penalty
         return score + math.log2(entry.count)
 
-    def peek_priority(self) -> Priority | None:
-        return max((e.event.priority for e in self._entries), default=None)
-
     async def get(self) -> InputEvent:
         """The best input to answer now; stale ones are dropped on the way."""
         while True:
