@@ -10,12 +10,18 @@ moderator) by merging or dropping the excess instead of getting the bot muted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import twitchio
+from twitchio import eventsub
 
 from runtime.events import InputEvent, InputKind, Priority
 from runtime.ports import Clock
@@ -97,7 +103,8 @@ class TwitchEvents(twitchio.Client):
 class SendLimiter:
     """Twitch's chat limits, kept: at most `limit` messages in any 30 s. What does not fit waits
     as one pending message (later replies are merged into it up to 500 characters, the rest is
-    dropped) and goes out as soon as the window allows."""
+    dropped) and goes out as soon as the window allows. `offer` never waits on the network:
+    `run` does the sending."""
 
     def __init__(self, clock: Clock, send: Callable[[str], Awaitable[None]], limit: int = 20,
                  window_s: float = 30.0, margin: int = 1) -> None:
@@ -106,6 +113,7 @@ class SendLimiter:
         self.limit = max(1, limit - margin)  # a little under Twitch's own count
         self.window = window_s
         self.sent: deque[float] = deque()
+        self.ready: deque[str] = deque()  # counted in the window, not yet handed to `send`
         self.pending = ""
         self.merged = 0
         self.dropped = 0
@@ -117,18 +125,18 @@ class SendLimiter:
             self.sent.popleft()
         return len(self.sent) < self.limit
 
-    async def offer(self, text: str) -> str:
-        """Send now if the window allows ("sent"), else hold it ("queued", "merged", "dropped")."""
+    def offer(self, text: str) -> str:
+        """Take a reply: "sent" (goes out now), "queued", "merged" or "dropped"."""
         text = " ".join(text.split())[:MAX_MESSAGE]
         if not text:
             return "dropped"
+        self._wake.set()
         if not self.pending and self._room():
             self.sent.append(self.clock.now())
-            await self.send(text)
+            self.ready.append(text)
             return "sent"
         if not self.pending:
             self.pending = text
-            self._wake.set()
             return "queued"
         if len(self.pending) + 3 + len(text) <= MAX_MESSAGE:
             self.pending += " | " + text
@@ -138,17 +146,220 @@ class SendLimiter:
         return "dropped"
 
     async def run(self) -> None:
-        """Send the pending message when the window has room; runs for the life of the sink."""
+        """Send what was offered, in order, keeping the window; runs for the life of the sink."""
         while True:
             await self._wake.wait()
-            while self.pending:
-                if self._room():
+            self._wake.clear()
+            while self.ready or self.pending:
+                if self.ready:
+                    await self.send(self.ready.popleft())
+                elif self._room():
                     text, self.pending = self.pending, ""
                     self.sent.append(self.clock.now())
                     await self.send(text)
                 else:
                     await self.clock.sleep(max(0.05, self.window - (self.clock.now() - self.sent[0])))
-            self._wake.clear()
+
+
+@dataclass(frozen=True)
+class TwitchAccount:
+    """What `omoide twitch login` stores: the app's client id, and the bot's and the broadcaster's
+    user tokens. Never logged."""
+
+    client_id: str
+    bot_id: str
+    bot_token: str
+    bot_refresh: str = ""
+    broadcaster_id: str = ""
+    broadcaster_token: str = ""
+    broadcaster_refresh: str = ""
+    client_secret: str = ""
+
+    def __repr__(self) -> str:  # keep tokens out of tracebacks and logs
+        return f"TwitchAccount(client_id={self.client_id!r}, bot_id={self.bot_id!r}, broadcaster_id={self.broadcaster_id!r})"
+
+
+class TwitchError(RuntimeError):
+    pass
+
+
+def load_account(path: Path) -> TwitchAccount:
+    if not path.is_file():
+        raise TwitchError(f"no Twitch tokens at {path}; run `omoide twitch login` first")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return TwitchAccount(**{k: str(v) for k, v in data.items() if k in TwitchAccount.__dataclass_fields__})
+    except (ValueError, TypeError) as exc:
+        raise TwitchError(f"Twitch token file {path} is damaged ({type(exc).__name__}); run `omoide twitch login` again") from None
+
+
+def save_account(path: Path, account: TwitchAccount) -> None:
+    """Write the tokens readable by this user alone (mode 0600), replacing the file atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(account.__dict__, f, indent=1)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+EVENTS = ("message", "cheer", "subscription", "gift", "redemption", "raid", "follow")
+
+
+def _subscriptions(account: TwitchAccount, events: Sequence[str]) -> list[tuple[Any, dict[str, Any]]]:
+    """(EventSub subscription, how to subscribe) for each event kind wanted."""
+    b, bot = account.broadcaster_id, account.bot_id
+    as_broadcaster = {"token_for": b}
+    table: dict[str, list[tuple[Any, dict[str, Any]]]] = {
+        "message": [(eventsub.ChatMessageSubscription(broadcaster_user_id=b, user_id=bot), {"as_bot": True})],
+        "cheer": [(eventsub.ChannelCheerSubscription(broadcaster_user_id=b), as_broadcaster)],
+        "subscription": [(eventsub.ChannelSubscribeSubscription(broadcaster_user_id=b), as_broadcaster),
+                         (eventsub.ChannelSubscribeMessageSubscription(broadcaster_user_id=b), as_broadcaster)],
+        "gift": [(eventsub.ChannelSubscriptionGiftSubscription(broadcaster_user_id=b), as_broadcaster)],
+        "redemption": [(eventsub.ChannelPointsRedeemAddSubscription(broadcaster_user_id=b), as_broadcaster)],
+        "raid": [(eventsub.ChannelRaidSubscription(to_broadcaster_user_id=b), as_broadcaster)],
+        "follow": [(eventsub.ChannelFollowSubscription(broadcaster_user_id=b, moderator_user_id=b), as_broadcaster)],
+    }
+    out = []
+    for name in events:
+        if name not in table:
+            raise TwitchError(f"unknown Twitch event {name!r}; choose from {', '.join(EVENTS)}")
+        out += table[name]
+    return out
+
+
+class TwitchChatSource:
+    """Implements the Source port: Twitch chat and channel events over EventSub.
+
+    It connects in the background and keeps trying with backoff while Twitch is unreachable,
+    saying so once; the character runs on meanwhile.
+    """
+
+    name = "twitch"
+
+    def __init__(self, clock: Clock, account: TwitchAccount, events: Sequence[str] = EVENTS,
+                 max_backoff_s: float = 60.0) -> None:
+        if any(e != "message" for e in events) and not account.broadcaster_token:
+            raise TwitchError("channel events need the broadcaster's token: run `omoide twitch login --broadcaster`")
+        self.clock = clock
+        self.account = account
+        self.events = tuple(events)
+        self.max_backoff_s = max_backoff_s
+        self.queue = TwitchEventQueue()
+        self.client: TwitchEvents | None = None
+        self.connected = asyncio.Event()
+        _subscriptions(account, self.events)  # unknown event names fail here, at start
+
+    async def _connect(self) -> TwitchEvents:
+        a = self.account
+        client = TwitchEvents(self.clock, self.queue.put, client_id=a.client_id,
+                              client_secret=a.client_secret or None, bot_id=a.bot_id, fetch_client_user=False)
+        try:
+            await client.login(token=a.bot_token, load_tokens=False, save_tokens=False)
+            await client.add_token(a.bot_token, a.bot_refresh)
+            if a.broadcaster_token and a.broadcaster_id != a.bot_id:
+                await client.add_token(a.broadcaster_token, a.broadcaster_refresh)
+            for payload, how in _subscriptions(a, self.events):
+                await client.subscribe_websocket(payload, **how)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await client.close()
+            raise
+        return client
+
+    async def _keep_connected(self) -> None:
+        delay, said = 1.0, False
+        while True:
+            try:
+                self.client = await self._connect()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - network, auth: keep trying, say it once
+                if not said:
+                    log.warning("Twitch unreachable; chat is off until it comes back (retrying)",
+                                extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+                    said = True
+                await self.clock.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+                continue
+            log.info("Twitch connected", extra={"events": list(self.events)})
+            self.connected.set()
+            return  # twitchio keeps the EventSub socket alive and reconnects it itself
+
+    async def __aiter__(self) -> AsyncIterator[InputEvent]:  # type: ignore[override]
+        connect = asyncio.create_task(self._keep_connected(), name="twitch-connect")
+        try:
+            async for event in self.queue:
+                yield event
+        finally:
+            connect.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connect
+
+    async def aclose(self) -> None:
+        await self.queue.aclose()
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await self.client.close()
+
+    async def send(self, text: str) -> None:
+        """Post a chat message as the bot (callers go through a SendLimiter)."""
+        if self.client is None:
+            return
+        channel = self.client.create_partialuser(self.account.broadcaster_id or self.account.bot_id)
+        await channel.send_message(message=text, sender=self.account.bot_id, token_for=self.account.bot_id)
+
+
+class TwitchReplies:
+    """Implements the OutputSink port (non-pacing): what was said in answer to Twitch goes to chat."""
+
+    def __init__(self, source: TwitchChatSource, clock: Clock, moderator: bool = False) -> None:
+        self.limiter = SendLimiter(clock, self._send, LIMITS["moderator" if moderator else "user"])
+        self.source = source
+        self._to_twitch = False
+        self._runner: asyncio.Task[None] | None = None
+
+    async def _send(self, text: str) -> None:
+        try:
+            await self.source.send(text)
+        except Exception as exc:  # noqa: BLE001 - a lost chat line must not stop the character
+            log.warning("chat reply not sent", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+
+    async def begin_turn(self, turn_id: str, inputs: tuple[InputEvent, ...]) -> None:
+        self._to_twitch = any(e.source == "twitch" for e in inputs)
+
+    async def sentence(self, sentence: Any) -> None:
+        pass
+
+    async def play(self, chunk: Any) -> None:
+        pass
+
+    def clear(self) -> int:
+        return 0
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
+
+    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str) -> None:
+        if self._to_twitch and spoken_text:
+            if self._runner is None:
+                self._runner = asyncio.create_task(self.limiter.run(), name="twitch-send")
+            result = self.limiter.offer(spoken_text)
+            if result == "dropped":
+                log.info("chat reply dropped by the rate limiter", extra={"turn_id": turn_id})
+
+    async def aclose(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
 
 
 class TwitchEventQueue:

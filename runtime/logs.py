@@ -48,6 +48,8 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("twitchio.client").addFilter(
+        lambda r: "StarletteAdapter" not in r.getMessage())  # an optional extra we do not use
     for noisy in ("websockets", "httpx", "httpcore", "huggingface_hub", "transformers", "filelock",
                   "faster_whisper"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -4,14 +4,25 @@ turned into twitchio's own objects and dispatched to the client's handlers."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
 from twitchio.models.eventsub_ import create_event_instance
 
-from plugins.chat_twitch import SendLimiter, TwitchEvents
+from plugins.chat_twitch import (
+    SendLimiter,
+    TwitchAccount,
+    TwitchChatSource,
+    TwitchError,
+    TwitchEvents,
+    TwitchReplies,
+    load_account,
+    save_account,
+)
 from runtime.events import InputEvent
 from tests.conftest import FastClock
+from tests.fake_twitch import FakeTwitch
 
 BROADCASTER = {"broadcaster_user_id": "1000", "broadcaster_user_login": "komorebi", "broadcaster_user_name": "Komorebi"}
 USER = {"user_id": "42", "user_login": "ada", "user_name": "Ada"}
@@ -105,7 +116,7 @@ async def test_the_send_limiter_keeps_inside_twitchs_window_and_merges_the_exces
 
     limiter = SendLimiter(clock, send, limit=20, window_s=30.0)
     runner = asyncio.create_task(limiter.run(), name="test-limiter")
-    results = [await limiter.offer(f"reply {i}") for i in range(25)]
+    results = [limiter.offer(f"reply {i}") for i in range(25)]
     assert results[:19] == ["sent"] * 19 and results[19] == "queued" and set(results[20:]) == {"merged"}
     await asyncio.sleep(0.4)  # 40 s of clock time
     runner.cancel()
@@ -113,4 +124,97 @@ async def test_the_send_limiter_keeps_inside_twitchs_window_and_merges_the_exces
     times = [t for t, _ in sent]
     assert all(sum(1 for u in times if t <= u < t + 30.0) <= 19 for t in times)  # never 20 in 30 s
     assert sent[-1][1].startswith("reply 19 | reply 20")
-    assert await SendLimiter(clock, send).offer("x" * 600) == "sent" and len(sent[-1][1]) == 500
+    long = SendLimiter(clock, send)
+    assert long.offer("x" * 600) == "sent" and len(long.ready[0]) == 500
+
+
+@pytest.fixture
+def twitch_at(monkeypatch):
+    """Point twitchio's endpoints at a fake Twitch on 127.0.0.1 (they are read at call time)."""
+    import twitchio.eventsub.websockets
+    import twitchio.http
+
+    def point(port: int) -> None:
+        monkeypatch.setattr(twitchio.http.Route, "BASE", f"http://127.0.0.1:{port}/helix/")
+        monkeypatch.setattr(twitchio.http.Route, "ID_BASE", f"http://127.0.0.1:{port}/")
+        monkeypatch.setattr(twitchio.eventsub.websockets, "WSS", f"ws://127.0.0.1:{port}/ws")
+
+    return point
+
+
+ACCOUNT = TwitchAccount(client_id="fake-client", bot_id="2000", bot_token="bot-token", bot_refresh="r1",
+                        broadcaster_id="1000", broadcaster_token="broadcaster-token", broadcaster_refresh="r2")
+
+
+async def test_live_chat_over_a_fake_eventsub_socket_and_replies_back(twitch_at):
+    fake = await FakeTwitch().start()
+    twitch_at(fake.port)
+    clock = FastClock(1)
+    source = TwitchChatSource(clock, ACCOUNT, events=("message", "raid"))
+    got: list[InputEvent] = []
+
+    async def read() -> None:
+        async for event in source:
+            got.append(event)
+
+    reader = asyncio.create_task(read(), name="test-twitch-read")
+    try:
+        await asyncio.wait_for(source.connected.wait(), 10)
+        assert [s["type"] for s in fake.subscriptions] == ["channel.chat.message", "channel.raid"]
+        assert fake.subscriptions[0]["transport"]["method"] == "websocket"
+        await fake.push(frame("channel.chat.message", chat_event("hello from the fake")))
+        for _ in range(200):
+            if got:
+                break
+            await asyncio.sleep(0.02)
+        assert [(e.text, e.author) for e in got] == [("hello from the fake", "Ada")]
+        replies = TwitchReplies(source, clock)
+        await replies.begin_turn("t1", tuple(got))
+        await replies.end_turn("t1", False, "Hi Ada, welcome!")
+        for _ in range(200):
+            if fake.chat:
+                break
+            await asyncio.sleep(0.02)
+        [sent] = fake.chat
+        assert (sent["broadcaster_id"], sent["sender_id"], sent["message"]) == ("1000", "2000", "Hi Ada, welcome!")
+        await replies.aclose()
+    finally:
+        reader.cancel()
+        await source.aclose()
+        await fake.stop()
+
+
+async def test_twitch_unreachable_is_said_once_and_retried_until_it_comes_back(twitch_at, caplog):
+    import socket as socketlib
+
+    caplog.set_level(logging.INFO, logger="plugins.chat_twitch")
+    probe = socketlib.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there yet
+    twitch_at(port)
+    source = TwitchChatSource(FastClock(20), ACCOUNT, events=("message",), max_backoff_s=2.0)
+    reader = asyncio.create_task(anext(aiter(source)), name="test-twitch-read")
+    try:
+        await asyncio.sleep(0.5)  # several failed tries
+        assert caplog.text.count("Twitch unreachable") == 1
+        fake = await FakeTwitch().start(port)
+        await asyncio.wait_for(source.connected.wait(), 10)
+        assert fake.subscriptions and "Twitch connected" in caplog.text
+    finally:
+        reader.cancel()
+        await source.aclose()
+    await fake.stop()
+
+
+def test_tokens_are_stored_for_this_user_alone_and_never_printed(tmp_path):
+    path = tmp_path / "twitch.json"
+    save_account(path, ACCOUNT)
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert load_account(path) == ACCOUNT
+    assert "bot-token" not in repr(ACCOUNT) and "broadcaster-token" not in str(ACCOUNT)
+    path.write_text("{broken")
+    with pytest.raises(TwitchError, match="damaged"):
+        load_account(path)
+    with pytest.raises(TwitchError, match="omoide twitch login"):
+        load_account(tmp_path / "missing.json")
