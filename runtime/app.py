@@ -18,6 +18,7 @@ from persona_model.local import LocalPersonaModel, Sampling
 from plugins.audio import EchoGate, PlaybackLog, SynthesizerError
 from plugins.avatar_ws import AvatarServer
 from plugins.chat_console import ConsoleChatSource, ConsoleSubtitles
+from plugins.chat_twitch import TwitchChatSource, TwitchError, TwitchReplies, load_account
 from plugins.mic_file import FileMicrophone, MicrophoneError
 from plugins.mic_sounddevice import SoundDeviceMicrophone
 from plugins.speakers_silent import SilentSpeakers
@@ -217,6 +218,18 @@ async def build(
             ) from None
         observers.append(avatar)
     sources = list(sources or [])
+    if config.twitch.enabled:
+        try:
+            twitch = TwitchChatSource(clock, load_account(config.path(config.twitch.token_file)),
+                                      config.twitch.events)
+        except TwitchError as exc:
+            await memory.aclose()
+            if avatar is not None:
+                await avatar.aclose()
+            raise StartupError(f"twitch: {exc}") from None
+        sources.append(twitch)
+        if config.twitch.reply_in_chat:
+            observers.append(TwitchReplies(twitch, clock, config.twitch.bot_is_moderator))
     if listen:
         try:
             sources.append(await asyncio.to_thread(listener_from, config, clock, playback, microphone))

@@ -12,7 +12,8 @@ from pathlib import Path
 from memory.export import export_jsonl
 from persona_model import tiny
 from persona_model.hub import ModelNotFound, local_folder, pull
-from plugins import tiny_piper, tiny_whisper
+from plugins import tiny_piper, tiny_whisper, twitch_auth
+from plugins.chat_twitch import TwitchError
 from plugins.stt_whisper import pull_whisper, whisper_folder
 from plugins.tts_piper import piper_voice_path, pull_piper_voice
 from runtime import app, logs
@@ -118,6 +119,16 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_twitch_login(args: argparse.Namespace) -> int:
+    config = _config(args)
+    t = config.twitch
+    roles = ["bot", "broadcaster"] if args.role == "both" else [args.role]
+    for role in roles:
+        print(f"-- log in the {role} account --")
+        twitch_auth.login(config.path(t.token_file), t.auth_url, args.client_id or t.client_id, role, t.events, print)
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = _config(args)
     print(config.model_dump_json(indent=2, exclude={"base_dir"}))
@@ -172,6 +183,14 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--database", help="database file (default: memory.database)")
     ex.set_defaults(func=cmd_logs_export)
 
+    tw_ = sub.add_parser("twitch", help="Twitch set-up")
+    twsub = tw_.add_subparsers(dest="twitch_command", required=True)
+    tl = twsub.add_parser("login", help="log in the bot and broadcaster accounts (device code flow)")
+    tl.add_argument("--as", dest="role", choices=["bot", "broadcaster", "both"], default="both",
+                    help="which account to log in (default: both, one after the other)")
+    tl.add_argument("--client-id", help="your Twitch application's client id (default: twitch.client_id)")
+    tl.set_defaults(func=cmd_twitch_login)
+
     cfg = sub.add_parser("config", help="the configuration")
     csub = cfg.add_subparsers(dest="config_command", required=True)
     csub.add_parser("check", help="validate and print the effective configuration").set_defaults(
@@ -188,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except app.StartupError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except TwitchError as exc:
+        print(f"twitch: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except ModelNotFound as exc:
         print(f"cannot start: {exc}", file=sys.stderr)

@@ -92,6 +92,17 @@ class ChatFilterConfig(_Section):
     blocklist_file: str | list[str] = ""
 
 
+class TwitchConfig(_Section):
+    enabled: bool = False
+    client_id: str = ""
+    token_file: str = "~/.config/omoide/twitch.json"
+    events: list[Literal["message", "cheer", "subscription", "gift", "redemption", "raid", "follow"]] = [
+        "message", "cheer", "subscription", "gift", "redemption", "raid", "follow"]
+    reply_in_chat: bool = False
+    bot_is_moderator: bool = False
+    auth_url: str = "https://id.twitch.tv"
+
+
 class IdleConfig(_Section):
     after_s: float = Field(0.0, ge=0)
     min_interval_s: float = Field(300.0, ge=0)
@@ -196,6 +207,7 @@ class Config(_Section):
     stt: SttConfig = SttConfig()
     barge_in: BargeInConfig = BargeInConfig()
     idle: IdleConfig = IdleConfig()
+    twitch: TwitchConfig = TwitchConfig()
     audio: AudioConfig = AudioConfig()
     avatar: AvatarConfig = AvatarConfig()
     chat: ChatConfig = ChatConfig()

@@ -22,10 +22,15 @@ class FakeTwitch:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.sockets = 0
+        self.polls = 0
+        self.approve_after = 2  # polls before the user "approves" the device code
+        self.device_scopes = ""
 
     async def start(self, port: int = 0) -> FakeTwitch:
         app = web.Application()
         app.router.add_get("/oauth2/validate", self.validate)
+        app.router.add_post("/oauth2/device", self.device)
+        app.router.add_post("/oauth2/token", self.token)
         app.router.add_post("/helix/eventsub/subscriptions", self.subscribe)
         app.router.add_post("/helix/chat/messages", self.send_chat)
         app.router.add_get("/ws", self.websocket)
@@ -52,6 +57,22 @@ class FakeTwitch:
         return web.json_response({"client_id": "fake-client", "login": login, "user_id": user_id,
                                   "scopes": ["user:read:chat", "user:write:chat", "user:bot", "channel:bot"],
                                   "expires_in": 5_000_000})
+
+    async def device(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        self.device_scopes = str(form["scopes"])
+        return web.json_response({"device_code": "dev-123", "expires_in": 1800, "interval": 1,
+                                  "user_code": "ABCD-EFGH", "verification_uri": "https://www.twitch.tv/activate"})
+
+    async def token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        assert form["grant_type"] == "urn:ietf:params:oauth:grant-type:device_code"
+        self.polls += 1
+        if self.polls < self.approve_after:
+            return web.json_response({"status": 400, "message": "authorization_pending"}, status=400)
+        token = "broadcaster-token" if "channel:bot" in self.device_scopes else "bot-token"
+        return web.json_response({"access_token": token, "refresh_token": "refresh-" + token, "expires_in": 14000,
+                                  "scope": self.device_scopes.split(), "token_type": "bearer"})
 
     async def subscribe(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -11,6 +11,7 @@ import pytest
 from twitchio.models.eventsub_ import create_event_instance
 
 from plugins.chat_twitch import (
+    EVENTS,
     SendLimiter,
     TwitchAccount,
     TwitchChatSource,
@@ -20,6 +21,7 @@ from plugins.chat_twitch import (
     load_account,
     save_account,
 )
+from plugins.twitch_auth import login
 from runtime.events import InputEvent
 from tests.conftest import FastClock
 from tests.fake_twitch import FakeTwitch
@@ -218,3 +220,24 @@ def test_tokens_are_stored_for_this_user_alone_and_never_printed(tmp_path):
         load_account(path)
     with pytest.raises(TwitchError, match="omoide twitch login"):
         load_account(tmp_path / "missing.json")
+
+
+async def test_login_with_the_device_code_flow_stores_both_accounts(tmp_path):
+    fake = await FakeTwitch().start()
+    shown: list[str] = []
+    path = tmp_path / "twitch.json"
+    url = f"http://127.0.0.1:{fake.port}"
+    try:
+        await asyncio.to_thread(login, path, url, "fake-client", "bot", EVENTS, shown.append, lambda s: None)
+        fake.polls = 0
+        account = await asyncio.to_thread(login, path, url, "fake-client", "broadcaster", ("message", "cheer"),
+                                          shown.append, lambda s: None)
+    finally:
+        await fake.stop()
+    assert (account.bot_id, account.bot_token, account.broadcaster_id) == ("2000", "bot-token", "1000")
+    assert account.broadcaster_token == "broadcaster-token" and account.client_id == "fake-client"
+    assert fake.device_scopes == "channel:bot bits:read"
+    assert shown[0] == ("Open https://www.twitch.tv/activate and enter the code ABCD-EFGH"
+                        " (scopes: user:read:chat user:write:chat user:bot).")
+    assert not any("token" in line and "saved" not in line for line in shown)  # no token printed
+    assert (path.stat().st_mode & 0o777) == 0o600 and load_account(path) == account
