@@ -30,6 +30,7 @@ bench: install
 	$(PY) bench/first_audio.py
 	$(PY) bench/voice_latency.py --engine espeak
 	$(PY) bench/voice_latency.py --engine piper
+	$(PY) bench/chat_flood.py
 
 install: system-deps $(VENV)/.installed
 

@@ -13,6 +13,8 @@ import asyncio
 import dataclasses
 import math
 import re
+import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -47,6 +49,7 @@ def event_type(event: InputEvent) -> str:
 class _Entry:
     event: InputEvent
     key: str  # for spam merging
+    base: float = 0.0  # the part of the score that does not change while it waits
     authors: list[str] = field(default_factory=list)
     count: int = 1
 
@@ -68,6 +71,7 @@ class Inbox:
         self._names = [re.compile(rf"(?<!\w){re.escape(normalize(n))}(?!\w)") for n in names if n.strip()]
         self._control: asyncio.Queue[InputEvent] = asyncio.Queue()
         self._ready = asyncio.Event()
+        self.decision_s: deque[float] = deque(maxlen=10_000)  # how long recent picks took
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -94,7 +98,7 @@ class Inbox:
         if len(self._entries) >= self.capacity:
             now = self.clock.now()
             worst = min(self._entries, key=lambda e: (self.score(e, now), -e.event.order))
-            if event.priority is not Priority.CRITICAL and self.score(_Entry(event, key), now) <= self.score(worst, now):
+            if event.priority is not Priority.CRITICAL and self.score(self._entry(event, key), now) <= self.score(worst, now):
                 self.dropped += 1
                 return False
             if worst.event.priority is Priority.CRITICAL and event.priority is not Priority.CRITICAL:
@@ -103,7 +107,7 @@ class Inbox:
             if worst.event.priority is not Priority.CRITICAL:
                 self._entries.remove(worst)
                 self.dropped += 1
-        self._entries.append(_Entry(event, key, [event.author] if event.author else []))
+        self._entries.append(self._entry(event, key))
         self._ready.set()
         return True
 
@@ -115,15 +119,21 @@ class Inbox:
                 for name, _ in sorted(self._answered.items(), key=lambda kv: kv[1])[:5_000]:
                     del self._answered[name]
 
+    def _entry(self, event: InputEvent, key: str) -> _Entry:
+        s = self.scoring
+        base = 100.0 * int(event.priority) + s.weights.get(event_type(event), 0.0)
+        if event.kind is InputKind.CHAT:
+            text = normalize(event.text)
+            if any(p.search(text) for p in self._names):
+                base += s.mention_bonus
+            if "?" in event.text:
+                base += s.question_bonus
+        return _Entry(event, key, base, [event.author] if event.author else [])
+
     def score(self, entry: _Entry, now: float) -> float:
         e, s = entry.event, self.scoring
-        score = 100.0 * int(e.priority) + s.weights.get(event_type(e), 0.0)
+        score = entry.base
         if e.kind is InputKind.CHAT:
-            text = normalize(e.text)
-            if any(p.search(text) for p in self._names):
-                score += s.mention_bonus
-            if "?" in e.text:
-                score += s.question_bonus
             score -= s.age_penalty_per_min * max(0.0, now - e.received_at) / 60.0
         last = self._answered.get(e.author or "")
         if last is not None and now - last < s.cooldown_s:
@@ -133,6 +143,7 @@ class Inbox:
     async def get(self) -> InputEvent:
         """The best input to answer now; stale ones are dropped on the way."""
         while True:
+            started = time.perf_counter()
             now = self.clock.now()
             fresh = [e for e in self._entries if not self._stale(e.event, now)]
             self.dropped += len(self._entries) - len(fresh)
@@ -140,6 +151,7 @@ class Inbox:
             if fresh:
                 best = max(fresh, key=lambda e: (self.score(e, now), -e.event.order))
                 self._entries.remove(best)
+                self.decision_s.append(time.perf_counter() - started)
                 if not self._entries:
                     self._ready.clear()
                 if best.count == 1:
