@@ -13,8 +13,8 @@ import threading
 from collections.abc import AsyncIterator
 from typing import TextIO
 
-from runtime.events import AudioChunk, Control, InputEvent, InputKind, Priority, Sentence
-from runtime.ports import Clock
+from runtime.events import Control, InputEvent, InputKind, Priority, Sentence
+from runtime.ports import Clock, FollowingSink
 
 COMMANDS = {"/interrupt": Control.INTERRUPT, "/stop": Control.INTERRUPT, "/quit": Control.STOP,
             "/exit": Control.STOP, "/mute": Control.MUTE, "/unmute": Control.UNMUTE,
@@ -76,7 +76,7 @@ class ConsoleChatSource:
         self._queue.put_nowait(None)
 
 
-class ConsoleSubtitles:
+class ConsoleSubtitles(FollowingSink):
     """Implements the OutputSink port (non-pacing): prints each sentence as it starts to be heard."""
 
     def __init__(self, character: str, out: TextIO | None = None) -> None:
@@ -97,24 +97,6 @@ class ConsoleSubtitles:
         self._write(("" if self._started else f"{self.character}: ") + sentence.text + " ")
         self._started = True
 
-    async def play(self, chunk: AudioChunk) -> None:
-        pass
-
-    def clear(self) -> int:
-        return 0
-
-    def pause(self) -> None:
-        pass
-
-    def resume(self) -> None:
-        pass
-
-    async def drain(self) -> None:
-        pass
-
     async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str) -> None:
         if self._started or interrupted:
             self._write(("[interrupted]" if interrupted else "").rstrip() + "\n")
-
-    async def aclose(self) -> None:
-        pass

@@ -24,7 +24,7 @@ import twitchio
 from twitchio import eventsub
 
 from runtime.events import InputEvent, InputKind, Priority
-from runtime.ports import Clock
+from runtime.ports import Clock, FollowingSink
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE = 500  # Twitch's limit for one chat message
@@ -311,7 +311,7 @@ class TwitchChatSource:
         await channel.send_message(message=text, sender=self.account.bot_id, token_for=self.account.bot_id)
 
 
-class TwitchReplies:
+class TwitchReplies(FollowingSink):
     """Implements the OutputSink port (non-pacing): what was said in answer to Twitch goes to chat."""
 
     def __init__(self, source: TwitchChatSource, clock: Clock, moderator: bool = False) -> None:
@@ -328,24 +328,6 @@ class TwitchReplies:
 
     async def begin_turn(self, turn_id: str, inputs: tuple[InputEvent, ...]) -> None:
         self._to_twitch = any(e.source == "twitch" for e in inputs)
-
-    async def sentence(self, sentence: Any) -> None:
-        pass
-
-    async def play(self, chunk: Any) -> None:
-        pass
-
-    def clear(self) -> int:
-        return 0
-
-    def pause(self) -> None:
-        pass
-
-    def resume(self) -> None:
-        pass
-
-    async def drain(self) -> None:
-        pass
 
     async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str) -> None:
         if self._to_twitch and spoken_text:

@@ -134,3 +134,35 @@ class OutputSink(Protocol):
     async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+class FollowingSink:
+    """A base for sinks that follow a turn without pacing it (subtitles, chat): every method of
+    OutputSink does nothing; a subclass overrides what it needs."""
+
+    async def begin_turn(self, turn_id: str, inputs: tuple[InputEvent, ...]) -> None:
+        pass
+
+    async def sentence(self, sentence: Sentence) -> None:
+        pass
+
+    async def play(self, chunk: AudioChunk) -> None:
+        pass
+
+    def clear(self) -> int:
+        return 0
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
+
+    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
