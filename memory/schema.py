@@ -58,6 +58,33 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE turns ADD COLUMN false_interruptions INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: viewers, and memories with a kind, a viewer, an importance, a pin and a successor
+    """
+    CREATE TABLE viewers (
+        platform    TEXT NOT NULL,            -- the source: twitch, console, ...
+        user_id     TEXT NOT NULL,            -- the platform's id (or the name where there is none)
+        name        TEXT NOT NULL,            -- the name last seen
+        first_seen  REAL NOT NULL,            -- unix time
+        last_seen   REAL NOT NULL,
+        messages    INTEGER NOT NULL DEFAULT 0,
+        subscriber  INTEGER NOT NULL DEFAULT 0,
+        sub_months  INTEGER NOT NULL DEFAULT 0,
+        moderator   INTEGER NOT NULL DEFAULT 0,
+        vip         INTEGER NOT NULL DEFAULT 0,
+        notes       TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (platform, user_id)
+    );
+    CREATE INDEX viewers_name ON viewers(lower(name));
+    ALTER TABLE memories ADD COLUMN kind TEXT NOT NULL DEFAULT 'fact';   -- fact | episode | reflection
+    ALTER TABLE memories ADD COLUMN viewer TEXT;                         -- "platform:user_id"
+    ALTER TABLE memories ADD COLUMN importance REAL NOT NULL DEFAULT 0.5;
+    ALTER TABLE memories ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE memories ADD COLUMN superseded_by INTEGER;
+    ALTER TABLE memories ADD COLUMN source_turns TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE memories ADD COLUMN subject TEXT;            -- what a fact is about, to supersede it
+    CREATE INDEX memories_viewer ON memories(viewer);
+    CREATE INDEX memories_subject ON memories(viewer, subject);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -67,14 +94,29 @@ class SchemaError(Exception):
     pass
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the database up to SCHEMA_VERSION; returns the version it was at."""
-    (found,) = conn.execute("PRAGMA user_version").fetchone()
+def check(conn: sqlite3.Connection) -> int:
+    """The schema version of an Omoide database (0 for an empty file); SchemaError for anything
+    else, before anything is written to it."""
+    try:
+        (found,) = conn.execute("PRAGMA user_version").fetchone()
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise SchemaError(f"not an Omoide database (SQLite says: {exc}); it was left untouched") from None
+    if found == 0 and tables:
+        raise SchemaError(
+            f"a database of another program (tables: {', '.join(sorted(tables)[:5])}); it was left"
+            " untouched: point memory.database at a new file")
     if found > SCHEMA_VERSION:
         raise SchemaError(
             f"database schema version {found} is newer than this Omoide understands"
             f" ({SCHEMA_VERSION}); upgrade Omoide or point memory.database at another file"
         )
+    return int(found)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database up to SCHEMA_VERSION; returns the version it was at."""
+    found = check(conn)
     for version in range(found, SCHEMA_VERSION):
         # one transaction per step: a step that fails leaves the database at the version before
         try:

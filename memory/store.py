@@ -20,7 +20,8 @@ from typing import Any
 
 import aiosqlite
 
-from memory.schema import migrate
+from memory.schema import SchemaError, check, migrate
+from memory.viewers import facts_in
 from runtime.events import (
     ChatMessage,
     InputEvent,
@@ -29,6 +30,7 @@ from runtime.events import (
     Priority,
     TurnRecord,
     input_text,
+    viewer_key,
 )
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,14 @@ class _Write:
 
 
 def connect_sync(path: Path) -> sqlite3.Connection:
-    """Open the database for a one-off job (migrations, export), in WAL mode."""
+    """Open the database for a one-off job (migrations, export), in WAL mode. A file that is not
+    an Omoide database raises SchemaError before anything is written to it."""
     conn = sqlite3.connect(path)
+    try:
+        check(conn)
+    except SchemaError:
+        conn.close()
+        raise
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
@@ -103,6 +111,9 @@ class SqliteMemory:
 
     def log_input(self, event: InputEvent) -> Awaitable[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        viewer = viewer_key(event)
+        if viewer is not None and not event.meta.get("dropped"):
+            self._learn(event, viewer)
         self._queue.put_nowait(
             _Write(
                 "INSERT OR IGNORE INTO inputs (id, kind, source, author, text, priority, logged_at, meta)"
@@ -143,12 +154,37 @@ class SqliteMemory:
                 _Write("UPDATE inputs SET turn_id = ? WHERE id = ?", (record.turn_id, event.id))
             )
 
-    async def add_memory(self, text: str, source: str) -> None:
+    def _learn(self, event: InputEvent, viewer: str) -> None:
+        """Update the viewer's profile, and keep the facts they state about themselves."""
+        platform, _, user_id = viewer.partition(":")
+        m, now = event.meta, time.time()
+        self._queue.put_nowait(_Write(
+            "INSERT INTO viewers (platform, user_id, name, first_seen, last_seen, messages, subscriber,"
+            " sub_months, moderator, vip) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?)"
+            " ON CONFLICT(platform, user_id) DO UPDATE SET name = excluded.name,"
+            " last_seen = excluded.last_seen, messages = messages + 1,"
+            " subscriber = MAX(subscriber, excluded.subscriber), sub_months = MAX(sub_months, excluded.sub_months),"
+            " moderator = MAX(moderator, excluded.moderator), vip = MAX(vip, excluded.vip)",
+            (platform, user_id, event.author, now, now, int(bool(m.get("subscriber"))),
+             int(m.get("sub_months") or 0), int(bool(m.get("moderator"))), int(bool(m.get("vip")))),
+        ))
+        for fact in facts_in(event):
+            self._queue.put_nowait(_Write(
+                "INSERT OR IGNORE INTO memories (text, source, created_at, kind, viewer, subject, importance)"
+                " VALUES (?, ?, ?, 'fact', ?, ?, 0.6)", (fact.text, event.source, now, viewer, fact.subject)))
+            self._queue.put_nowait(_Write(  # a newer statement about the same thing replaces the older
+                "UPDATE memories SET superseded_by = (SELECT id FROM memories WHERE text = ?)"
+                " WHERE viewer = ? AND subject = ? AND text != ? AND superseded_by IS NULL",
+                (fact.text, viewer, fact.subject, fact.text)))
+
+    async def add_memory(self, text: str, source: str, kind: str = "fact", viewer: str | None = None,
+                         importance: float = 0.5, pinned: bool = False) -> None:
         """Something the character should be able to recall (a card's lore entry, a fact)."""
         self._queue.put_nowait(
             _Write(
-                "INSERT OR IGNORE INTO memories (text, source, created_at) VALUES (?, ?, ?)",
-                (text, source, time.time()),
+                "INSERT OR IGNORE INTO memories (text, source, created_at, kind, viewer, importance, pinned)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (text, source, time.time(), kind, viewer, importance, int(pinned)),
             )
         )
 
@@ -188,19 +224,57 @@ class SqliteMemory:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def recall(self, text: str, k: int) -> list[Memory]:
-        words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))[:32]
-        if not words or k <= 0:
+    async def recall(self, text: str, k: int, viewer: str | None = None) -> list[Memory]:
+        """The viewer's profile and facts first, then pinned memories, then full-text matches."""
+        if k <= 0:
             return []
         assert self._db is not None
-        query = " OR ".join(f'"{w}"' for w in words)
+        found: list[Memory] = []
+        if viewer is not None:
+            profile = await self._profile(viewer)
+            if profile is not None:
+                found.append(profile)
+            rows = await self._db.execute_fetchall(
+                "SELECT id, text, importance FROM memories WHERE viewer = ? AND superseded_by IS NULL"
+                " ORDER BY created_at DESC LIMIT ?", (viewer, k))
+            found += [Memory(int(r[0]), str(r[1]), float(r[2])) for r in rows]
         rows = await self._db.execute_fetchall(
-            "SELECT m.id, m.text, bm25(memories_fts) AS score FROM memories_fts"
-            " JOIN memories m ON m.id = memories_fts.rowid"
-            " WHERE memories_fts MATCH ? ORDER BY score LIMIT ?",
-            (query, k),
-        )
-        return [Memory(int(r[0]), str(r[1]), -float(r[2])) for r in rows]
+            "SELECT id, text, importance FROM memories WHERE pinned = 1 AND superseded_by IS NULL"
+            " ORDER BY importance DESC LIMIT ?", (k,))
+        found += [Memory(int(r[0]), str(r[1]), float(r[2])) for r in rows]
+        words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))[:32]
+        if words:
+            query = " OR ".join(f'"{w}"' for w in words)
+            rows = await self._db.execute_fetchall(
+                "SELECT m.id, m.text, bm25(memories_fts) AS score FROM memories_fts"
+                " JOIN memories m ON m.id = memories_fts.rowid"
+                " WHERE memories_fts MATCH ? AND m.superseded_by IS NULL ORDER BY score LIMIT ?",
+                (query, k),
+            )
+            found += [Memory(int(r[0]), str(r[1]), -float(r[2])) for r in rows]
+        unique = list({m.id: m for m in reversed(found)}.values())[::-1]  # first mention wins
+        return unique[: k + (1 if viewer is not None else 0)]
+
+    async def _profile(self, viewer: str) -> Memory | None:
+        assert self._db is not None
+        platform, _, user_id = viewer.partition(":")
+        rows = await self._db.execute_fetchall(
+            "SELECT name, first_seen, messages, subscriber, sub_months, moderator, vip, notes FROM viewers"
+            " WHERE platform = ? AND user_id = ?", (platform, user_id))
+        if not rows:
+            return None
+        name, first_seen, messages, sub, months, mod, vip, notes = list(rows)[0]
+        days = int((time.time() - float(first_seen)) // 86400)
+        parts = [f"About {name}: chatting for {days} days" if days else f"About {name}: new today",
+                 f"{messages} message{'' if messages == 1 else 's'}"]
+        if sub:
+            parts.append(f"subscriber for {months} months" if months else "subscriber")
+        if mod:
+            parts.append("a moderator")
+        if vip:
+            parts.append("a VIP")
+        text = ", ".join(parts) + "." + (f" Notes: {notes}" if notes else "")
+        return Memory(0, text, 1.0)
 
     async def recent_history(self, limit: int) -> list[ChatMessage]:
         assert self._db is not None

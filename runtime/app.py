@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from memory.schema import SchemaError
 from memory.store import SqliteMemory
 from persona_model.card import CardError, load_card
 from persona_model.hub import resolve
@@ -190,9 +191,16 @@ async def build(
     moderator = moderator_from(config)
     chat_filter_from(config)  # a missing list file stops the start here, before models load
     synthesizer = synthesizer_from(config)
+    try:  # before the slow model load: a wrong database file should stop the start at once
+        memory = await SqliteMemory.open(config.path(config.memory.database))
+    except SchemaError as exc:
+        raise StartupError(f"memory.database {config.path(config.memory.database)}: {exc}") from None
     if model is None:
-        model = await asyncio.to_thread(model_from, config)
-    memory = await SqliteMemory.open(config.path(config.memory.database))
+        try:
+            model = await asyncio.to_thread(model_from, config)
+        except BaseException:
+            await memory.aclose()
+            raise
     for text in lore:
         await memory.add_memory(text, source=persona.source)
 

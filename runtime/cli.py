@@ -9,7 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+from memory import admin as memory_admin
 from memory.export import export_jsonl
+from memory.schema import SchemaError
 from persona_model import tiny
 from persona_model.hub import ModelNotFound, local_folder, pull
 from plugins import tiny_piper, tiny_whisper, twitch_auth
@@ -129,6 +131,29 @@ def cmd_twitch_login(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_memory(args: argparse.Namespace) -> int:
+    config = _config(args)
+    db = Path(args.database) if args.database else config.path(config.memory.database)
+    what = args.memory_command
+    if what in ("list", "search"):
+        rows = (memory_admin.list_memories(db, args.viewer, args.kind, args.all, args.limit) if what == "list"
+                else memory_admin.search(db, args.text, args.limit))
+        for mid, kind, viewer, importance, pinned, superseded, text in rows:
+            flags = ("pinned " if pinned else "") + (f"superseded-by:{superseded} " if superseded else "")
+            print(f"{mid:>6}  {kind:10} {viewer or '-':24} {importance:.2f} {flags}{text}")
+        if not rows:
+            print("(no memories)")
+    elif what == "add":
+        print(f"added memory {memory_admin.add(db, args.text, args.kind, args.viewer, args.importance, args.pin)}")
+    elif what == "edit":
+        memory_admin.edit(db, args.id, args.text)
+    elif what in ("pin", "unpin"):
+        memory_admin.pin(db, args.id, what == "pin")
+    elif what == "delete":
+        memory_admin.delete(db, args.id)
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = _config(args)
     print(config.model_dump_json(indent=2, exclude={"base_dir"}))
@@ -183,6 +208,32 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--database", help="database file (default: memory.database)")
     ex.set_defaults(func=cmd_logs_export)
 
+    mem = sub.add_parser("memory", help="what the character remembers: list, search, add, edit, pin, delete")
+    mem.add_argument("--database", help="database file (default: memory.database)")
+    msub2 = mem.add_subparsers(dest="memory_command", required=True)
+    ml = msub2.add_parser("list", help="the newest memories (pinned first)")
+    ml.add_argument("--viewer", help='only about this viewer ("twitch:12345", "console:you")')
+    ml.add_argument("--kind", choices=["fact", "episode", "reflection"])
+    ml.add_argument("--all", action="store_true", help="include superseded facts")
+    ml.add_argument("--limit", type=int, default=50)
+    ms = msub2.add_parser("search", help="full-text search")
+    ms.add_argument("text")
+    ms.add_argument("--limit", type=int, default=10)
+    ma = msub2.add_parser("add", help="add a memory")
+    ma.add_argument("text")
+    ma.add_argument("--kind", choices=["fact", "episode", "reflection"], default="fact")
+    ma.add_argument("--viewer", help='about this viewer ("twitch:12345")')
+    ma.add_argument("--importance", type=float, default=0.5)
+    ma.add_argument("--pin", action="store_true", help="always recall it")
+    me = msub2.add_parser("edit", help="change a memory's text")
+    me.add_argument("id", type=int)
+    me.add_argument("text")
+    for name, text in (("pin", "always recall it"), ("unpin", "recall it only when it matches"),
+                       ("delete", "forget it")):
+        p_ = msub2.add_parser(name, help=text)
+        p_.add_argument("id", type=int)
+    mem.set_defaults(func=cmd_memory)
+
     tw_ = sub.add_parser("twitch", help="Twitch set-up")
     twsub = tw_.add_subparsers(dest="twitch_command", required=True)
     tl = twsub.add_parser("login", help="log in the bot and broadcaster accounts (device code flow)")
@@ -208,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     except app.StartupError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except SchemaError as exc:
+        print(f"memory database: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 1
     except TwitchError as exc:
         print(f"twitch: {exc}", file=sys.stderr)
         return EXIT_CONFIG

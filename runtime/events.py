@@ -222,3 +222,10 @@ def input_text(inputs: tuple[InputEvent, ...] | list[InputEvent]) -> str:
             line += f" (said by {e.meta['merged']} viewers)"
         lines.append(line)
     return "\n".join(lines)
+
+
+def viewer_key(event: InputEvent) -> str | None:
+    """"platform:user_id" of the viewer a chat input came from (the name where there is no id)."""
+    if event.kind is not InputKind.CHAT or not event.author:
+        return None
+    return f"{event.source}:{event.meta.get('user_id') or event.author.lower()}"

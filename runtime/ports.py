@@ -90,7 +90,10 @@ class MemoryStore(Protocol):
         """Write (or update) the record of a turn. Queued; never stalls the caller."""
         ...
 
-    async def recall(self, text: str, k: int) -> list[Memory]: ...
+    async def recall(self, text: str, k: int, viewer: str | None = None) -> list[Memory]:
+        """Up to k memories for this text; with a viewer ("platform:user_id"), what is known about
+        them comes first."""
+        ...
 
     async def recent_history(self, limit: int) -> list[ChatMessage]:
         """The last `limit` messages of the conversation as it was heard, oldest first."""

@@ -25,6 +25,7 @@ from runtime.events import (
     TurnRecord,
     TurnStatus,
     input_text,
+    viewer_key,
 )
 from runtime.moderation import Moderator, Verdict
 from runtime.ports import Clock, MemoryStore, OutputSink, PersonaModel, Synthesizer
@@ -175,12 +176,15 @@ class TurnHandle:
 
     async def _run(self) -> None:
         query = input_text(self.inputs)
-        memories = await self.cast.memory.recall(query, self.settings.recall_k) if self.settings.recall_k else []
+        viewer = next((key for e in self.inputs if (key := viewer_key(e))), None)
+        memories = (await self.cast.memory.recall(query, self.settings.recall_k, viewer)
+                    if self.settings.recall_k else [])
         context = PromptContext(self.cast.persona, self.inputs, self.history, tuple(memories))
         prompt = await asyncio.to_thread(self.cast.model.render, context)
         self.record.prompt = prompt.text
         self.record.messages = prompt.messages
-        self.record.recalled = tuple(m.id for m in memories[: len(memories) - prompt.memories_dropped])
+        kept = memories[: len(memories) - prompt.memories_dropped]
+        self.record.recalled = tuple(m.id for m in kept if m.id > 0)  # a viewer's profile is no memory row
         self.mark(Stage.PROMPT_READY)
         await self.cast.memory.remember(self.record)
         for sink in (self.playout, *self.observers):

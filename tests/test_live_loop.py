@@ -19,7 +19,16 @@ import pytest
 
 from runtime.app import App, build
 from runtime.config import load
-from runtime.events import Control, InputEvent, InputKind, Priority, PromptContext, TurnRecord, TurnStatus
+from runtime.events import (
+    Control,
+    InputEvent,
+    InputKind,
+    Priority,
+    PromptContext,
+    TurnRecord,
+    TurnStatus,
+    viewer_key,
+)
 from tests.conftest import AvatarClient, FastClock, write_config
 from tests.fakes import ScriptedModel
 
@@ -124,7 +133,9 @@ async def test_avatar_client_receives_the_turn_in_order_with_audio_and_envelopes
         # the log holds the prompt exactly as sent, and what was spoken
         [(prompt, db_spoken, status, timings)] = db_rows(
             app, "select prompt, spoken_text, status, timings from turns")
-        expected = tiny_model.render(PromptContext(app.director.cast.persona, (event,)))
+        recalled = await app.memory.recall(event.text, 3, viewer_key(event))  # the viewer's profile
+        assert recalled and recalled[0].text.startswith("About viewer: new today")
+        expected = tiny_model.render(PromptContext(app.director.cast.persona, (event,), (), tuple(recalled)))
         assert prompt == expected.text
         assert db_spoken == spoken and status == "complete"
         stages = ["input_received", "prompt_ready", "first_token", "first_sentence", "first_audio", "last_audio"]
