@@ -4,27 +4,34 @@ Runs against the database file directly (SQLite allows it while the character ru
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from memory.schema import migrate
-from memory.store import connect_sync
+from memory.store import connect_sync, fts_query
 
 COLUMNS = "id, kind, viewer, importance, pinned, superseded_by, text"
 
 
-def _open(database: Path) -> sqlite3.Connection:
+@contextlib.contextmanager
+def _open(database: Path) -> Iterator[sqlite3.Connection]:
+    """The database, migrated; one transaction, committed on success; closed after."""
     if not database.exists():
         raise FileNotFoundError(f"no memory database at {database}")
     conn = connect_sync(database)
-    migrate(conn)
-    return conn
+    try:
+        migrate(conn)
+        with conn:
+            yield conn
+    finally:
+        conn.close()
 
 
 def list_memories(database: Path, viewer: str | None = None, kind: str | None = None,
                   include_superseded: bool = False, limit: int = 50) -> list[tuple]:
-    conn = _open(database)
     where, args = ["1 = 1"], []
     if viewer:
         where.append("viewer = ?")
@@ -34,26 +41,25 @@ def list_memories(database: Path, viewer: str | None = None, kind: str | None = 
         args.append(kind)
     if not include_superseded:
         where.append("superseded_by IS NULL")
-    return conn.execute(f"SELECT {COLUMNS} FROM memories WHERE {' AND '.join(where)}"
-                        " ORDER BY pinned DESC, created_at DESC LIMIT ?", (*args, limit)).fetchall()
+    with _open(database) as conn:
+        return conn.execute(f"SELECT {COLUMNS} FROM memories WHERE {' AND '.join(where)}"
+                            " ORDER BY pinned DESC, created_at DESC LIMIT ?", (*args, limit)).fetchall()
 
 
 def search(database: Path, text: str, limit: int = 10) -> list[tuple]:
-    conn = _open(database)
-    words = [w for w in text.replace('"', " ").split() if w]
-    if not words:
+    query = fts_query(text)
+    if not query:
         return []
-    query = " OR ".join(f'"{w}"' for w in words)
-    return conn.execute(
-        f"SELECT {', '.join('m.' + c.strip() for c in COLUMNS.split(','))} FROM memories_fts"
-        " JOIN memories m ON m.id = memories_fts.rowid WHERE memories_fts MATCH ?"
-        " ORDER BY bm25(memories_fts) LIMIT ?", (query, limit)).fetchall()
+    with _open(database) as conn:
+        return conn.execute(
+            f"SELECT {', '.join('m.' + c.strip() for c in COLUMNS.split(','))} FROM memories_fts"
+            " JOIN memories m ON m.id = memories_fts.rowid WHERE memories_fts MATCH ?"
+            " ORDER BY bm25(memories_fts) LIMIT ?", (query, limit)).fetchall()
 
 
 def add(database: Path, text: str, kind: str = "fact", viewer: str | None = None,
         importance: float = 0.5, pinned: bool = False) -> int:
-    conn = _open(database)
-    with conn:
+    with _open(database) as conn:
         cur = conn.execute(
             "INSERT INTO memories (text, source, created_at, kind, viewer, importance, pinned)"
             " VALUES (?, 'operator', ?, ?, ?, ?, ?)", (text, time.time(), kind, viewer, importance, int(pinned)))
@@ -61,8 +67,7 @@ def add(database: Path, text: str, kind: str = "fact", viewer: str | None = None
 
 
 def _update(database: Path, memory_id: int, sql: str, args: tuple) -> None:
-    conn = _open(database)
-    with conn:
+    with _open(database) as conn:
         if conn.execute("SELECT 1 FROM memories WHERE id = ?", (memory_id,)).fetchone() is None:
             raise KeyError(f"no memory with id {memory_id}")
         conn.execute(sql, (*args, memory_id))
@@ -70,8 +75,7 @@ def _update(database: Path, memory_id: int, sql: str, args: tuple) -> None:
 
 def edit(database: Path, memory_id: int, text: str) -> None:
     # the FTS index follows through delete + insert of the row's text
-    conn = _open(database)
-    with conn:
+    with _open(database) as conn:
         row = conn.execute("SELECT text FROM memories WHERE id = ?", (memory_id,)).fetchone()
         if row is None:
             raise KeyError(f"no memory with id {memory_id}")

@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 _WORD = re.compile(r"\w{2,}")
 
 
+def fts_query(text: str) -> str:
+    """A full-text query matching any word of `text` (quoted: nothing in chat is query syntax)."""
+    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))[:32]
+    return " OR ".join(f'"{w}"' for w in words)
+
+
 @dataclass(slots=True)
 class _Write:
     sql: str
@@ -242,9 +248,8 @@ class SqliteMemory:
             "SELECT id, text, importance FROM memories WHERE pinned = 1 AND superseded_by IS NULL"
             " ORDER BY importance DESC LIMIT ?", (k,))
         found += [Memory(int(r[0]), str(r[1]), float(r[2])) for r in rows]
-        words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))[:32]
-        if words:
-            query = " OR ".join(f'"{w}"' for w in words)
+        query = fts_query(text)
+        if query:
             rows = await self._db.execute_fetchall(
                 "SELECT m.id, m.text, bm25(memories_fts) AS score FROM memories_fts"
                 " JOIN memories m ON m.id = memories_fts.rowid"
@@ -252,8 +257,10 @@ class SqliteMemory:
                 (query, k),
             )
             found += [Memory(int(r[0]), str(r[1]), -float(r[2])) for r in rows]
-        unique = list({m.id: m for m in reversed(found)}.values())[::-1]  # first mention wins
-        return unique[: k + (1 if viewer is not None else 0)]
+        unique: dict[int, Memory] = {}
+        for m in found:
+            unique.setdefault(m.id, m)  # first mention wins, in order
+        return list(unique.values())[: k + (1 if viewer is not None else 0)]
 
     async def _profile(self, viewer: str) -> Memory | None:
         assert self._db is not None

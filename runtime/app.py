@@ -189,63 +189,57 @@ async def build(
     clock = clock or MonotonicClock()
     persona, lore = persona_from(config)
     moderator = moderator_from(config)
-    chat_filter_from(config)  # a missing list file stops the start here, before models load
+    chat_filter = chat_filter_from(config)  # a missing list file stops the start here
     synthesizer = synthesizer_from(config)
     try:  # before the slow model load: a wrong database file should stop the start at once
         memory = await SqliteMemory.open(config.path(config.memory.database))
     except SchemaError as exc:
         raise StartupError(f"memory.database {config.path(config.memory.database)}: {exc}") from None
-    if model is None:
-        try:
+    opened: list[SqliteMemory | AvatarServer] = [memory]  # closed again if the start fails
+    try:
+        if model is None:
             model = await asyncio.to_thread(model_from, config)
-        except BaseException:
-            await memory.aclose()
-            raise
-    for text in lore:
-        await memory.add_memory(text, source=persona.source)
+        for text in lore:
+            await memory.add_memory(text, source=persona.source)
 
-    listen = config.stt.enabled if listen is None else listen
-    playback = PlaybackLog() if listen else None  # what the speakers play, for the echo gate
-    playout: OutputSink
-    if config.audio.output == "speakers":
-        playout = open_speakers(clock, config.audio.device or None, playback)
-    else:
-        playout = SilentSpeakers(clock, playback)
-    observers: list[OutputSink] = []
-    avatar = None
-    if config.avatar.enabled:
-        avatar = AvatarServer(config.avatar.host, config.avatar.port, audio_format=config.avatar.audio_format,
-                              character=persona.name, queue_size=config.avatar.queue_size)
-        try:
-            await avatar.start()
-        except OSError as exc:
-            await memory.aclose()
-            raise StartupError(
-                f"avatar channel cannot listen on {config.avatar.host}:{config.avatar.port}"
-                f" ({exc.strerror or exc}); set avatar.port to a free port or avatar.enabled = false"
-            ) from None
-        observers.append(avatar)
-    sources = list(sources or [])
-    if config.twitch.enabled:
-        try:
-            twitch = TwitchChatSource(clock, load_account(config.path(config.twitch.token_file)),
-                                      config.twitch.events)
-        except TwitchError as exc:
-            await memory.aclose()
-            if avatar is not None:
-                await avatar.aclose()
-            raise StartupError(f"twitch: {exc}") from None
-        sources.append(twitch)
-        if config.twitch.reply_in_chat:
-            observers.append(TwitchReplies(twitch, clock, config.twitch.bot_is_moderator))
-    if listen:
-        try:
+        listen = config.stt.enabled if listen is None else listen
+        playback = PlaybackLog() if listen else None  # what the speakers play, for the echo gate
+        playout: OutputSink
+        if config.audio.output == "speakers":
+            playout = open_speakers(clock, config.audio.device or None, playback)
+        else:
+            playout = SilentSpeakers(clock, playback)
+        observers: list[OutputSink] = []
+        avatar = None
+        if config.avatar.enabled:
+            avatar = AvatarServer(config.avatar.host, config.avatar.port, audio_format=config.avatar.audio_format,
+                                  character=persona.name, queue_size=config.avatar.queue_size)
+            try:
+                await avatar.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"avatar channel cannot listen on {config.avatar.host}:{config.avatar.port}"
+                    f" ({exc.strerror or exc}); set avatar.port to a free port or avatar.enabled = false"
+                ) from None
+            opened.append(avatar)
+            observers.append(avatar)
+        sources = list(sources or [])
+        if config.twitch.enabled:
+            try:
+                twitch = TwitchChatSource(clock, load_account(config.path(config.twitch.token_file)),
+                                          config.twitch.events)
+            except TwitchError as exc:
+                raise StartupError(f"twitch: {exc}") from None
+            sources.append(twitch)
+            if config.twitch.reply_in_chat:
+                observers.append(TwitchReplies(twitch, clock, config.twitch.bot_is_moderator))
+        if listen:
             sources.append(await asyncio.to_thread(listener_from, config, clock, playback, microphone))
-        except StartupError:
-            await memory.aclose()
-            if avatar is not None:
-                await avatar.aclose()
-            raise
+    except BaseException:
+        for thing in reversed(opened):
+            with contextlib.suppress(Exception):
+                await thing.aclose()
+        raise
     use_console = config.chat.console.enabled if console is None else console
     if use_console:
         sources.append(ConsoleChatSource(clock, config.chat.console.name, stdin))
@@ -268,7 +262,7 @@ async def build(
             thanks=dict(config.chat.thanks),
             **({"idle_prompt": config.idle.prompt} if config.idle.prompt else {}),
         ),
-        chat_filter=chat_filter_from(config),
+        chat_filter=chat_filter,
     )
     return App(config, director, memory, avatar, [playout, *observers])
 
