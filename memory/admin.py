@@ -74,14 +74,8 @@ def _update(database: Path, memory_id: int, sql: str, args: tuple) -> None:
 
 
 def edit(database: Path, memory_id: int, text: str) -> None:
-    # the FTS index follows through delete + insert of the row's text
-    with _open(database) as conn:
-        row = conn.execute("SELECT text FROM memories WHERE id = ?", (memory_id,)).fetchone()
-        if row is None:
-            raise KeyError(f"no memory with id {memory_id}")
-        conn.execute("INSERT INTO memories_fts(memories_fts, rowid, text) VALUES ('delete', ?, ?)", (memory_id, row[0]))
-        conn.execute("UPDATE memories SET text = ? WHERE id = ?", (text, memory_id))
-        conn.execute("INSERT INTO memories_fts(rowid, text) VALUES (?, ?)", (memory_id, text))
+    """New text for a memory; the full-text index follows and its vector is made again (triggers)."""
+    _update(database, memory_id, "UPDATE memories SET text = ? WHERE id = ?", (text,))
 
 
 def pin(database: Path, memory_id: int, pinned: bool = True) -> None:

@@ -85,6 +85,26 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX memories_viewer ON memories(viewer);
     CREATE INDEX memories_subject ON memories(viewer, subject);
     """,
+    # 4: memory vectors for recall, a text edit that keeps the indexes true, and the runtime's state
+    """
+    CREATE TABLE memory_vectors (
+        memory_id   INTEGER PRIMARY KEY,
+        model       TEXT NOT NULL,            -- the embedding model that made it
+        vector      BLOB NOT NULL             -- float32 scale, then int8 components (memory/index.py)
+    );
+    CREATE TRIGGER memories_vec_ad AFTER DELETE ON memories BEGIN
+        DELETE FROM memory_vectors WHERE memory_id = old.id;
+    END;
+    CREATE TRIGGER memories_au AFTER UPDATE OF text ON memories BEGIN
+        INSERT INTO memories_fts(memories_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        INSERT INTO memories_fts(rowid, text) VALUES (new.id, new.text);
+        DELETE FROM memory_vectors WHERE memory_id = old.id;
+    END;
+    CREATE TABLE state (
+        key         TEXT PRIMARY KEY,         -- e.g. reflected_until: the last turn reflected on
+        value       TEXT NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -8,25 +8,31 @@ killed mid-reply has already stored everything it received.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
 import re
 import sqlite3
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiosqlite
+import numpy as np
 
+from memory.index import VectorIndex, pack, unpack
 from memory.schema import SchemaError, check, migrate
 from memory.viewers import facts_in
 from runtime.events import (
     ChatMessage,
     InputEvent,
     InputKind,
+    LoggedTurn,
     Memory,
+    NewMemory,
     Priority,
     TurnRecord,
     input_text,
@@ -42,6 +48,28 @@ def fts_query(text: str) -> str:
     """A full-text query matching any word of `text` (quoted: nothing in chat is query syntax)."""
     words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))[:32]
     return " OR ".join(f'"{w}"' for w in words)
+
+
+@dataclass(frozen=True, slots=True)
+class RecallSettings:
+    """How recall ranks memories: similarity to what was said, plus a bonus for recent ones,
+    important ones and ones about the viewer who is speaking."""
+
+    recency_weight: float = 0.1
+    recency_half_life_days: float = 30.0
+    importance_weight: float = 0.1
+    viewer_weight: float = 0.1
+    min_similarity: float = 0.3  # below this a memory is not brought up (unless it is the viewer's)
+    viewer_facts: int = 200  # the newest facts of the speaking viewer considered each turn
+
+
+class Encoder(Protocol):
+    """What the store needs of an embedding model (memory.embed.Embedder)."""
+
+    name: str
+    dim: int
+
+    def encode(self, texts: list[str], batch: int = 64) -> np.ndarray: ...
 
 
 @dataclass(slots=True)
@@ -68,16 +96,25 @@ def connect_sync(path: Path) -> sqlite3.Connection:
 class SqliteMemory:
     """Implements the MemoryStore port."""
 
-    def __init__(self, path: Path, batch: int = 256) -> None:
+    def __init__(self, path: Path, batch: int = 256, encoder: Callable[[], Encoder] | None = None,
+                 settings: RecallSettings = RecallSettings()) -> None:
         self.path = path
         self.batch = batch
+        self.settings = settings
+        self._load_encoder = encoder
+        self.encoder: Encoder | None = None
+        self.index: VectorIndex | None = None
         self._db: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._indexer: asyncio.Task[None] | None = None
+        self._dirty = asyncio.Event()  # new memories to embed
+        self.index_ready = asyncio.Event()  # set once recall can use vectors (never without an encoder)
 
     @classmethod
-    async def open(cls, path: Path | str) -> SqliteMemory:
-        store = cls(Path(path))
+    async def open(cls, path: Path | str, encoder: Callable[[], Encoder] | None = None,
+                   settings: RecallSettings = RecallSettings()) -> SqliteMemory:
+        store = cls(Path(path), encoder=encoder, settings=settings)
         await store.start()
         return store
 
@@ -103,8 +140,15 @@ class SqliteMemory:
         await self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: safe against a crash
         await self._db.execute("PRAGMA busy_timeout=5000")
         self._writer = asyncio.create_task(self._write_loop(), name="memory-writer")
+        if self._load_encoder is not None:
+            self._indexer = asyncio.create_task(self._index_loop(), name="memory-indexer")
 
     async def aclose(self) -> None:
+        if self._indexer is not None:
+            self._indexer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._indexer
+            self._indexer = None
         if self._writer is not None:
             self._queue.put_nowait(None)
             await self._writer
@@ -182,6 +226,7 @@ class SqliteMemory:
                 "UPDATE memories SET superseded_by = (SELECT id FROM memories WHERE text = ?)"
                 " WHERE viewer = ? AND subject = ? AND text != ? AND superseded_by IS NULL",
                 (fact.text, viewer, fact.subject, fact.text)))
+            self._dirty.set()
 
     async def add_memory(self, text: str, source: str, kind: str = "fact", viewer: str | None = None,
                          importance: float = 0.5, pinned: bool = False) -> None:
@@ -193,6 +238,7 @@ class SqliteMemory:
                 (text, source, time.time(), kind, viewer, importance, int(pinned)),
             )
         )
+        self._dirty.set()
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
@@ -231,7 +277,9 @@ class SqliteMemory:
     # -- reads ----------------------------------------------------------------------------------
 
     async def recall(self, text: str, k: int, viewer: str | None = None) -> list[Memory]:
-        """The viewer's profile and facts first, then pinned memories, then full-text matches."""
+        """The viewer's profile first, then pinned memories, then the k best by rank: similarity to
+        `text`, recency, importance, and whether they are about this viewer. Without vectors (no
+        encoder, or it is still loading) full-text matches stand in for similarity."""
         if k <= 0:
             return []
         assert self._db is not None
@@ -240,14 +288,61 @@ class SqliteMemory:
             profile = await self._profile(viewer)
             if profile is not None:
                 found.append(profile)
-            rows = await self._db.execute_fetchall(
-                "SELECT id, text, importance FROM memories WHERE viewer = ? AND superseded_by IS NULL"
-                " ORDER BY created_at DESC LIMIT ?", (viewer, k))
-            found += [Memory(int(r[0]), str(r[1]), float(r[2])) for r in rows]
-        rows = await self._db.execute_fetchall(
-            "SELECT id, text, importance FROM memories WHERE pinned = 1 AND superseded_by IS NULL"
-            " ORDER BY importance DESC LIMIT ?", (k,))
-        found += [Memory(int(r[0]), str(r[1]), float(r[2])) for r in rows]
+        pinned = await self._rows("pinned = 1 AND superseded_by IS NULL ORDER BY importance DESC LIMIT ?", (k,))
+        found += [Memory(r.id, r.text, 1.0) for r in pinned]
+        ranked = await (self._ranked(text, k, viewer) if self.index_ready.is_set()
+                        else self._ranked_by_words(text, k, viewer))
+        unique: dict[int, Memory] = {}
+        for m in found + ranked:
+            unique.setdefault(m.id, m)  # first mention wins, in order
+        return list(unique.values())[: k + (1 if viewer is not None else 0)]
+
+    async def _ranked(self, text: str, k: int, viewer: str | None) -> list[Memory]:
+        assert self.encoder is not None and self.index is not None
+        encoder, index, s = self.encoder, self.index, self.settings
+
+        def search() -> tuple[np.ndarray, list[tuple[int, float]]]:
+            query = encoder.encode([text])[0]
+            return query, index.search(query, 4 * k)
+
+        query, hits = await asyncio.to_thread(search)
+        sims = dict(hits)
+        rows = await self._rows(f"id IN ({','.join('?' * len(sims))}) AND superseded_by IS NULL",
+                                tuple(sims)) if sims else []
+        stale = set(sims) - {r.id for r in rows}
+        if stale:  # deleted or superseded since they were indexed
+            index.remove(list(stale))
+        if viewer is not None:
+            own = await self._rows("viewer = ? AND superseded_by IS NULL ORDER BY created_at DESC LIMIT ?",
+                                   (viewer, s.viewer_facts))
+            sims.update(index.similarity([r.id for r in own if r.id not in sims], query))
+            rows += [r for r in own if r.id not in {x.id for x in rows}]
+        now = time.time()
+        scored = []
+        for r in rows:
+            sim = sims.get(r.id)
+            if sim is None:  # not embedded yet (just written): only the viewer's own come up
+                if r.viewer != viewer:
+                    continue
+                sim = s.min_similarity
+            mine = viewer is not None and r.viewer == viewer
+            if sim < s.min_similarity and not mine:
+                continue
+            age_days = max(now - r.created_at, 0.0) / 86400
+            score = (sim + s.recency_weight * math.exp(-age_days * math.log(2) / s.recency_half_life_days)
+                     + s.importance_weight * r.importance + (s.viewer_weight if mine else 0.0))
+            scored.append(Memory(r.id, r.text, score))
+        scored.sort(key=lambda m: -m.score)
+        return scored[:k]
+
+    async def _ranked_by_words(self, text: str, k: int, viewer: str | None) -> list[Memory]:
+        """Before vectors: the viewer's newest facts, then full-text matches."""
+        assert self._db is not None
+        found: list[Memory] = []
+        if viewer is not None:
+            own = await self._rows("viewer = ? AND superseded_by IS NULL ORDER BY created_at DESC LIMIT ?",
+                                   (viewer, k))
+            found += [Memory(r.id, r.text, r.importance) for r in own]
         query = fts_query(text)
         if query:
             rows = await self._db.execute_fetchall(
@@ -257,10 +352,112 @@ class SqliteMemory:
                 (query, k),
             )
             found += [Memory(int(r[0]), str(r[1]), -float(r[2])) for r in rows]
-        unique: dict[int, Memory] = {}
-        for m in found:
-            unique.setdefault(m.id, m)  # first mention wins, in order
-        return list(unique.values())[: k + (1 if viewer is not None else 0)]
+        return found
+
+    async def _rows(self, where: str, args: tuple[Any, ...]) -> list[_Row]:
+        assert self._db is not None
+        rows = await self._db.execute_fetchall(
+            f"SELECT id, text, importance, created_at, viewer FROM memories WHERE {where}", args)
+        return [_Row(int(r[0]), str(r[1]), float(r[2]), float(r[3]), r[4]) for r in rows]
+
+    # -- the vector index -----------------------------------------------------------------------
+
+    async def _index_loop(self) -> None:
+        """Load the encoder and the stored vectors, then embed whatever has none, for as long as
+        the store is open. Memories written by another process (the memory commands) are seen
+        through PRAGMA data_version."""
+        assert self._load_encoder is not None and self._db is not None
+        try:
+            self.encoder = encoder = await asyncio.to_thread(self._load_encoder)
+        except Exception:  # noqa: BLE001 - recall goes on by words
+            log.exception("embedding model failed to load; recall uses full-text matching only")
+            return
+        self.index = index = VectorIndex(encoder.dim)
+        loaded = await asyncio.to_thread(self._load_vectors, index, encoder)
+        log.info("memory index ready", extra={"memories": loaded, "model": encoder.name,
+                                              "ram_mb": round(index.nbytes / 1e6, 1)})
+        self.index_ready.set()
+        seen_version, after = None, 0
+        while True:
+            (version,) = list(await self._db.execute_fetchall("PRAGMA data_version"))[0]
+            if version != seen_version:  # another connection wrote: look at everything again
+                seen_version, after = version, 0
+            after = await self._embed_missing(after)
+            self._dirty.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), timeout=2.0)
+
+    def _load_vectors(self, index: VectorIndex, encoder: Encoder) -> int:
+        conn = sqlite3.connect(self.path)
+        try:
+            cur = conn.execute(
+                "SELECT v.memory_id, v.vector FROM memory_vectors v JOIN memories m ON m.id = v.memory_id"
+                " WHERE v.model = ? AND m.superseded_by IS NULL", (encoder.name,))
+            total = 0
+            while batch := cur.fetchmany(50_000):
+                vecs, scale = unpack([b for _, b in batch], encoder.dim)
+                index.add([i for i, _ in batch], vecs, scale)
+                total += len(batch)
+            return total
+        finally:
+            conn.close()
+
+    async def _embed_missing(self, after: int) -> int:
+        """Embed live memories with an id above `after` that have no vector from this encoder;
+        returns the highest id looked at."""
+        assert self._db is not None and self.encoder is not None and self.index is not None
+        encoder, index = self.encoder, self.index
+        while True:
+            rows = list(await self._db.execute_fetchall(
+                "SELECT m.id, m.text FROM memories m LEFT JOIN memory_vectors v"
+                " ON v.memory_id = m.id AND v.model = ? WHERE m.id > ? AND v.memory_id IS NULL"
+                " AND m.superseded_by IS NULL ORDER BY m.id LIMIT 256", (encoder.name, after)))
+            if not rows:
+                return after
+            ids, texts = [int(r[0]) for r in rows], [str(r[1]) for r in rows]
+            vectors = await asyncio.to_thread(encoder.encode, texts)
+            index.add(ids, vectors)
+            for memory_id, text, vector in zip(ids, texts, vectors, strict=True):
+                self._queue.put_nowait(_Write(  # only if the text is still the one embedded
+                    "INSERT OR REPLACE INTO memory_vectors (memory_id, model, vector)"
+                    " SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM memories WHERE id = ? AND text = ?)",
+                    (memory_id, encoder.name, pack(vector), memory_id, text)))
+            after = ids[-1]
+
+    # -- reflection -----------------------------------------------------------------------------
+
+    async def unreflected(self, limit: int) -> list[LoggedTurn]:
+        """Finished turns the character has not reflected on yet, oldest first."""
+        assert self._db is not None
+        rows = await self._db.execute_fetchall("SELECT value FROM state WHERE key = 'reflected_until'")
+        until = float(list(rows)[0][0]) if rows else 0.0
+        turns = list(await self._db.execute_fetchall(
+            "SELECT id, started_at, spoken_text FROM turns WHERE status IN ('complete', 'interrupted')"
+            " AND started_at > ? ORDER BY started_at LIMIT ?", (until, limit)))
+        if not turns:
+            return []
+        inputs: dict[str, list[InputEvent]] = {}
+        for row in await self._db.execute_fetchall(
+                "SELECT turn_id, kind, text, source, author, priority, meta FROM inputs"
+                f" WHERE turn_id IN ({','.join('?' * len(turns))}) ORDER BY logged_at", [t[0] for t in turns]):
+            inputs.setdefault(str(row[0]), []).append(_event(row[1:]))
+        return [LoggedTurn(str(t), float(at), input_text(inputs.get(str(t), [])), str(spoken))
+                for t, at, spoken in turns]
+
+    async def reflected(self, until: LoggedTurn, memories: Sequence[NewMemory]) -> None:
+        """Keep what a reflection made of the turns up to `until`, and that it is done with them."""
+        now = time.time()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for m in memories:
+            self._queue.put_nowait(_Write(
+                "INSERT OR IGNORE INTO memories (text, source, created_at, kind, viewer, importance, source_turns)"
+                " VALUES (?, 'reflection', ?, ?, ?, ?, ?)",
+                (m.text, now, m.kind, m.viewer, min(max(m.importance, 0.0), 1.0), json.dumps(list(m.source_turns)))))
+        self._queue.put_nowait(_Write(
+            "INSERT INTO state (key, value) VALUES ('reflected_until', ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (repr(until.started_at),), done))
+        self._dirty.set()
+        await done
 
     async def _profile(self, viewer: str) -> Memory | None:
         assert self._db is not None
@@ -293,7 +490,7 @@ class SqliteMemory:
         messages: list[ChatMessage] = []
         for turn_id, spoken in reversed(list(turns)):
             rows = await self._db.execute_fetchall(
-                "SELECT kind, text, source, author, priority FROM inputs WHERE turn_id = ?"
+                "SELECT kind, text, source, author, priority, meta FROM inputs WHERE turn_id = ?"
                 " ORDER BY logged_at",
                 (turn_id,),
             )
@@ -305,6 +502,17 @@ class SqliteMemory:
         return messages[-limit:] if limit > 0 else []
 
 
+@dataclass(frozen=True, slots=True)
+class _Row:
+    id: int
+    text: str
+    importance: float
+    created_at: float
+    viewer: str | None
+
+
 def _event(row: Any) -> InputEvent:
-    kind, text, source, author, priority = row
-    return InputEvent(InputKind(kind), text, source, 0.0, author, Priority(priority))
+    kind, text, source, author, priority, *rest = row
+    meta = json.loads(rest[0]) if rest else {}
+    return InputEvent(InputKind(kind), text, source, 0.0, author, Priority(priority),
+                      meta={"untrusted": True} if meta.get("untrusted") else {})

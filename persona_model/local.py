@@ -99,20 +99,22 @@ class LocalPersonaModel:
     """Implements the PersonaModel port with transformers on this machine."""
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str, adapter: str | None = None,
-                 sampling: Sampling = Sampling(), max_prompt_tokens: int = 2048) -> None:
+                 sampling: Sampling = Sampling(), max_prompt_tokens: int = 2048,
+                 memory_share: float = 0.25) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self._name = name
         self._adapter = adapter
         self.sampling = sampling
-        self.renderer = PromptRenderer(tokenizer, max_prompt_tokens)
+        self.renderer = PromptRenderer(tokenizer, max_prompt_tokens, memory_share)
         self.last_stats = GenerationStats()
         self._thread: threading.Thread | None = None
 
     @classmethod
     def load(cls, path: Path | str, *, name: str | None = None, adapter_path: Path | str | None = None,
              device: str = "auto", dtype: str = "auto", threads: int = 0,
-             sampling: Sampling = Sampling(), max_prompt_tokens: int = 2048) -> LocalPersonaModel:
+             sampling: Sampling = Sampling(), max_prompt_tokens: int = 2048,
+             memory_share: float = 0.25) -> LocalPersonaModel:
         """Load a model folder (and optionally a LoRA adapter folder on top of it)."""
         if threads > 0:
             torch.set_num_threads(threads)
@@ -130,7 +132,7 @@ class LocalPersonaModel:
             adapter = Path(adapter_path).name
         model.eval()
         return cls(model, tokenizer, name=name or str(path), adapter=adapter, sampling=sampling,
-                   max_prompt_tokens=max_prompt_tokens)
+                   max_prompt_tokens=max_prompt_tokens, memory_share=memory_share)
 
     @property
     def name(self) -> str:

@@ -2,7 +2,8 @@
 
 The order is fixed so the start of the prompt stays the same from turn to turn (good for caches):
 the persona and system prompt first, then recalled memories, then recent history, then the
-inputs. When the budget is tight the oldest history goes first, then memories.
+inputs. Memories get at most their share of the budget (the lowest ranked go first); when the
+budget is still tight the oldest history goes, then more memories.
 """
 
 from __future__ import annotations
@@ -56,9 +57,10 @@ def memory_text(memories: Sequence[Memory]) -> str:
 class PromptRenderer:
     """Turns a PromptContext into the exact text a model sees. `tokenizer` is a transformers one."""
 
-    def __init__(self, tokenizer: Any, max_tokens: int) -> None:
+    def __init__(self, tokenizer: Any, max_tokens: int, memory_share: float = 0.25) -> None:
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
+        self.memory_share = memory_share
         self.template = None if getattr(tokenizer, "chat_template", None) else CHATML
 
     def messages(self, context: PromptContext, history: int, memories: int) -> list[ChatMessage]:
@@ -88,6 +90,9 @@ class PromptRenderer:
 
     def render(self, context: PromptContext) -> Prompt:
         n_hist, n_mem = len(context.history), len(context.memories)
+        share = int(self.max_tokens * self.memory_share)
+        while n_mem and self.count(memory_text(context.memories[:n_mem])) > share:
+            n_mem -= 1  # recall ranks best first: the last ones go
 
         def fits(history: int, memories: int) -> tuple[bool, str, int, list[ChatMessage]]:
             msgs = self.messages(context, history, memories)
@@ -121,5 +126,5 @@ class PromptRenderer:
             messages=tuple(msgs),
             tokens=tokens,
             history_dropped=n_hist - keep_hist,
-            memories_dropped=n_mem - keep_mem,
+            memories_dropped=len(context.memories) - keep_mem,  # over their share, or squeezed out
         )

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from memory.embed import BUNDLED, Embedder, EmbeddingError
+from memory.embed import resolve as resolve_embedder
 from memory.schema import SchemaError
-from memory.store import SqliteMemory
+from memory.store import RecallSettings, SqliteMemory
 from persona_model.card import CardError, load_card
 from persona_model.hub import resolve
 from persona_model.local import LocalPersonaModel, Sampling
@@ -34,6 +36,7 @@ from runtime.events import Persona
 from runtime.inbox import DEFAULT_MAX_AGE, DEFAULT_WEIGHTS, Inbox, Scoring
 from runtime.moderation import ChatFilter, Moderator
 from runtime.ports import Clock, MonotonicClock, OutputSink, PersonaModel, Source, Synthesizer
+from runtime.reflection import ReflectionSettings, Reflector
 from runtime.turn import Cast, TurnSettings
 from runtime.voices import FallbackSynthesizer
 
@@ -151,7 +154,7 @@ def model_from(config: Config) -> LocalPersonaModel:
     return LocalPersonaModel.load(
         path, name=m.id, adapter_path=adapter, device=m.device, dtype=m.dtype, threads=m.threads,
         sampling=Sampling(m.max_new_tokens, m.temperature, m.top_p, m.repetition_penalty, m.seed),
-        max_prompt_tokens=m.max_prompt_tokens,
+        max_prompt_tokens=m.max_prompt_tokens, memory_share=config.memory.prompt_share,
     )
 
 
@@ -164,6 +167,7 @@ class App:
     memory: SqliteMemory
     avatar: AvatarServer | None
     sinks: list[OutputSink] = field(default_factory=list)
+    reflector: Reflector | None = None
 
     async def aclose(self) -> None:
         for sink in self.sinks:
@@ -192,7 +196,8 @@ async def build(
     chat_filter = chat_filter_from(config)  # a missing list file stops the start here
     synthesizer = synthesizer_from(config)
     try:  # before the slow model load: a wrong database file should stop the start at once
-        memory = await SqliteMemory.open(config.path(config.memory.database))
+        memory = await SqliteMemory.open(config.path(config.memory.database), encoder_from(config),
+                                         recall_settings(config))
     except SchemaError as exc:
         raise StartupError(f"memory.database {config.path(config.memory.database)}: {exc}") from None
     opened: list[SqliteMemory | AvatarServer] = [memory]  # closed again if the start fails
@@ -264,7 +269,33 @@ async def build(
         ),
         chat_filter=chat_filter,
     )
-    return App(config, director, memory, avatar, [playout, *observers])
+    reflector = None
+    if config.memory.reflection.enabled:
+        r = config.memory.reflection
+        reflector = Reflector(model, memory, persona, clock, lambda: director.busy,
+                              ReflectionSettings(r.every_turns, r.every_minutes, r.max_turns))
+        director.background += (reflector.run,)
+    return App(config, director, memory, avatar, [playout, *observers], reflector)
+
+
+def encoder_from(config: Config) -> Callable[[], Embedder] | None:
+    """A loader of the embedding model (run in the background by the store), or None for recall
+    by words only. A model that is not on this machine stops the start here."""
+    name = config.memory.embedding_model
+    if name == "none":
+        return None
+    try:
+        folder = config.path(name)
+        path = resolve_embedder(str(folder) if name != BUNDLED and folder.is_dir() else name)
+    except EmbeddingError as exc:
+        raise StartupError(f"memory.embedding_model: {exc}") from None
+    return lambda: Embedder(path)
+
+
+def recall_settings(config: Config) -> RecallSettings:
+    m = config.memory
+    return RecallSettings(m.recency_weight, m.recency_half_life_days, m.importance_weight, m.viewer_weight,
+                          m.min_similarity)
 
 
 async def run(config: Config, **kwargs: object) -> None:

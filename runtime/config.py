@@ -187,8 +187,23 @@ class ChatConfig(_Section):
     thanks: dict[str, str] = {}
 
 
+class ReflectionConfig(_Section):
+    enabled: bool = True
+    every_turns: int = Field(20, ge=1)  # reflect after this many finished turns ...
+    every_minutes: float = Field(15.0, gt=0)  # ... or this long after the first unreflected one
+    max_turns: int = Field(40, ge=1)  # turns looked back over at once
+
+
 class MemoryConfig(_Section):
     database: str = "training_logs/omoide.db"
+    embedding_model: str = "bundled"  # bundled (all-MiniLM-L6-v2) | a folder | a hub id | none
+    prompt_share: float = Field(0.25, gt=0, le=0.9)  # most of model.max_prompt_tokens memories may take
+    recency_weight: float = Field(0.1, ge=0)
+    recency_half_life_days: float = Field(30.0, gt=0)
+    importance_weight: float = Field(0.1, ge=0)
+    viewer_weight: float = Field(0.1, ge=0)
+    min_similarity: float = Field(0.3, ge=-1, le=1)
+    reflection: ReflectionConfig = ReflectionConfig()
 
 
 class LogConfig(_Section):

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from runtime.events import (
@@ -52,8 +52,10 @@ class Director:
         settings: DirectorSettings = DirectorSettings(),
         on_turn: Callable[[TurnRecord], None] | None = None,
         chat_filter: ChatFilter | None = None,
+        background: Sequence[Callable[[], Coroutine[None, None, None]]] = (),
     ) -> None:
         self.cast = cast
+        self.background = tuple(background)  # run beside the turns (reflection), stopped with them
         self.chat_filter = chat_filter
         self.memory = cast.memory
         self.inbox = inbox
@@ -128,6 +130,11 @@ class Director:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def busy(self) -> bool:
+        """A turn is running or an input is waiting for one."""
+        return self._busy or len(self.inbox) > 0
+
     async def run(self) -> None:
         """Run until stop() (or, if configured, until every source has ended)."""
         if self.settings.history_messages:
@@ -138,6 +145,7 @@ class Director:
                 tg.create_task(self._controls(), name="director-controls"),
             ]
             tasks += [tg.create_task(self._pump(s), name=f"source-{s.name}") for s in self.sources]
+            tasks += [tg.create_task(job(), name=f"background-{i}") for i, job in enumerate(self.background)]
             await self._stop.wait()
             for task in tasks:
                 task.cancel()

@@ -137,6 +137,27 @@ class Memory:
 
 
 @dataclass(frozen=True, slots=True)
+class NewMemory:
+    """Something to remember, with where it came from."""
+
+    text: str
+    kind: str = "fact"  # fact | episode | reflection
+    importance: float = 0.5  # 0..1
+    viewer: str | None = None  # "platform:user_id" when it is about a viewer
+    source_turns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedTurn:
+    """A finished turn as the log has it: what was said to the character, and what it said."""
+
+    turn_id: str
+    started_at: float  # unix time
+    heard: str  # the inputs as the model saw them
+    spoken: str  # what was heard of the reply
+
+
+@dataclass(frozen=True, slots=True)
 class PromptContext:
     """Everything a PersonaModel needs to render one prompt."""
 

@@ -54,7 +54,9 @@ def write_config(tmp_path: Path, **sections: dict[str, Any]) -> Path:
         "audio": {"output": "silent"},
         "avatar": {"port": 0},
         "chat": {"console": {"enabled": False}},
-        "memory": {"database": str(tmp_path / "omoide.db")},
+        # recall by words unless a test asks for the embedding model (loading it costs seconds)
+        "memory": {"database": str(tmp_path / "omoide.db"), "embedding_model": "none",
+                   "reflection": {"enabled": False}},
         "model": {"download": False},
     }
     for name, values in sections.items():

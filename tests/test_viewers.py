@@ -60,7 +60,7 @@ async def test_profiles_and_facts_survive_a_restart_and_newer_facts_supersede(tm
 @pytest.mark.model
 def test_a_new_process_prompt_for_a_viewer_contains_what_they_said_before(tmp_path, tiny_model_dir):
     config = write_config(tmp_path, model={"id": str(tiny_model_dir), "max_new_tokens": 8},
-                          chat={"console": {"enabled": True}})
+                          chat={"console": {"enabled": True}}, memory={"embedding_model": "bundled"})
 
     def chat_once(line: str) -> None:
         proc = subprocess.run([sys.executable, "-m", "runtime.cli", "--config", str(config), "chat"],

@@ -1,0 +1,173 @@
+"""Recall by meaning: the vector index against an exact search, the bundled embedding model on a
+generated set of 200 viewers and 2,000 facts asked about in other words, superseded and deleted
+memories never coming back, and edits from the memory commands reaching a running character."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+
+import numpy as np
+import pytest
+
+from memory import admin
+from memory.embed import Embedder, bundled_path
+from memory.index import VectorIndex, pack, unpack
+from memory.store import SqliteMemory
+from runtime.events import InputEvent, InputKind, viewer_key
+from tests.memory_set import generate
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    return Embedder(bundled_path())
+
+
+async def open_store(path, embedder: Embedder) -> SqliteMemory:
+    store = await SqliteMemory.open(path, encoder=lambda: embedder)
+    await asyncio.wait_for(store.index_ready.wait(), 60)
+    return store
+
+
+async def indexed(store: SqliteMemory, count: int, timeout: float = 60) -> None:
+    """Wait until the index holds `count` memories."""
+    deadline = time.monotonic() + timeout
+    while len(store.index or ()) < count:
+        assert time.monotonic() < deadline, f"index has {len(store.index or ())} of {count}"
+        await asyncio.sleep(0.05)
+
+
+def stored_vector(db, memory_id: int) -> bool:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT 1 FROM memory_vectors WHERE memory_id = ?", (memory_id,)).fetchone() is not None
+
+
+def clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    """Unit vectors in clusters, the way embeddings of related memories lie."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(n // 50, 1), dim)).astype(np.float32)
+    v = centres[rng.integers(0, len(centres), n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_the_index_finds_what_an_exact_search_finds_and_forgets_what_is_removed():
+    everything = clustered(20_050, 384, seed=1)
+    vectors, queries = everything[:20_000], everything[20_000:]  # queries from the same clusters
+    index = VectorIndex(384, capacity=16)  # grows as it fills
+    ids = np.arange(100, 100 + len(vectors))
+    index.add(ids[:7000], vectors[:7000])
+    index.add(ids[7000:], vectors[7000:])
+    overlap = []
+    for q in queries:
+        exact = set(ids[np.argsort(-(vectors @ q))[:10]].tolist())
+        found = index.search(q, 10)
+        overlap.append(len(exact & {i for i, _ in found}) / 10)
+        best = int(np.argmax(vectors @ q))
+        assert found[0][1] == pytest.approx(float(vectors[best] @ q), abs=0.02)  # int8 keeps the cosine
+    assert np.mean(overlap) >= 0.95
+
+    gone = [i for i, _ in index.search(queries[0], 10)]
+    index.remove(gone)
+    assert len(index) == len(vectors) - 10
+    assert not {i for i, _ in index.search(queries[0], 50)} & set(gone)
+    index.add([gone[0]], queries[0][None, :])  # re-added with a new vector: found first, once
+    again = index.search(queries[0], 5)
+    assert again[0] == (gone[0], pytest.approx(1.0, abs=0.01))
+    assert [i for i, _ in again].count(gone[0]) == 1
+
+    q8, scale = unpack([pack(v) for v in vectors[:3]], 384)  # the database form
+    assert np.allclose(q8.astype(np.float32) * scale[:, None], vectors[:3], atol=0.01)
+
+
+@pytest.mark.model
+async def test_recall_at_5_on_200_viewers_and_2000_facts_asked_in_other_words(tmp_path, embedder):
+    cases = generate(viewers=200, per_viewer=10)
+    assert len({c.viewer for c in cases}) == 200 and len({c.fact for c in cases}) == 2000
+    store = await open_store(tmp_path / "omoide.db", embedder)
+    try:
+        for c in cases:
+            await store.add_memory(c.fact, source="twitch", viewer=f"twitch:{c.viewer}")
+        await indexed(store, len(cases))
+        anyone = mine = 0
+        for c in cases:
+            # asked by someone else: only the words of the question point at the fact
+            anyone += c.fact in [m.text for m in await store.recall(c.question, 5)]
+        for c in cases[::4]:  # asked by the viewer themselves: their own facts count for more
+            found = await store.recall(c.question, 5, f"twitch:{c.viewer}")
+            mine += c.fact in [m.text for m in found]
+        print(f"recall@5 asked by anyone {anyone / len(cases):.3f}, by the viewer {mine / len(cases[::4]):.3f}")
+        assert anyone / len(cases) >= 0.9
+        assert mine / len(cases[::4]) >= 0.95
+    finally:
+        await store.aclose()
+
+
+def chat(text: str, author: str = "Ada", user_id: str = "42") -> InputEvent:
+    return InputEvent(InputKind.CHAT, text, "twitch", 0.0, author, meta={"user_id": user_id, "untrusted": True})
+
+
+@pytest.mark.model
+async def test_superseded_and_deleted_memories_never_come_back(tmp_path, embedder):
+    db = tmp_path / "omoide.db"
+    store = await open_store(db, embedder)
+    try:
+        await store.log_input(chat("my cat is called Miso"))
+        await store.add_memory("The stream's mascot is a green frog called Kero.", source="operator")
+        await store.add_memory("Bo's favourite snack is seaweed crackers.", source="operator", viewer="twitch:7")
+        await store.flush()
+        await indexed(store, 3)
+        await store.log_input(chat("my cat is called Tofu now"))  # supersedes Miso
+        await store.flush()
+        await indexed(store, 4)
+
+        texts = [m.text for m in await store.recall("what is the name of Ada's cat?", 3)]
+        assert "Ada said: my cat is called Tofu now" in texts
+        assert not any("Miso" in t for t in texts)
+        assert "The stream's mascot is a green frog called Kero." in [
+            m.text for m in await store.recall("tell me about the frog mascot", 3)]
+
+        # the operator edits and deletes while the character runs (another connection, as the CLI)
+        kero = next(r[0] for r in admin.list_memories(db) if "Kero" in r[-1])
+        admin.edit(db, kero, "The stream's mascot is a purple octopus called Tako.")
+        snack = next(r[0] for r in admin.list_memories(db) if "seaweed" in r[-1])
+        admin.delete(db, snack)
+        deadline = time.monotonic() + 30
+        while True:  # until the new text has its own vector, stored
+            await store.flush()
+            mascot = [m.text for m in await store.recall("which sea creature is the stream mascot?", 3)]
+            if ("The stream's mascot is a purple octopus called Tako." in mascot
+                    and stored_vector(db, kero)):
+                break
+            assert time.monotonic() < deadline, mascot
+            await asyncio.sleep(0.1)
+        assert not any("seaweed" in m.text for m in await store.recall("what snack does Bo like?", 5))
+    finally:
+        await store.aclose()
+
+    store = await open_store(db, embedder)  # a restart loads the stored vectors, embeds nothing again
+    try:
+        assert len(store.index or ()) == 2  # Tofu and Tako: nothing superseded or deleted
+        ada = viewer_key(chat("x"))
+        texts = [m.text for m in await store.recall("what's my cat called?", 3, ada)]
+        assert texts[0].startswith("About Ada:")
+        assert "Ada said: my cat is called Tofu now" in texts
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.model
+async def test_recall_ranks_by_similarity_then_recency_and_importance(tmp_path, embedder):
+    store = await open_store(tmp_path / "omoide.db", embedder)
+    try:
+        await store.add_memory("We played Celeste and Ada cheered at the summit.", source="x", importance=0.1)
+        await store.add_memory("We played Celeste and Bo cheered at the summit.", source="x", importance=0.9)
+        await store.add_memory("The weather in Oslo was grey all week.", source="x")
+        await indexed(store, 3)
+        found = await store.recall("remember when we climbed the mountain in Celeste?", 3)
+        assert [m.text for m in found][:2] == ["We played Celeste and Bo cheered at the summit.",
+                                               "We played Celeste and Ada cheered at the summit."]
+        assert "The weather in Oslo was grey all week." not in [m.text for m in found]  # too far off
+    finally:
+        await store.aclose()

@@ -1,0 +1,97 @@
+"""Reflection: after N turns the character looks back over them with its own model, in the
+background, and what it writes becomes memories with the turns they came from. A viewer who speaks
+meanwhile is answered at once: the reflection stops and is done again later."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncGenerator
+
+from runtime.events import ChatMessage, Prompt, PromptContext, TurnStatus, input_text
+from runtime.reflection import parse
+from tests.test_live_loop import character, db_rows, say, until
+
+REFLECTION = ("Episode: Ada told me about her cat Miso and we talked about ramen.\n"
+              "Fact: Ada's cat is called Miso.\n"
+              "Fact: Bo is learning the cello.\n"
+              "Thought: I like how cosy chat was tonight.\n")
+
+
+class ThoughtfulModel:
+    """Replies quickly to chat; reflects slowly (a word every 30 ms), so a reflection is still
+    running when the next viewer speaks. Records what happened, in order."""
+
+    name = "thoughtful"
+    adapter = None
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.reflection_prompts: list[str] = []
+
+    def render(self, context: PromptContext) -> Prompt:
+        msgs = (ChatMessage("system", context.persona.system_prompt or context.persona.name),
+                ChatMessage("user", input_text(context.inputs)))
+        text = "\n".join(f"{m.role}: {m.content}" for m in msgs)
+        return Prompt(text, msgs, len(text.split()))
+
+    async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
+        reflecting = "Look back on it" in prompt.text
+        if reflecting:
+            self.reflection_prompts.append(prompt.text)
+        self.events.append("reflection started" if reflecting else "reply started")
+        words = (REFLECTION + " padding" * 60).split(" ") if reflecting else ["Oh", " nice.", " Tell", " me", " more!"]
+        finished = False
+        try:
+            for word in words:
+                await asyncio.sleep(0.03 if reflecting else 0.001)
+                yield word + " " if reflecting else word
+            finished = True
+        finally:
+            if reflecting:
+                self.events.append("reflection finished" if finished else "reflection stopped")
+
+
+async def test_reflection_runs_between_turns_and_gives_way_to_a_viewer(tmp_path):
+    model = ThoughtfulModel()
+    async with character(tmp_path, model, memory={"reflection": {"enabled": True, "every_turns": 3}}) as (app, records):
+        assert app.reflector is not None
+        app.reflector.settings = dataclasses.replace(app.reflector.settings, poll_s=0.02)
+        for i, text in enumerate(["my cat is called Miso", "I love ramen", "Bo here, learning the cello"]):
+            say(app, text, author="Bo" if i == 2 else "Ada")
+            await until(lambda i=i: len(records) == i + 1)
+        await until(lambda: "reflection started" in model.events)  # three turns: due, and the director is free
+        assert "Ada: my cat is called Miso" in model.reflection_prompts[0]
+        assert "Testa: Oh nice. Tell me more!" in model.reflection_prompts[0]
+
+        say(app, "are you still there?", author="Cy")  # mid-reflection
+        await until(lambda: len(records) == 4)
+        assert records[3].status is TurnStatus.COMPLETE
+        # the reply did not wait for the reflection (seconds long): the reflection stopped at once
+        assert model.events[3:6] in (["reflection started", "reflection stopped", "reply started"],
+                                     ["reflection started", "reply started", "reflection stopped"])
+        assert app.reflector.abandoned == 1
+
+        await until(lambda: app.reflector.done == 1, timeout=60)  # tried again once the director was free
+        assert model.events[-1] == "reflection finished"
+
+    rows = db_rows(app, "SELECT kind, text, source, importance, source_turns FROM memories"
+                        " WHERE source = 'reflection' ORDER BY id")
+    assert [(k, t) for k, t, *_ in rows] == [
+        ("episode", "Ada told me about her cat Miso and we talked about ramen."),
+        ("fact", "Ada's cat is called Miso."),
+        ("fact", "Bo is learning the cello."),
+        ("reflection", "I like how cosy chat was tonight."),
+    ]
+    turn_ids = [r[0] for r in db_rows(app, "SELECT id FROM turns ORDER BY started_at")]
+    assert all(json.loads(r[4]) == turn_ids for r in rows)  # all four turns, the interrupting one too
+    assert db_rows(app, "SELECT value FROM state WHERE key = 'reflected_until'")
+
+
+def test_reflections_that_follow_no_format_are_kept_as_one_episode():
+    assert [(m.kind, m.text) for m in parse("- episode: We sang.\nFACT:  Bo likes  jazz.\nfact: Bo likes jazz.", [])] == [
+        ("episode", "We sang."), ("fact", "Bo likes jazz.")]
+    loose = parse("we had a lovely time singing together", [])
+    assert [(m.kind, m.text) for m in loose] == [("episode", "we had a lovely time singing together")]
+    assert parse("   ", []) == []
