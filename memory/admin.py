@@ -4,30 +4,15 @@ Runs against the database file directly (SQLite allows it while the character ru
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from memory.schema import migrate
-from memory.store import connect_sync, fts_query
+import numpy as np
+
+from memory.index import unpack
+from memory.store import Encoder, fts_query, session
 
 COLUMNS = "id, kind, viewer, importance, pinned, superseded_by, text"
-
-
-@contextlib.contextmanager
-def _open(database: Path) -> Iterator[sqlite3.Connection]:
-    """The database, migrated; one transaction, committed on success; closed after."""
-    if not database.exists():
-        raise FileNotFoundError(f"no memory database at {database}")
-    conn = connect_sync(database)
-    try:
-        migrate(conn)
-        with conn:
-            yield conn
-    finally:
-        conn.close()
 
 
 def list_memories(database: Path, viewer: str | None = None, kind: str | None = None,
@@ -41,7 +26,7 @@ def list_memories(database: Path, viewer: str | None = None, kind: str | None = 
         args.append(kind)
     if not include_superseded:
         where.append("superseded_by IS NULL")
-    with _open(database) as conn:
+    with session(database) as conn:
         return conn.execute(f"SELECT {COLUMNS} FROM memories WHERE {' AND '.join(where)}"
                             " ORDER BY pinned DESC, created_at DESC LIMIT ?", (*args, limit)).fetchall()
 
@@ -50,16 +35,32 @@ def search(database: Path, text: str, limit: int = 10) -> list[tuple]:
     query = fts_query(text)
     if not query:
         return []
-    with _open(database) as conn:
+    with session(database) as conn:
         return conn.execute(
             f"SELECT {', '.join('m.' + c.strip() for c in COLUMNS.split(','))} FROM memories_fts"
             " JOIN memories m ON m.id = memories_fts.rowid WHERE memories_fts MATCH ?"
             " ORDER BY bm25(memories_fts) LIMIT ?", (query, limit)).fetchall()
 
 
+def search_by_meaning(database: Path, text: str, encoder: Encoder, limit: int = 10) -> list[tuple]:
+    """Memories nearest in meaning to `text`, by the vectors the running character stored (those
+    not embedded yet are left out). Falls back to full-text search when there are none."""
+    with session(database) as conn:
+        rows = conn.execute("SELECT v.memory_id, v.vector FROM memory_vectors v JOIN memories m ON m.id = v.memory_id"
+                            " WHERE v.model = ? AND m.superseded_by IS NULL", (encoder.name,)).fetchall()
+        if not rows:
+            return search(database, text, limit)
+        vectors, scale = unpack([r[1] for r in rows], encoder.dim)
+        sims = (vectors.astype(np.float32) @ encoder.encode([text])[0]) * scale
+        best = [int(rows[i][0]) for i in np.argsort(-sims)[:limit]]
+        found = {r[0]: r for r in conn.execute(
+            f"SELECT {COLUMNS} FROM memories WHERE id IN ({','.join('?' * len(best))})", best)}
+        return [found[i] for i in best if i in found]
+
+
 def add(database: Path, text: str, kind: str = "fact", viewer: str | None = None,
         importance: float = 0.5, pinned: bool = False) -> int:
-    with _open(database) as conn:
+    with session(database) as conn:
         cur = conn.execute(
             "INSERT INTO memories (text, source, created_at, kind, viewer, importance, pinned)"
             " VALUES (?, 'operator', ?, ?, ?, ?, ?)", (text, time.time(), kind, viewer, importance, int(pinned)))
@@ -67,7 +68,7 @@ def add(database: Path, text: str, kind: str = "fact", viewer: str | None = None
 
 
 def _update(database: Path, memory_id: int, sql: str, args: tuple) -> None:
-    with _open(database) as conn:
+    with session(database) as conn:
         if conn.execute("SELECT 1 FROM memories WHERE id = ?", (memory_id,)).fetchone() is None:
             raise KeyError(f"no memory with id {memory_id}")
         conn.execute(sql, (*args, memory_id))

@@ -15,7 +15,7 @@ import math
 import re
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,6 +50,9 @@ def fts_query(text: str) -> str:
     return " OR ".join(f'"{w}"' for w in words)
 
 
+RESTATED = 0.95  # cosine at which a reflection says the same as an older memory
+
+
 @dataclass(frozen=True, slots=True)
 class RecallSettings:
     """How recall ranks memories: similarity to what was said, plus a bonus for recent ones,
@@ -75,7 +78,7 @@ class Encoder(Protocol):
 @dataclass(slots=True)
 class _Write:
     sql: str
-    params: tuple[Any, ...]
+    params: tuple[Any, ...] | list[tuple[Any, ...]]  # a list: executemany
     done: asyncio.Future[None] | None = None
 
 
@@ -91,6 +94,21 @@ def connect_sync(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
+
+
+@contextlib.contextmanager
+def session(database: Path, what: str = "memory database") -> Iterator[sqlite3.Connection]:
+    """The database for a one-off job (the memory and logs commands, exports), migrated; one
+    transaction, committed on success; closed after."""
+    if not database.exists():
+        raise FileNotFoundError(f"no {what} at {database}")
+    conn = connect_sync(database)
+    try:
+        migrate(conn)
+        with conn:
+            yield conn
+    finally:
+        conn.close()
 
 
 class SqliteMemory:
@@ -109,6 +127,7 @@ class SqliteMemory:
         self._writer: asyncio.Task[None] | None = None
         self._indexer: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()  # new memories to embed
+        self._bulk = 0  # add_embedded writes in flight
         self.index_ready = asyncio.Event()  # set once recall can use vectors (never without an encoder)
 
     @classmethod
@@ -240,6 +259,43 @@ class SqliteMemory:
         )
         self._dirty.set()
 
+    async def add_embedded(self, texts: Sequence[str], vectors: np.ndarray, source: str,
+                           kind: str = "fact", importance: float = 0.5) -> list[int]:
+        """Memories whose vectors are already made (an import, a benchmark): written in one
+        transaction with their vectors and indexed at once. Returns their ids, in order."""
+        if self._load_encoder is not None:
+            await self.index_ready.wait()
+        assert self._db is not None
+        encoder = self.encoder
+        if encoder is None or self.index is None:
+            raise RuntimeError("no embedding model: set memory.embedding_model")
+        if len(texts) != len(vectors) or vectors.shape[1] != encoder.dim:
+            raise ValueError(f"need one {encoder.dim}-dimensional vector per text")
+        now = time.time()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._bulk += 1  # the indexer would see the rows before their vectors (same connection)
+        try:
+            self._queue.put_nowait(_Write(
+                "INSERT OR IGNORE INTO memories (text, source, created_at, kind, importance) VALUES (?, ?, ?, ?, ?)",
+                [(t, source, now, kind, importance) for t in texts]))
+            self._queue.put_nowait(_Write(
+                "INSERT OR REPLACE INTO memory_vectors (memory_id, model, vector)"
+                " SELECT id, ?, ? FROM memories WHERE text = ?",
+                [(encoder.name, pack(v), t) for t, v in zip(texts, vectors, strict=True)], done))
+            await done
+        finally:
+            self._bulk -= 1
+            self._dirty.set()
+        ids: dict[str, int] = {}
+        for start in range(0, len(texts), 500):
+            chunk = list(texts[start:start + 500])
+            rows = await self._db.execute_fetchall(
+                f"SELECT id, text FROM memories WHERE text IN ({','.join('?' * len(chunk))})", chunk)
+            ids.update((str(t), int(i)) for i, t in rows)
+        order = [ids[t] for t in texts]
+        await asyncio.to_thread(self.index.add, order, vectors)
+        return order
+
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -260,7 +316,10 @@ class SqliteMemory:
                 continue
             try:
                 for w in writes:
-                    await self._db.execute(w.sql, w.params)
+                    if isinstance(w.params, list):
+                        await self._db.executemany(w.sql, w.params)
+                    else:
+                        await self._db.execute(w.sql, w.params)
                 await self._db.commit()
             except sqlite3.Error as exc:
                 # fail loudly for the writes that awaited, keep the writer alive for the rest
@@ -298,14 +357,18 @@ class SqliteMemory:
         return list(unique.values())[: k + (1 if viewer is not None else 0)]
 
     async def _ranked(self, text: str, k: int, viewer: str | None) -> list[Memory]:
-        assert self.encoder is not None and self.index is not None
-        encoder, index, s = self.encoder, self.index, self.settings
+        assert self.encoder is not None
+        query = await asyncio.to_thread(self.encoder.encode, [text])
+        return await self.ranked_by_vector(query[0], k, viewer)
 
-        def search() -> tuple[np.ndarray, list[tuple[int, float]]]:
-            query = encoder.encode([text])[0]
-            return query, index.search(query, 4 * k)
-
-        query, hits = await asyncio.to_thread(search)
+    async def ranked_by_vector(self, query: np.ndarray, k: int, viewer: str | None = None) -> list[Memory]:
+        """Recall's ranking for a query vector already made (`recall` embeds the text first)."""
+        assert self.index is not None
+        index, s = self.index, self.settings
+        if len(index) <= 200_000:  # about 1 ms: not worth a thread hop
+            hits = index.search(query, 4 * k)
+        else:
+            hits = await asyncio.to_thread(index.search, query, 4 * k)
         sims = dict(hits)
         rows = await self._rows(f"id IN ({','.join('?' * len(sims))}) AND superseded_by IS NULL",
                                 tuple(sims)) if sims else []
@@ -379,11 +442,14 @@ class SqliteMemory:
         self.index_ready.set()
         seen_version, after = None, 0
         while True:
-            (version,) = list(await self._db.execute_fetchall("PRAGMA data_version"))[0]
-            if version != seen_version:  # another connection wrote: look at everything again
-                seen_version, after = version, 0
-            after = await self._embed_missing(after)
             self._dirty.clear()
+            try:
+                (version,) = list(await self._db.execute_fetchall("PRAGMA data_version"))[0]
+                if version != seen_version:  # another connection wrote: look at everything again
+                    seen_version, after = version, 0
+                after = await self._embed_missing(after)
+            except Exception:  # noqa: BLE001 - recall goes on with what is indexed; try again soon
+                log.exception("embedding new memories failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), timeout=2.0)
 
@@ -408,21 +474,37 @@ class SqliteMemory:
         assert self._db is not None and self.encoder is not None and self.index is not None
         encoder, index = self.encoder, self.index
         while True:
+            if self._bulk:  # add_embedded wakes us when it is done
+                return after
             rows = list(await self._db.execute_fetchall(
-                "SELECT m.id, m.text FROM memories m LEFT JOIN memory_vectors v"
+                "SELECT m.id, m.text, m.source FROM memories m LEFT JOIN memory_vectors v"
                 " ON v.memory_id = m.id AND v.model = ? WHERE m.id > ? AND v.memory_id IS NULL"
                 " AND m.superseded_by IS NULL ORDER BY m.id LIMIT 256", (encoder.name, after)))
             if not rows:
                 return after
             ids, texts = [int(r[0]) for r in rows], [str(r[1]) for r in rows]
             vectors = await asyncio.to_thread(encoder.encode, texts)
-            index.add(ids, vectors)
+            for memory_id, vector, source in zip(ids, vectors, (r[2] for r in rows), strict=True):
+                if source == "reflection":  # said again in other words: the newer one stays
+                    self._restated(memory_id, vector)
+            await asyncio.to_thread(index.add, ids, vectors)  # may build the inverted file: seconds
             for memory_id, text, vector in zip(ids, texts, vectors, strict=True):
                 self._queue.put_nowait(_Write(  # only if the text is still the one embedded
                     "INSERT OR REPLACE INTO memory_vectors (memory_id, model, vector)"
                     " SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM memories WHERE id = ? AND text = ?)",
                     (memory_id, encoder.name, pack(vector), memory_id, text)))
             after = ids[-1]
+
+    def _restated(self, memory_id: int, vector: np.ndarray) -> None:
+        """A reflection that says again what an older memory says (cosine >= RESTATED)
+        supersedes it, so repeated reflections do not pile up. Contradictions are not caught
+        this way: "Ada's cat is Miso" / "Bo's cat is Miso" are as close as "... Miso" / "... Tofu"."""
+        assert self.index is not None
+        older = [m for m, sim in self.index.search(vector, 3) if sim >= RESTATED and m < memory_id]
+        for m in older:
+            self._queue.put_nowait(_Write(
+                "UPDATE memories SET superseded_by = ? WHERE id = ? AND superseded_by IS NULL AND pinned = 0",
+                (memory_id, m)))  # and recall drops it from the index when it next comes up
 
     # -- reflection -----------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, TaskType, get_peft_model
 
 from persona_model.local import LocalPersonaModel, Sampling
-from persona_model.prompt import PromptRenderer
+from persona_model.prompt import PromptRenderer, memory_text
 from runtime.events import ChatMessage, InputEvent, InputKind, Memory, Persona, PromptContext
 
 pytestmark = pytest.mark.model
@@ -63,6 +63,19 @@ def test_the_budget_trims_oldest_history_first_then_memories(tiny_model):
     assert p.messages[0].content.startswith(full.messages[0].content.split("Things you remember")[0])
     tight = PromptRenderer(tiny_model.tokenizer, 230).render(ctx(history=history, memories=memories))
     assert tight.history_dropped == 20 and tight.memories_dropped > 0
+
+
+def test_memories_keep_to_their_share_of_the_budget_best_ranked_first(tiny_model):
+    memories = [Memory(i, f"memory {i} " + "fact " * 30) for i in range(10)]  # ~35 tokens each
+    history = [ChatMessage("user", "an old message")]
+    renderer = PromptRenderer(tiny_model.tokenizer, 1000, memory_share=0.2)
+    p = renderer.render(ctx(history=history, memories=memories))
+    kept = 10 - p.memories_dropped
+    assert p.tokens < 1000 and p.history_dropped == 0 and 0 < kept < 10  # room for all, but not for them
+    assert [f"memory {i} " in p.text for i in range(10)] == [i < kept for i in range(10)]  # best first
+    assert renderer.count(memory_text(memories[:kept])) <= 200 < renderer.count(memory_text(memories[:kept + 1]))
+    wide = PromptRenderer(tiny_model.tokenizer, 1000, memory_share=0.5).render(ctx(history=history, memories=memories))
+    assert wide.memories_dropped < p.memories_dropped
 
 
 def test_an_input_too_long_for_the_budget_is_a_clear_error(tiny_model):

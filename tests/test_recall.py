@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 
 from memory import admin
+from memory import index as index_module
 from memory.embed import Embedder, bundled_path
 from memory.index import VectorIndex, pack, unpack
 from memory.store import SqliteMemory
-from runtime.events import InputEvent, InputKind, viewer_key
+from runtime.cli import main
+from runtime.events import InputEvent, InputKind, LoggedTurn, NewMemory, viewer_key
+from tests.conftest import write_config
 from tests.memory_set import generate
 
 
@@ -81,6 +84,26 @@ def test_the_index_finds_what_an_exact_search_finds_and_forgets_what_is_removed(
     assert np.allclose(q8.astype(np.float32) * scale[:, None], vectors[:3], atol=0.01)
 
 
+def test_past_a_size_the_index_becomes_an_inverted_file_that_still_finds_the_nearest(monkeypatch):
+    monkeypatch.setattr(index_module, "IVF_MIN", 5_000)
+    everything = clustered(30_050, 384, seed=3)
+    vectors, queries = everything[:30_000], everything[30_000:]
+    index = VectorIndex(384)
+    for start in range(0, 30_000, 2_500):  # crosses IVF_MIN, then grows 4x: trained twice
+        index.add(np.arange(start, start + 2_500), vectors[start:start + 2_500])
+    assert index._centroids is not None and index._trained_at >= 20_000
+    overlap = [len(set(np.argsort(-(vectors @ q))[:10].tolist()) & {i for i, _ in index.search(q, 10)}) / 10
+               for q in queries]
+    assert np.mean(overlap) >= 0.9
+    index.remove(list(range(0, 30_000, 3)))  # every list stays true to the positions it holds
+    index.add([1, 4], queries[:2])  # replaced vectors move to their new nearest list
+    assert int(index._counts.sum()) == len(index) == 20_000
+    held = np.concatenate([index._members[lst][:index._counts[lst]] for lst in range(len(index._members))])
+    assert sorted(held.tolist()) == list(range(len(index)))
+    assert index.search(queries[0], 1)[0][0] == 1
+    assert not {i for i, _ in index.search(queries[5], 50)} & set(range(0, 30_000, 3))
+
+
 @pytest.mark.model
 async def test_recall_at_5_on_200_viewers_and_2000_facts_asked_in_other_words(tmp_path, embedder):
     cases = generate(viewers=200, per_viewer=10)
@@ -109,7 +132,7 @@ def chat(text: str, author: str = "Ada", user_id: str = "42") -> InputEvent:
 
 
 @pytest.mark.model
-async def test_superseded_and_deleted_memories_never_come_back(tmp_path, embedder):
+async def test_superseded_and_deleted_memories_never_come_back(tmp_path, embedder, capsys):
     db = tmp_path / "omoide.db"
     store = await open_store(db, embedder)
     try:
@@ -143,6 +166,11 @@ async def test_superseded_and_deleted_memories_never_come_back(tmp_path, embedde
             assert time.monotonic() < deadline, mascot
             await asyncio.sleep(0.1)
         assert not any("seaweed" in m.text for m in await store.recall("what snack does Bo like?", 5))
+
+        # the operator's search ranks by meaning too, with the vectors the character stored
+        config = write_config(tmp_path, memory={"database": str(db), "embedding_model": "bundled"})
+        assert main(["--config", str(config), "memory", "search", "sea creature", "--limit", "1"]) == 0
+        assert "purple octopus called Tako" in capsys.readouterr().out
     finally:
         await store.aclose()
 
@@ -169,5 +197,24 @@ async def test_recall_ranks_by_similarity_then_recency_and_importance(tmp_path, 
         assert [m.text for m in found][:2] == ["We played Celeste and Bo cheered at the summit.",
                                                "We played Celeste and Ada cheered at the summit."]
         assert "The weather in Oslo was grey all week." not in [m.text for m in found]  # too far off
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.model
+async def test_a_reflection_that_says_it_again_replaces_the_older_one(tmp_path, embedder):
+    store = await open_store(tmp_path / "omoide.db", embedder)
+    try:
+        turn = LoggedTurn("t1", 1.0, "Ada: my cat is Miso", "Cute!")
+        await store.reflected(turn, [NewMemory("Ada's cat is called Miso.", source_turns=("t1",)),
+                                     NewMemory("Bo is learning the cello.", source_turns=("t1",))])
+        await indexed(store, 2)
+        later = LoggedTurn("t2", 2.0, "Ada: Miso says hi", "Hi Miso!")
+        await store.reflected(later, [NewMemory("Ada has a cat named Miso.", source_turns=("t2",)),
+                                      NewMemory("Bo's cat is called Miso.", source_turns=("t2",))])
+        await indexed(store, 4)
+        await store.flush()
+        live = {r[-1] for r in admin.list_memories(store.path)}
+        assert live == {"Ada has a cat named Miso.", "Bo's cat is called Miso.", "Bo is learning the cello."}
     finally:
         await store.aclose()
