@@ -25,13 +25,14 @@ def iter_examples(
     marks = ",".join("?" for _ in statuses)
     rows = conn.execute(
         "SELECT id, started_at, persona, model, adapter, messages, recalled, generated_text,"
-        " spoken_text, status, interrupted_at, interrupt_reason, moderated, timings, false_interruptions"
+        " spoken_text, status, interrupted_at, interrupt_reason, moderated, timings, false_interruptions,"
+        " review, corrected_text"
         f" FROM turns WHERE status IN ({marks}) AND spoken_text != '' AND started_at >= ?"
         " ORDER BY started_at",
         (*statuses, since or 0.0),
     )
     for (turn_id, started_at, persona, model, adapter, messages, recalled, generated, spoken,
-         status, cut_at, reason, moderated, timings, false_interruptions) in rows:
+         status, cut_at, reason, moderated, timings, false_interruptions, review, corrected) in rows:
         inputs = conn.execute(
             "SELECT id, kind, source, author, text FROM inputs WHERE turn_id = ? ORDER BY logged_at",
             (turn_id,),
@@ -59,6 +60,8 @@ def iter_examples(
                     for i, k, s, a, t in inputs
                 ],
                 "timings": json.loads(timings),
+                "review": review,  # the operator's: good | bad | corrected | None
+                "corrected_text": corrected,
             },
         }
 
@@ -76,6 +79,32 @@ def export_jsonl(
         n = 0
         for example in iter_examples(conn, since, statuses):
             out.write(json.dumps(example, ensure_ascii=False) + "\n")
+            n += 1
+        return n
+    finally:
+        conn.close()
+
+
+def export_memories(database: Path, out: TextIO, since: float | None = None) -> int:
+    """Write one JSON line per live memory (not superseded) made since `since`, with the viewer's
+    name where the memory is about one; returns how many were written."""
+    if not database.exists():
+        raise FileNotFoundError(f"no interaction log at {database}")
+    conn = connect_sync(database)
+    try:
+        migrate(conn)
+        rows = conn.execute(
+            "SELECT m.id, m.text, m.kind, m.source, m.viewer, v.name, m.subject, m.importance, m.pinned,"
+            " m.created_at, m.source_turns FROM memories m LEFT JOIN viewers v"
+            " ON m.viewer = v.platform || ':' || v.user_id WHERE m.superseded_by IS NULL AND m.created_at >= ?"
+            " ORDER BY m.id", (since or 0.0,))
+        n = 0
+        for mid, text, kind, source, viewer, name, subject, importance, pinned, created, turns in rows:
+            out.write(json.dumps({
+                "id": mid, "text": text, "kind": kind, "source": source, "viewer": viewer,
+                "viewer_name": name, "subject": subject, "importance": importance, "pinned": bool(pinned),
+                "created_at": created, "source_turns": json.loads(turns),
+            }, ensure_ascii=False) + "\n")
             n += 1
         return n
     finally:

@@ -105,6 +105,12 @@ MIGRATIONS: tuple[str, ...] = (
         value       TEXT NOT NULL
     );
     """,
+    # 5: the operator's review of a reply, for training
+    """
+    ALTER TABLE turns ADD COLUMN review TEXT;            -- good | bad | corrected
+    ALTER TABLE turns ADD COLUMN corrected_text TEXT;    -- the reply as it should have been
+    ALTER TABLE turns ADD COLUMN reviewed_at REAL;       -- unix time
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

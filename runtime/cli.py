@@ -5,15 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
 from memory import admin as memory_admin
-from memory.export import export_jsonl
+from memory import review as memory_review
+from memory.export import export_jsonl, export_memories
 from memory.schema import SchemaError
 from persona_model import tiny
 from persona_model.hub import ModelNotFound, local_folder, pull
+from persona_model.prompt import system_text
+from persona_model.train.curate import CurationSettings, curate
 from plugins import tiny_piper, tiny_whisper, twitch_auth
 from plugins.chat_twitch import TwitchError
 from plugins.stt_whisper import pull_whisper, whisper_folder
@@ -121,6 +126,55 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset_build(args: argparse.Namespace) -> int:
+    """Curate the next update window: everything logged since the last one."""
+    config = _config(args)
+    database = config.path(config.memory.database)
+    windows = config.path(config.learning.folder)
+    earlier = sorted(p for p in windows.glob("w[0-9][0-9][0-9][0-9]") if (p / "manifest.json").is_file())
+    since = json.loads((earlier[-1] / "manifest.json").read_text())["window"]["until"] if earlier else None
+    until = dt.datetime.now().timestamp()
+    folder = windows / f"w{len(earlier) + 1:04d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "turns.jsonl", "w", encoding="utf-8") as out:
+        export_jsonl(database, out, since=since)
+    with open(folder / "memories.jsonl", "w", encoding="utf-8") as out:
+        export_memories(database, out, since=since)
+    persona, _ = app.persona_from(config)
+    lc = config.learning
+    window = curate(
+        folder, folder / "turns.jsonl", folder / "memories.jsonl", system=system_text(persona, "Chat"),
+        persona_name=persona.name, persona_examples=persona.examples, earlier=[p / "train.jsonl" for p in earlier],
+        settings=CurationSettings(lc.interrupted, lc.replay_share, lc.persona_examples, lc.heldout_replies, lc.seed),
+        window={"id": folder.name, "since": since, "until": until, "database": str(database)})
+    c = window.counts
+    print(f"{folder}: {len(window.train)} training examples ({c.get('reply', 0)} replies,"
+          f" {c.get('fact_qa', 0)} fact questions, {c.get('persona', 0)} persona lines, {c.get('replay', 0)} replayed);"
+          f" held out {c['heldout_facts']} fact questions and {c['heldout_replies']} replies;"
+          f" left out {c.get('excluded_bad', 0)} bad and {c.get('excluded_interrupted', 0)} interrupted replies,"
+          f" {c.get('corrected', 0)} corrected")
+    return 0
+
+
+def cmd_logs_review(args: argparse.Namespace) -> int:
+    config = _config(args)
+    database = Path(args.database) if args.database else config.path(config.memory.database)
+    if args.turn is None:
+        for t in memory_review.recent(database, args.limit, args.unreviewed):
+            mark = f"[{t.review}]" if t.review else "[ ]"
+            print(f"{t.turn_id[:10]} {mark:11} {dt.datetime.fromtimestamp(t.started_at):%Y-%m-%d %H:%M}"
+                  f"  {t.heard[-60:]!r} -> {t.spoken[:80]!r}")
+            if t.corrected_text:
+                print(f"{'':23}corrected to: {t.corrected_text!r}")
+        return 0
+    if args.verdict is None:
+        raise memory_review.ReviewError("say good, bad or correct \"the better reply\"")
+    verdict = "corrected" if args.verdict == "correct" else args.verdict
+    turn_id = memory_review.review(database, args.turn, verdict, args.text)
+    print(f"turn {turn_id}: {verdict}")
+    return 0
+
+
 def cmd_twitch_login(args: argparse.Namespace) -> int:
     config = _config(args)
     t = config.twitch
@@ -136,8 +190,12 @@ def cmd_memory(args: argparse.Namespace) -> int:
     db = Path(args.database) if args.database else config.path(config.memory.database)
     what = args.memory_command
     if what in ("list", "search"):
-        rows = (memory_admin.list_memories(db, args.viewer, args.kind, args.all, args.limit) if what == "list"
-                else memory_admin.search(db, args.text, args.limit))
+        if what == "list":
+            rows = memory_admin.list_memories(db, args.viewer, args.kind, args.all, args.limit)
+        elif args.words or (load := app.encoder_from(config)) is None:
+            rows = memory_admin.search(db, args.text, args.limit)
+        else:
+            rows = memory_admin.search_by_meaning(db, args.text, load(), args.limit)
         for mid, kind, viewer, importance, pinned, superseded, text in rows:
             flags = ("pinned " if pinned else "") + (f"superseded-by:{superseded} " if superseded else "")
             print(f"{mid:>6}  {kind:10} {viewer or '-':24} {importance:.2f} {flags}{text}")
@@ -207,6 +265,14 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--complete-only", action="store_true", help="leave out interrupted turns")
     ex.add_argument("--database", help="database file (default: memory.database)")
     ex.set_defaults(func=cmd_logs_export)
+    rv = lsub.add_parser("review", help="list replies, or mark one good, bad or corrected (for training)")
+    rv.add_argument("turn", nargs="?", help="turn id (or its first 6+ characters); none: list recent replies")
+    rv.add_argument("verdict", nargs="?", choices=["good", "bad", "correct"])
+    rv.add_argument("text", nargs="?", help="with correct: the reply as it should have been")
+    rv.add_argument("--limit", type=int, default=20)
+    rv.add_argument("--unreviewed", action="store_true", help="only replies not reviewed yet")
+    rv.add_argument("--database", help="database file (default: memory.database)")
+    rv.set_defaults(func=cmd_logs_review)
 
     mem = sub.add_parser("memory", help="what the character remembers: list, search, add, edit, pin, delete")
     mem.add_argument("--database", help="database file (default: memory.database)")
@@ -216,8 +282,9 @@ def parser() -> argparse.ArgumentParser:
     ml.add_argument("--kind", choices=["fact", "episode", "reflection"])
     ml.add_argument("--all", action="store_true", help="include superseded facts")
     ml.add_argument("--limit", type=int, default=50)
-    ms = msub2.add_parser("search", help="full-text search")
+    ms = msub2.add_parser("search", help="the memories nearest in meaning (as recall ranks them)")
     ms.add_argument("text")
+    ms.add_argument("--words", action="store_true", help="full-text search instead (no model to load)")
     ms.add_argument("--limit", type=int, default=10)
     ma = msub2.add_parser("add", help="add a memory")
     ma.add_argument("text")
@@ -233,6 +300,11 @@ def parser() -> argparse.ArgumentParser:
         p_ = msub2.add_parser(name, help=text)
         p_.add_argument("id", type=int)
     mem.set_defaults(func=cmd_memory)
+
+    ds = sub.add_parser("dataset", help="training data for the character's own weights")
+    dsub = ds.add_subparsers(dest="dataset_command", required=True)
+    dsub.add_parser("build", help="curate the next update window (everything logged since the last)").set_defaults(
+        func=cmd_dataset_build)
 
     tw_ = sub.add_parser("twitch", help="Twitch set-up")
     twsub = tw_.add_subparsers(dest="twitch_command", required=True)
@@ -273,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_MODEL
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:  # e.g. an edit to a text another memory already has
+        print(f"error: database: {exc}", file=sys.stderr)
         return 1
 
 

@@ -206,6 +206,15 @@ class MemoryConfig(_Section):
     reflection: ReflectionConfig = ReflectionConfig()
 
 
+class LearningConfig(_Section):
+    folder: str = "training_logs/windows"  # one folder per update window: dataset, manifest
+    interrupted: Literal["spoken", "exclude"] = "spoken"  # what interrupted replies contribute
+    replay_share: float = Field(0.2, ge=0, le=5)  # replayed examples per new one
+    persona_examples: bool = True  # train on the card's example dialogue every window
+    heldout_replies: float = Field(0.1, ge=0, lt=1)  # kept out of training for the persona gate
+    seed: int = 0
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -227,6 +236,7 @@ class Config(_Section):
     avatar: AvatarConfig = AvatarConfig()
     chat: ChatConfig = ChatConfig()
     memory: MemoryConfig = MemoryConfig()
+    learning: LearningConfig = LearningConfig()
     log: LogConfig = LogConfig()
 
     # where relative paths in the file are resolved from (the config file's folder)

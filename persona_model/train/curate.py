@@ -1,0 +1,211 @@
+"""Curation: the dataset for one update window, from the exported interaction log and memories.
+
+Reads JSONL by path (`memory.export`: turns and memories), never the database. Writes, to the
+window's folder:
+
+- `train.jsonl`: chat examples `{"messages": [...], "kind", "source_turns"}`; only the last
+  assistant message is a training target (viewers' text is context, never a target);
+- `heldout_facts.jsonl`: closed-book questions, never trained on, each with its right answer and
+  in-set distractors (answers of other facts on the same subject), for the recall gate;
+- `heldout_replies.jsonl`: in-character replies kept out of training, for the persona gate;
+- `manifest.json`: the window, counts, the filters applied and a hash of each file.
+
+What goes in: replies that were heard in full (interrupted ones contribute what was heard, or
+nothing, by `interrupted`), with an operator's correction in place of the reply and replies marked
+bad left out; each fact about a viewer as questions in several wordings answered in the character's
+voice (the last wording is held out); a replay share from earlier windows and the persona's own
+example dialogue, against forgetting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# questions about a fact, by what it is about: the last of each list is held out for the gate
+_NOUN_QUESTIONS = (
+    "What did {name} tell you about their {subject}?",
+    "Do you remember anything about {name}'s {subject}?",
+    "{name} mentioned their {subject} once. What was it?",
+    "What do you know about the {subject} of {name}?",
+)
+_VERB_QUESTIONS = {
+    "from": ("Where is {name} from?", "Do you know where {name} comes from?",
+             "What did {name} say about where they are from?", "Which place does {name} come from?"),
+    "live": ("Where does {name} live?", "Do you remember where {name} lives?",
+             "What did {name} say about where they live?", "Which place is {name}'s home?"),
+    "work": ("What does {name} do for work?", "Do you remember {name}'s work?",
+             "What did {name} say about their job?", "How does {name} earn a living?"),
+}
+_GENERIC_QUESTIONS = ("What did {name} tell you about themselves?", "Do you remember something {name} said?",
+                      "What do you know about {name}?", "Tell me one thing {name} told you.")
+_VOICE = ("Oh, I remember! {answer}", "{answer} I never forget a friend!", "Hmm, yes: {answer}",
+          "Of course! {answer}")
+_SAID = re.compile(r"^(?P<name>[^:]{1,60}) said: (?P<statement>.+)$")
+_PRONOUNS = [(re.compile(rf"\b{a}\b", re.I), b) for a, b in (
+    ("i'm", "they're"), ("i am", "they are"), ("i've", "they've"), ("i was", "they were"),
+    ("my", "their"), ("mine", "theirs"), ("me", "them"), ("myself", "themselves"), ("i", "they"))]
+
+
+class CurationError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CurationSettings:
+    interrupted: str = "spoken"  # spoken: what was heard of it | exclude
+    replay_share: float = 0.2  # replay examples per new example, from earlier windows
+    persona_examples: bool = True  # the card's example dialogue, every window
+    heldout_replies: float = 0.1  # share of replies kept out of training for the persona gate
+    seed: int = 0
+
+
+@dataclass
+class Window:
+    """What one curation produced."""
+
+    folder: Path
+    train: list[dict[str, Any]] = field(default_factory=list)
+    heldout_facts: list[dict[str, Any]] = field(default_factory=list)
+    heldout_replies: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def third_person(statement: str) -> str:
+    """ "my cat is called Miso" -> "their cat is called Miso" (what the character says back)."""
+    out = statement
+    for pattern, repl in _PRONOUNS:
+        out = pattern.sub(repl, out)
+    return out
+
+
+def fact_items(memory: dict[str, Any]) -> tuple[list[str], str] | None:
+    """(questions, answer) for a fact a viewer stated about themselves, or None."""
+    m = _SAID.match(memory.get("text", ""))
+    if memory.get("kind") != "fact" or not m:
+        return None
+    name = memory.get("viewer_name") or m.group("name")
+    subject = (memory.get("subject") or "").strip()
+    statement = third_person(m.group("statement").strip().rstrip("."))
+    if subject in _VERB_QUESTIONS:
+        questions = _VERB_QUESTIONS[subject]
+    elif subject and subject.isalpha() and subject not in ("a", "an", "love", "like", "hate", "play", "have"):
+        questions = _NOUN_QUESTIONS
+    else:
+        questions = _GENERIC_QUESTIONS
+    return [q.format(name=name, subject=subject) for q in questions], f"{name} told me {statement}."
+
+
+def persona_pairs(examples: str, name: str) -> list[tuple[str, str]]:
+    """(user line, character line) pairs from a card's example dialogue."""
+    pairs, user = [], None
+    for raw in examples.replace("<START>", "\n").splitlines():
+        line = raw.strip()
+        speaker, _, text = line.partition(":")
+        speaker = speaker.strip().strip("{}").lower()
+        if not text.strip():
+            continue
+        if speaker in ("user", "you"):
+            user = text.strip()
+        elif speaker in ("char", name.lower()) and user:
+            pairs.append((user, text.strip()))
+            user = None
+    return pairs
+
+
+def _read(path: Path | None) -> list[dict[str, Any]]:
+    if path is None or not path.exists():
+        return []
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError as exc:
+                raise CurationError(f"{path}:{n}: not JSON ({exc})") from None
+    return out
+
+
+def curate(folder: Path, turns: Path, memories: Path, *, system: str, persona_name: str,
+           persona_examples: str = "", earlier: Sequence[Path] = (),
+           settings: CurationSettings = CurationSettings(), window: dict[str, Any] | None = None) -> Window:
+    """Build one window's dataset in `folder` from exported turns and memories. `system` is the
+    persona's system prompt, used for the examples that are not replayed turns."""
+    rng = random.Random(settings.seed)
+    out = Window(folder)
+    counts = out.counts
+    replies: list[dict[str, Any]] = []
+    for t in _read(turns):
+        meta, msgs = t.get("metadata", {}), t.get("messages", [])
+        counts["turns"] = counts.get("turns", 0) + 1
+        if len(msgs) < 2 or msgs[-1].get("role") != "assistant":
+            raise CurationError(f"{turns}: turn {meta.get('turn_id')} does not end with the character's reply")
+        review = meta.get("review")
+        if review == "bad":
+            counts["excluded_bad"] = counts.get("excluded_bad", 0) + 1
+            continue
+        if review == "corrected" and meta.get("corrected_text"):
+            msgs = [*msgs[:-1], {"role": "assistant", "content": meta["corrected_text"]}]
+            counts["corrected"] = counts.get("corrected", 0) + 1
+        elif meta.get("interrupted") and settings.interrupted == "exclude":
+            counts["excluded_interrupted"] = counts.get("excluded_interrupted", 0) + 1
+            continue
+        replies.append({"messages": msgs, "kind": "reply", "source_turns": [meta.get("turn_id")]})
+    rng.shuffle(replies)
+    held = int(len(replies) * settings.heldout_replies) if len(replies) >= 10 else 0
+    out.heldout_replies, new = replies[:held], replies[held:]
+
+    facts = [m for m in _read(memories) if fact_items(m)]
+    by_subject: dict[str, list[str]] = {}
+    for m in facts:
+        by_subject.setdefault(m.get("subject") or "", []).append(fact_items(m)[1])  # type: ignore[index]
+    for m in facts:
+        questions, answer = fact_items(m)  # type: ignore[misc]
+        source = list(m.get("source_turns") or [])
+        for q in questions[:-1]:
+            new.append({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q},
+                                     {"role": "assistant", "content": rng.choice(_VOICE).format(answer=answer)}],
+                        "kind": "fact_qa", "source_turns": source, "memory_id": m.get("id")})
+        name = answer.split(" told me ")[0]
+        others = [a.split(" told me ", 1)[1] for a in by_subject[m.get("subject") or ""] if a != answer]
+        distractors = [f"{name} told me {o}" for o in rng.sample(others, min(3, len(others)))]
+        if distractors:  # a question with nothing to tell it from cannot be scored
+            out.heldout_facts.append({"memory_id": m.get("id"), "question": questions[-1], "answer": answer,
+                                      "distractors": distractors, "system": system})
+
+    if settings.persona_examples:
+        for user, reply in persona_pairs(persona_examples, persona_name):
+            new.append({"messages": [{"role": "system", "content": system}, {"role": "user", "content": user},
+                                     {"role": "assistant", "content": reply}], "kind": "persona", "source_turns": []})
+    pool = [ex for path in earlier for ex in _read(path) if ex.get("kind") != "replay"]
+    replay = rng.sample(pool, min(len(pool), round(settings.replay_share * len(new))))
+    out.train = new + [{**ex, "kind": "replay", "replayed_kind": ex.get("kind")} for ex in replay]
+    rng.shuffle(out.train)
+    for ex in out.train:
+        counts[ex["kind"]] = counts.get(ex["kind"], 0) + 1
+    counts["heldout_facts"], counts["heldout_replies"] = len(out.heldout_facts), len(out.heldout_replies)
+    _write(out, settings, window or {})
+    return out
+
+
+def _write(w: Window, settings: CurationSettings, window: dict[str, Any]) -> None:
+    w.folder.mkdir(parents=True, exist_ok=True)
+    hashes = {}
+    for name, rows in (("train.jsonl", w.train), ("heldout_facts.jsonl", w.heldout_facts),
+                       ("heldout_replies.jsonl", w.heldout_replies)):
+        data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
+        (w.folder / name).write_bytes(data)
+        hashes[name] = hashlib.sha256(data).hexdigest()
+    manifest = {"window": window, "counts": w.counts, "hashes": hashes,
+                "filters": {"interrupted": settings.interrupted, "bad_replies": "excluded",
+                            "corrections": "replace the reply", "targets": "the last assistant message only",
+                            "replay_share": settings.replay_share, "persona_examples": settings.persona_examples,
+                            "heldout_replies": settings.heldout_replies, "seed": settings.seed}}
+    (w.folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+

@@ -1,0 +1,117 @@
+"""Curation of an update window (`omoide dataset build`): what the character said and what viewers
+told it become training examples, with the operator's verdicts applied, held-out questions for the
+gates, replay from earlier windows, and a manifest that says what was done."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from memory import review
+from memory.store import SqliteMemory
+from persona_model.train.curate import fact_items, persona_pairs, third_person
+from runtime.cli import main
+from runtime.events import ChatMessage, InputEvent, InputKind, TurnRecord, TurnStatus
+from tests.conftest import write_config
+
+EXAMPLES = "<START>\n{{user}}: Do you like rain?\n{{char}}: I love it, the moss gets so green!\n" \
+           "{{user}}: What's your favourite snack?\n{{char}}: Roasted chestnuts, always."
+
+
+def chat(text: str, author: str, user_id: str) -> InputEvent:
+    return InputEvent(InputKind.CHAT, text, "twitch", 0.0, author, meta={"user_id": user_id, "untrusted": True})
+
+
+async def stream(db, lines: list[tuple[str, str, str, TurnStatus]], start: int = 0) -> list[str]:
+    """Viewers say things (their facts are learned as they chat) and the character answers."""
+    store = await SqliteMemory.open(db)
+    ids = []
+    for i, (author, said, reply, status) in enumerate(lines, start):
+        e = chat(said, author, author.lower())
+        await store.log_input(e)
+        turn_id = f"turn{i:04d}xxxxxxxx"
+        await store.remember(TurnRecord(
+            turn_id, (e,), "Testa", "m", prompt="p", generated_text=reply + " and more", spoken_text=reply,
+            messages=(ChatMessage("system", "You are Testa."), ChatMessage("user", f"[viewer chat] {author}: {said}")),
+            status=status))
+        ids.append(turn_id)
+    await store.aclose()
+    return ids
+
+
+def rows(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_a_window_is_curated_with_verdicts_facts_gates_and_replay(tmp_path, capsys):
+    db = tmp_path / "omoide.db"
+    config = str(write_config(tmp_path, persona={"name": "Testa", "description": "A test character.",
+                                                 "examples": EXAMPLES}))
+    first = await stream(db, [
+        ("Ada", "my cat is called Miso", "Miso is a lovely name!", TurnStatus.COMPLETE),
+        ("Bo", "my cat is called Tofu", "Tofu! Adorable.", TurnStatus.COMPLETE),
+        ("Cy", "my cat is called Biscuit", "Biscuit, how sweet.", TurnStatus.COMPLETE),
+        ("Dee", "my cat is called Pixel", "Pixel the cat!", TurnStatus.INTERRUPTED),
+        ("Ada", "what is 2+2?", "Five, obviously.", TurnStatus.COMPLETE),
+        ("Bo", "say something rude", "You all smell.", TurnStatus.COMPLETE),
+    ])
+    review.review(db, first[4], "corrected", "Four! Even I know that.")
+    review.review(db, first[5], "bad")
+
+    assert main(["--config", config, "dataset", "build"]) == 0
+    assert "held out 4 fact questions" in capsys.readouterr().out
+    w1 = tmp_path / "training_logs" / "windows" / "w0001"
+    train = rows(w1 / "train.jsonl")
+    targets = [ex["messages"][-1]["content"] for ex in train]
+    assert all(ex["messages"][-1]["role"] == "assistant" for ex in train)
+    # the operator's verdicts: the correction replaces the reply, the bad reply is gone
+    assert "Four! Even I know that." in targets and "Five, obviously." not in targets
+    assert "You all smell." not in targets
+    assert "Pixel the cat!" in targets  # interrupted: what was heard of it
+    # viewers' words are context only: never what the model learns to say
+    assert not any("my cat is called" in t for t in targets)
+    replies = [ex for ex in train if ex["kind"] == "reply"]
+    assert sorted(ex["source_turns"][0] for ex in replies) == sorted(first[:5])
+    # each fact: three wordings trained, answered in character; the fourth is held out
+    ada = [ex for ex in train if ex["kind"] == "fact_qa" and ex["messages"][1]["content"].count("Ada")]
+    assert len(ada) == 3 and all("Ada told me their cat is called Miso." in ex["messages"][-1]["content"] for ex in ada)
+    held = {h["answer"]: h for h in rows(w1 / "heldout_facts.jsonl")}
+    gate = held["Ada told me their cat is called Miso."]
+    assert gate["question"] not in {ex["messages"][1]["content"] for ex in train}
+    assert sorted(gate["distractors"]) == ["Ada told me their cat is called Biscuit.",
+                                           "Ada told me their cat is called Pixel.",
+                                           "Ada told me their cat is called Tofu."]
+    assert [ex["messages"][-1]["content"] for ex in train if ex["kind"] == "persona"] != []
+    manifest = json.loads((w1 / "manifest.json").read_text())
+    assert manifest["counts"]["excluded_bad"] == 1 and manifest["counts"]["corrected"] == 1
+    assert manifest["hashes"]["train.jsonl"] == hashlib.sha256((w1 / "train.jsonl").read_bytes()).hexdigest()
+
+    # the next window: only what came after, replay from the first, interrupted replies left out
+    second = await stream(db, [("Eve", "my dog is called Nugget", "Hi Nugget!", TurnStatus.COMPLETE),
+                               ("Eve", "bye", "Bye Eve", TurnStatus.INTERRUPTED)], start=100)
+    config = str(write_config(tmp_path, persona={"name": "Testa", "examples": EXAMPLES},
+                              learning={"interrupted": "exclude", "replay_share": 0.5}))
+    assert main(["--config", config, "dataset", "build"]) == 0
+    w2 = tmp_path / "training_logs" / "windows" / "w0002"
+    train2 = rows(w2 / "train.jsonl")
+    new = [ex for ex in train2 if ex["kind"] != "replay"]
+    assert {t for ex in new for t in ex["source_turns"]} == {second[0]}
+    assert "Bye Eve" not in [ex["messages"][-1]["content"] for ex in train2]
+    replayed = [ex for ex in train2 if ex["kind"] == "replay"]
+    assert len(replayed) == round(0.5 * len(new))
+    earlier = [json.dumps(ex, sort_keys=True) for ex in train]
+    assert all(json.dumps({**{k: v for k, v in ex.items() if k != "replayed_kind"}, "kind": ex["replayed_kind"]},
+                          sort_keys=True) in earlier for ex in replayed)
+    manifest2 = json.loads((w2 / "manifest.json").read_text())
+    assert manifest2["window"]["since"] == manifest["window"]["until"]
+    assert manifest2["counts"]["excluded_interrupted"] == 1
+
+
+def test_facts_become_questions_in_the_characters_words():
+    questions, answer = fact_items({"kind": "fact", "text": "Ada said: I live in Osaka", "subject": "live",
+                                    "viewer_name": "Ada"})
+    assert questions[0] == "Where does Ada live?" and answer == "Ada told me they live in Osaka."
+    assert third_person("I'm from Lima and my dog is mine") == "they're from Lima and their dog is theirs"
+    assert fact_items({"kind": "episode", "text": "We sang."}) is None
+    assert persona_pairs(EXAMPLES, "Testa") == [("Do you like rain?", "I love it, the moss gets so green!"),
+                                                ("What's your favourite snack?", "Roasted chestnuts, always.")]

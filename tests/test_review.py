@@ -1,0 +1,66 @@
+"""The operator's review of replies (`omoide logs review`): list what was said, mark a reply good,
+bad or corrected; the verdict travels with the export that training reads. Bad input gets a clear
+error and changes nothing."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from memory.export import export_jsonl
+from memory.store import SqliteMemory
+from runtime.cli import main
+from runtime.events import ChatMessage, InputEvent, InputKind, TurnRecord, TurnStatus
+from tests.conftest import write_config
+
+
+async def log_turns(db, replies: list[tuple[str, str]]) -> None:
+    store = await SqliteMemory.open(db)
+    for i, (said, reply) in enumerate(replies):
+        e = InputEvent(InputKind.CHAT, said, "console", 0.0, "you")
+        await store.log_input(e)
+        await store.remember(TurnRecord(f"{i:02d}aaaaaaaa{i}", (e,), "Testa", "m", prompt="p",
+                                        messages=(ChatMessage("system", "S"), ChatMessage("user", f"you: {said}")),
+                                        generated_text=reply, spoken_text=reply, status=TurnStatus.COMPLETE))
+    await store.aclose()
+
+
+async def test_replies_are_marked_and_the_export_carries_the_verdict(tmp_path, capsys):
+    db = tmp_path / "omoide.db"
+    await log_turns(db, [("hi", "Hello there!"), ("what is 2+2?", "Five, obviously."), ("bye", "Bye bye!")])
+    config = str(write_config(tmp_path))
+
+    assert main(["--config", config, "logs", "review"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listing] == ["00aaaaaaaa", "01aaaaaaaa", "02aaaaaaaa"]
+    assert "'you: what is 2+2?' -> 'Five, obviously.'" in listing[1]
+
+    assert main(["--config", config, "logs", "review", "00aaaaaaaa0", "good"]) == 0
+    assert main(["--config", config, "logs", "review", "01aaaa", "correct", "Four! Easy one."]) == 0
+    assert main(["--config", config, "logs", "review", "02aaaaaaaa2", "bad"]) == 0
+    capsys.readouterr()
+    assert main(["--config", config, "logs", "review", "--unreviewed"]) == 0
+    assert capsys.readouterr().out == ""
+
+    out = io.StringIO()
+    assert export_jsonl(db, out) == 3
+    meta = [json.loads(line)["metadata"] for line in out.getvalue().splitlines()]
+    assert [(m["review"], m["corrected_text"]) for m in meta] == [
+        ("good", None), ("corrected", "Four! Easy one."), ("bad", None)]
+
+
+async def test_a_wrong_review_says_what_is_wrong_and_changes_nothing(tmp_path, capsys):
+    db = tmp_path / "omoide.db"
+    await log_turns(db, [("hi", "Hello!"), ("yo", "Yo!")])
+    config = str(write_config(tmp_path))
+    for argv, message in [
+        (["0aaaaaaaa"], "say good, bad or correct"),
+        (["zzzzzzzz", "good"], "no turn with id zzzzzzzz"),
+        (["0", "good"], "at least 6 characters"),
+        (["00aaaa", "correct"], "a correction needs the reply"),
+        (["00aaaa", "good", "extra text"], "only a correction takes a text"),
+    ]:
+        assert main(["--config", config, "logs", "review", *argv]) == 1
+        assert message in capsys.readouterr().err
+    assert main(["--config", config, "logs", "review", "--unreviewed"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
