@@ -483,7 +483,9 @@ class SqliteMemory:
             if not rows:
                 return after
             ids, texts = [int(r[0]) for r in rows], [str(r[1]) for r in rows]
-            vectors = await asyncio.to_thread(encoder.encode, texts)
+            # a few at a time: a turn's query waits for the model at most one small batch (~30 ms)
+            vectors = np.concatenate([await asyncio.to_thread(encoder.encode, texts[i:i + 16])
+                                      for i in range(0, len(texts), 16)])
             for memory_id, vector, source in zip(ids, vectors, (r[2] for r in rows), strict=True):
                 if source == "reflection":  # said again in other words: the newer one stays
                     self._restated(memory_id, vector)

@@ -10,7 +10,6 @@ input arrives it stops (the model stops within one token) and tries again later.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -26,7 +25,6 @@ from runtime.events import (
     Persona,
     Priority,
     PromptContext,
-    TurnRecord,
 )
 from runtime.ports import Clock, PersonaModel
 
@@ -97,11 +95,6 @@ class Reflector:
         self.settings = settings
         self.done = 0  # reflections written
         self.abandoned = 0  # reflections stopped because a turn started
-        self._wake = asyncio.Event()
-
-    def turn_done(self, record: TurnRecord) -> None:
-        """Director.on_turn: a turn finished, perhaps reflection is due."""
-        self._wake.set()
 
     def _due(self, turns: Sequence[LoggedTurn]) -> bool:
         s = self.settings
@@ -118,9 +111,7 @@ class Reflector:
                 raise
             except Exception:  # noqa: BLE001 - reflection failing must never stop the character
                 log.exception("reflection failed; will try again later")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_s)
+            await asyncio.sleep(self.settings.poll_s)
 
     async def reflect(self, turns: Sequence[LoggedTurn]) -> bool:
         """Reflect on these turns; False if a turn started meanwhile (nothing is written)."""
