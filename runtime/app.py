@@ -145,9 +145,15 @@ def listener_from(config: Config, clock: Clock, playback: PlaybackLog | None,
     return WhisperListener(mic, model, clock, settings, gate)
 
 
+def model_path(config: Config) -> Path:
+    """The base model's folder (downloaded first if model.download allows)."""
+    m = config.model
+    return Path(resolve(m.id, config.path(m.models_dir), m.download))
+
+
 def model_from(config: Config) -> LocalPersonaModel:
     m = config.model
-    path = resolve(m.id, config.path(m.models_dir), m.download)
+    path = model_path(config)
     adapter = config.path(m.adapter) if m.adapter else None
     if adapter is not None and not (adapter / "adapter_config.json").is_file():
         raise StartupError(f"model.adapter {adapter} is not a peft adapter folder (no adapter_config.json)")

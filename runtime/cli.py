@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -19,6 +20,8 @@ from persona_model import tiny
 from persona_model.hub import ModelNotFound, local_folder, pull
 from persona_model.prompt import system_text
 from persona_model.train.curate import CurationSettings, curate
+from persona_model.train.sft import SftSettings
+from persona_model.train.sft import train as train_sft
 from plugins import tiny_piper, tiny_whisper, twitch_auth
 from plugins.chat_twitch import TwitchError
 from plugins.stt_whisper import pull_whisper, whisper_folder
@@ -153,6 +156,30 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
           f" held out {c['heldout_facts']} fact questions and {c['heldout_replies']} replies;"
           f" left out {c.get('excluded_bad', 0)} bad and {c.get('excluded_interrupted', 0)} interrupted replies,"
           f" {c.get('corrected', 0)} corrected")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a LoRA adapter on an update window, at low priority so a running character keeps its
+    latency. Resumes an interrupted run of the same window."""
+    config = _config(args)
+    windows = config.path(config.learning.folder)
+    found = sorted(p for p in windows.glob("w[0-9][0-9][0-9][0-9]") if (p / "train.jsonl").is_file())
+    window = windows / args.window if args.window else (found[-1] if found else None)
+    if window is None or not (window / "train.jsonl").is_file():
+        raise FileNotFoundError(f"no curated window in {windows}: run `omoide dataset build` first")
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    base = app.model_path(config)
+    lc = config.learning
+    settings = SftSettings(rank=lc.rank, alpha=2 * lc.rank, lr=lc.lr, epochs=lc.epochs, max_steps=args.steps or 0,
+                           seq_len=lc.seq_len, rows=lc.rows, accumulate=lc.accumulate,
+                           checkpoint_every=lc.checkpoint_every, seed=lc.seed)
+    current = config.path(config.model.adapter) if config.model.adapter else None  # a window builds on it
+    result = train_sft(base, window / "train.jsonl", window / "run", settings, start_adapter=current)
+    print(f"{window.name}: {result.steps} steps, {result.tokens} tokens ({result.target_tokens} trained on),"
+          f" {result.tokens_per_s:.0f} tokens/s, loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f};"
+          f" adapter in {result.adapter}")
     return 0
 
 
@@ -305,6 +332,11 @@ def parser() -> argparse.ArgumentParser:
     dsub = ds.add_subparsers(dest="dataset_command", required=True)
     dsub.add_parser("build", help="curate the next update window (everything logged since the last)").set_defaults(
         func=cmd_dataset_build)
+
+    tr = sub.add_parser("train", help="train a LoRA adapter on the latest update window (low priority)")
+    tr.add_argument("--window", help="which window (default: the latest), e.g. w0003")
+    tr.add_argument("--steps", type=int, help="optimizer steps (default: learning.epochs over the window)")
+    tr.set_defaults(func=cmd_train)
 
     tw_ = sub.add_parser("twitch", help="Twitch set-up")
     twsub = tw_.add_subparsers(dest="twitch_command", required=True)

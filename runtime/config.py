@@ -213,6 +213,13 @@ class LearningConfig(_Section):
     persona_examples: bool = True  # train on the card's example dialogue every window
     heldout_replies: float = Field(0.1, ge=0, lt=1)  # kept out of training for the persona gate
     seed: int = 0
+    rank: int = Field(16, ge=1, le=512)  # LoRA rank (alpha = 2 x rank)
+    lr: float = Field(2e-3, gt=0, le=1)
+    epochs: float = Field(3.0, gt=0)
+    seq_len: int = Field(512, ge=32)  # tokens per packed row
+    rows: int = Field(4, ge=1)  # rows per micro-batch
+    accumulate: int = Field(1, ge=1)  # micro-batches per optimizer step
+    checkpoint_every: int = Field(50, ge=1)  # optimizer steps
 
 
 class LogConfig(_Section):

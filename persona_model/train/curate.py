@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from persona_model.train.jsonl import read_jsonl
+
 # questions about a fact, by what it is about: the last of each list is held out for the gate
 _NOUN_QUESTIONS = (
     "What did {name} tell you about their {subject}?",
@@ -120,16 +122,7 @@ def persona_pairs(examples: str, name: str) -> list[tuple[str, str]]:
 
 
 def _read(path: Path | None) -> list[dict[str, Any]]:
-    if path is None or not path.exists():
-        return []
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except ValueError as exc:
-                raise CurationError(f"{path}:{n}: not JSON ({exc})") from None
-    return out
+    return read_jsonl(path) if path is not None and path.exists() else []
 
 
 def curate(folder: Path, turns: Path, memories: Path, *, system: str, persona_name: str,

@@ -1,0 +1,95 @@
+"""LoRA SFT on the tiny model: the loss is on the character's words only, packed examples never
+see each other, training lowers the loss, and an interrupted run resumes to exactly where an
+uninterrupted one ends."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from persona_model.train.sft import IGNORE, SftSettings, collate, encode, pack, train
+
+pytestmark = pytest.mark.model
+
+
+def examples(n: int = 24) -> list[dict]:
+    names = ["Ada", "Bo", "Cy", "Dee", "Eve", "Fay"]
+    pets = ["Miso", "Tofu", "Biscuit", "Pixel", "Mochi", "Yuzu"]
+    out = []
+    for i in range(n):
+        name, pet = names[i % 6], pets[(i * 5) % 6]
+        out.append({"messages": [{"role": "system", "content": "You are Testa."},
+                                 {"role": "user", "content": f"What is the name of {name}'s cat?"},
+                                 {"role": "assistant", "content": f"{name}'s cat is called {pet}."}]})
+    return out
+
+
+def write(path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_only_the_characters_reply_is_a_target(tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids, labels = encode(examples()[0], tok, 512)
+    target = [t for t in labels if t != IGNORE]
+    assert tok.decode(target) == "Ada's cat is called Miso." + tok.eos_token
+    assert labels[: len(ids) - len(target)] == [IGNORE] * (len(ids) - len(target))  # the prompt is context
+    short_ids, short_labels = encode(examples()[0], tok, 16)  # too long: the context's start goes
+    assert len(short_ids) == 16 and [t for t in short_labels if t != IGNORE] == target[:8]
+
+
+def test_packed_examples_never_see_each_other(tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager").eval()
+    encoded = [encode(ex, tok, 512) for ex in examples(3)]
+    rows = pack([len(x) for x, _ in encoded], 4 * max(len(x) for x, _ in encoded))
+    assert len(rows) == 1 and sorted(rows[0]) == [0, 1, 2]  # all three share one row
+    batch = collate(rows, encoded, tok.pad_token_id)
+    with torch.no_grad():
+        packed = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
+        at = 0
+        for i in rows[0]:
+            alone = model(torch.tensor([encoded[i][0]])).logits[0]
+            assert torch.allclose(packed[at:at + len(alone)], alone, atol=1e-4)
+            at += len(alone)
+    assert pack([5, 3, 4, 2], 7) == [[0, 3], [2, 1]]  # longest first, first fit
+
+
+def test_training_lowers_the_loss_and_a_resumed_run_ends_where_an_unbroken_one_does(tiny_model_dir, tmp_path):
+    data = tmp_path / "train.jsonl"
+    write(data, examples())
+    s = SftSettings(max_steps=8, checkpoint_every=4, rows=2, seq_len=128, lr=3e-3, seed=3)
+    whole = train(tiny_model_dir, data, tmp_path / "whole", s, progress=False)
+    assert whole.steps == 8 and whole.target_tokens > 0 and whole.tokens > whole.target_tokens
+    assert sum(whole.losses[-3:]) < sum(whole.losses[:3])
+
+    cut = train(tiny_model_dir, data, tmp_path / "cut", s, progress=False, stop_after=4)  # "killed" at 4
+    assert cut.steps == 4 and not (tmp_path / "cut" / "adapter").exists()
+    resumed = train(tiny_model_dir, data, tmp_path / "cut", s, progress=False)
+    assert resumed.steps == 8 and resumed.losses == pytest.approx(whole.losses, abs=1e-5)
+    a = load_file(whole.adapter / "adapter_model.safetensors")
+    b = load_file(resumed.adapter / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+async def test_omoide_train_trains_the_latest_window(tiny_model_dir, tmp_path, capsys):
+    from runtime.cli import main
+    from runtime.events import TurnStatus
+    from tests.conftest import write_config
+    from tests.test_curation import stream
+
+    await stream(tmp_path / "omoide.db", [("Ada", "my cat is called Miso", "Miso is a lovely name!", TurnStatus.COMPLETE),
+                                          ("Bo", "my cat is called Tofu", "Tofu! Adorable.", TurnStatus.COMPLETE)])
+    config = str(write_config(tmp_path, model={"id": str(tiny_model_dir)}, learning={"seq_len": 256, "rows": 2}))
+    assert main(["--config", config, "dataset", "build"]) == 0
+    assert main(["--config", config, "train", "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "w0001: 3 steps" in out
+    window = tmp_path / "training_logs" / "windows" / "w0001"
+    assert (window / "run" / "adapter" / "adapter_config.json").is_file()
+    assert main(["--config", config, "train", "--window", "w0009"]) == 1
+    assert "no curated window" in capsys.readouterr().err
