@@ -1,0 +1,86 @@
+"""The numbers the gates compare (docs/learning.md):
+
+- closed-book recall: for each held-out question about a memory, asked with no memories in the
+  prompt, does the right answer have the highest log-likelihood among it and its distractors?
+- negative log-likelihood per token of texts the model should keep saying well: held-out
+  in-character replies (persona fidelity), earlier windows' facts and a fixed general text
+  (retention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from persona_model.train.sft import IGNORE, encode
+
+
+@dataclass(frozen=True, slots=True)
+class Recall:
+    right: int
+    asked: int
+
+    @property
+    def share(self) -> float:
+        return self.right / self.asked if self.asked else 0.0
+
+
+def _answer_logprob(model: Any, tokenizer: Any, system: str, question: str, answers: Sequence[str]) -> list[float]:
+    """Summed log-probability of each answer (and its end token) as the reply to the question."""
+    rows = [encode({"messages": [{"role": "system", "content": system}, {"role": "user", "content": question},
+                                 {"role": "assistant", "content": a}]}, tokenizer, 1024) for a in answers]
+    width = max(len(x) for x, _ in rows)
+    pad = tokenizer.pad_token_id or 0
+    ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in rows])
+    labels = torch.tensor([y + [IGNORE] * (width - len(y)) for _, y in rows])
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in rows])
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    target = labels[:, 1:].to(device)
+    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * (target != IGNORE)).sum(dim=1).tolist()
+
+
+def closed_book_recall(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]]) -> Recall:
+    """Items as curation writes them to heldout_facts.jsonl: question, answer, distractors, system."""
+    right = 0
+    for item in items:
+        scores = _answer_logprob(model, tokenizer, item.get("system", ""), item["question"],
+                                 [item["answer"], *item["distractors"]])
+        right += int(max(range(len(scores)), key=scores.__getitem__) == 0)
+    return Recall(right, len(items))
+
+
+def reply_nll(model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]]) -> float:
+    """Mean negative log-likelihood per target token of the examples' last assistant messages."""
+    total = count = 0.0
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for ex in examples:
+            x, y = encode(ex, tokenizer, 1024)
+            out = model(input_ids=torch.tensor([x], device=device), labels=torch.tensor([y], device=device))
+            n = sum(1 for t in y[1:] if t != IGNORE)
+            total += float(out.loss) * n
+            count += n
+    return total / count if count else float("nan")
+
+
+def text_nll(model: Any, tokenizer: Any, text: str, window: int = 256) -> float:
+    """Mean negative log-likelihood per token of a plain text (windows of `window` tokens)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    total = count = 0.0
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for start in range(0, max(len(ids) - 1, 1), window):
+            chunk = torch.tensor([ids[start:start + window + 1]], device=device)
+            if chunk.shape[1] < 2:
+                break
+            out = model(input_ids=chunk, labels=chunk)
+            total += float(out.loss) * (chunk.shape[1] - 1)
+            count += chunk.shape[1] - 1
+    return total / count if count else float("nan")
