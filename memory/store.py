@@ -513,6 +513,7 @@ class SqliteMemory:
     async def unreflected(self, limit: int) -> list[LoggedTurn]:
         """Finished turns the character has not reflected on yet, oldest first."""
         assert self._db is not None
+        await self.flush()  # the last turn's record may still be queued
         rows = await self._db.execute_fetchall("SELECT value FROM state WHERE key = 'reflected_until'")
         until = float(list(rows)[0][0]) if rows else 0.0
         turns = list(await self._db.execute_fetchall(

@@ -29,6 +29,10 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=None, tie_word_embeddings=True),
+    # still tiny (0.9 M parameters), but able to learn facts through a LoRA: the wider init lets
+    # logits grow past what frozen 0.02-std embeddings allow (docs/learning.md)
+    "learner": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2, vocab_size=None, tie_word_embeddings=True, initializer_range=0.1),
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
                          tie_word_embeddings=True, rope_theta=100000.0, rms_norm_eps=1e-5,
@@ -96,7 +100,7 @@ def build(out: Path | str, like: str = "tiny", train_steps: int = 120, seed: int
     config = LlamaConfig(vocab_size=vocab, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=None, **shape)
     model = LlamaForCausalLM(config)
-    if like == "tiny" and train_steps:
+    if like in ("tiny", "learner") and train_steps:
         _teach(model, tokenizer, train_steps)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id,

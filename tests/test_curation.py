@@ -75,12 +75,12 @@ async def test_a_window_is_curated_with_verdicts_facts_gates_and_replay(tmp_path
     # each fact: three wordings trained, answered in character; the fourth is held out
     ada = [ex for ex in train if ex["kind"] == "fact_qa" and ex["messages"][1]["content"].count("Ada")]
     assert len(ada) == 3 and all("Ada told me their cat is called Miso." in ex["messages"][-1]["content"] for ex in ada)
-    held = {h["answer"]: h for h in rows(w1 / "heldout_facts.jsonl")}
-    gate = held["Ada told me their cat is called Miso."]
+    gate = next(h for h in rows(w1 / "heldout_facts.jsonl") if "Ada told me their cat is called Miso." in h["answer"])
+    assert gate["answer"] == ada[0]["messages"][-1]["content"]  # said the way training says it
     assert gate["question"] not in {ex["messages"][1]["content"] for ex in train}
-    assert sorted(gate["distractors"]) == ["Ada told me their cat is called Biscuit.",
-                                           "Ada told me their cat is called Pixel.",
-                                           "Ada told me their cat is called Tofu."]
+    voice = gate["answer"].replace("Ada told me their cat is called Miso.", "{}")
+    assert sorted(gate["distractors"]) == [voice.format(f"Ada told me their cat is called {pet}.")
+                                           for pet in ("Biscuit", "Pixel", "Tofu")]
     assert [ex["messages"][-1]["content"] for ex in train if ex["kind"] == "persona"] != []
     manifest = json.loads((w1 / "manifest.json").read_text())
     assert manifest["counts"]["excluded_bad"] == 1 and manifest["counts"]["corrected"] == 1

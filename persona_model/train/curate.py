@@ -161,16 +161,18 @@ def curate(folder: Path, turns: Path, memories: Path, *, system: str, persona_na
     for m in facts:
         questions, answer = fact_items(m)  # type: ignore[misc]
         source = list(m.get("source_turns") or [])
+        voice = rng.choice(_VOICE)  # one way of saying it per fact: the gate asks for the same
         for q in questions[:-1]:
             new.append({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q},
-                                     {"role": "assistant", "content": rng.choice(_VOICE).format(answer=answer)}],
+                                     {"role": "assistant", "content": voice.format(answer=answer)}],
                         "kind": "fact_qa", "source_turns": source, "memory_id": m.get("id")})
         name = answer.split(" told me ")[0]
         others = [a.split(" told me ", 1)[1] for a in by_subject[m.get("subject") or ""] if a != answer]
-        distractors = [f"{name} told me {o}" for o in rng.sample(others, min(3, len(others)))]
+        distractors = [voice.format(answer=f"{name} told me {o}") for o in rng.sample(others, min(3, len(others)))]
         if distractors:  # a question with nothing to tell it from cannot be scored
-            out.heldout_facts.append({"memory_id": m.get("id"), "question": questions[-1], "answer": answer,
-                                      "distractors": distractors, "system": system})
+            out.heldout_facts.append({"memory_id": m.get("id"), "question": questions[-1],
+                                      "answer": voice.format(answer=answer), "distractors": distractors,
+                                      "system": system})
 
     if settings.persona_examples:
         for user, reply in persona_pairs(persona_examples, persona_name):
