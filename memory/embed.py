@@ -35,13 +35,17 @@ def bundled_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def resolve(name: str) -> Path:
-    """The folder of memory.embedding_model: 'bundled', a folder, or a hub id already pulled."""
+def resolve(name: str, models_dir: Path | None = None) -> Path:
+    """The folder of memory.embedding_model: 'bundled', a folder, or a hub id already pulled
+    (`omoide models pull` puts it in models_dir; the Hugging Face cache works too)."""
     if name == BUNDLED:
         return bundled_path()
     path = Path(name).expanduser()
     if path.is_dir():
         return path
+    pulled = models_dir / name.replace("/", "--") if models_dir is not None else None
+    if pulled is not None and (pulled / "config.json").is_file():
+        return pulled
     from huggingface_hub import snapshot_download
 
     try:
@@ -49,7 +53,7 @@ def resolve(name: str) -> Path:
     except Exception:  # noqa: BLE001 - any failure here means "not on this machine"
         raise EmbeddingError(
             f"embedding model {name!r} is neither a folder nor downloaded: run"
-            f" `omoide models pull {name}` or set memory.embedding_model = \"bundled\"") from None
+            f" `omoide models pull --only embedding` or set memory.embedding_model = \"bundled\"") from None
 
 
 class Embedder:

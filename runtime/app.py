@@ -292,7 +292,8 @@ def encoder_from(config: Config) -> Callable[[], Embedder] | None:
         return None
     try:
         folder = config.path(name)
-        path = resolve_embedder(str(folder) if name != BUNDLED and folder.is_dir() else name)
+        path = resolve_embedder(str(folder) if name != BUNDLED and folder.is_dir() else name,
+                                config.path(config.model.models_dir))
     except EmbeddingError as exc:
         raise StartupError(f"memory.embedding_model: {exc}") from None
     return lambda: Embedder(path)

@@ -77,10 +77,10 @@ def _models_dir(args: argparse.Namespace, config: Config) -> Path:
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
-    """The configured language model, Whisper model and Piper voice (or one LLM named)."""
+    """The configured language model, Whisper model, Piper voice and embedding model (or one LLM named)."""
     config = _config(args)
     models_dir = _models_dir(args, config)
-    wanted = set(args.only or ["llm", "whisper", "piper"])
+    wanted = set(args.only or ["llm", "whisper", "piper", "embedding"])
     if args.id:
         wanted = {"llm"}
     llm = args.id or config.model.id
@@ -92,6 +92,10 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
     voice = config.tts.piper.voice
     if "piper" in wanted and not piper_voice_path(voice, models_dir).is_file():
         print(f"piper voice {voice}: {pull_piper_voice(voice, models_dir)}")
+    embedding = config.memory.embedding_model  # the bundled one comes with pip
+    if ("embedding" in wanted and embedding not in ("bundled", "none")
+            and not config.path(embedding).is_dir()):
+        print(f"embedding model {embedding}: {pull(embedding, models_dir)}")
     return 0
 
 
@@ -274,9 +278,9 @@ def parser() -> argparse.ArgumentParser:
     tv = msub.add_parser("tiny-voice", help="build a tiny Piper voice (no network)")
     tv.add_argument("dir", help="folder to write tiny.onnx and tiny.onnx.json to")
     tv.set_defaults(func=cmd_model_tiny_voice)
-    pl = msub.add_parser("pull", help="download the configured LLM, Whisper model and Piper voice")
+    pl = msub.add_parser("pull", help="download the configured LLM, Whisper model, Piper voice and embedding model")
     pl.add_argument("id", nargs="?", help="a hub id: download just this language model")
-    pl.add_argument("--only", action="append", choices=["llm", "whisper", "piper"],
+    pl.add_argument("--only", action="append", choices=["llm", "whisper", "piper", "embedding"],
                     help="download only these (repeatable)")
     pl.add_argument("--dir", help="models folder (default: model.models_dir)")
     pl.set_defaults(func=cmd_models_pull)

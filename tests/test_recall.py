@@ -218,3 +218,15 @@ async def test_a_reflection_that_says_it_again_replaces_the_older_one(tmp_path, 
         assert live == {"Ada has a cat named Miso.", "Bo's cat is called Miso.", "Bo is learning the cello."}
     finally:
         await store.aclose()
+
+
+def test_the_embedding_model_is_found_where_models_pull_puts_it(tmp_path):
+    from memory.embed import EmbeddingError, resolve
+
+    pulled = tmp_path / "models" / "acme--mini-embedder"
+    pulled.mkdir(parents=True)
+    (pulled / "config.json").write_text("{}")
+    assert resolve("acme/mini-embedder", tmp_path / "models") == pulled
+    assert resolve("bundled") == bundled_path()
+    with pytest.raises(EmbeddingError, match="omoide models pull --only embedding"):
+        resolve("acme/not-pulled", tmp_path / "models")
