@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import aiosqlite
 import numpy as np
 
-from memory.index import VectorIndex, pack, unpack
+from memory.index import IVF_MIN, VectorIndex, pack, unpack
 from memory.schema import SchemaError, check, migrate
 from memory.viewers import facts_in
 from runtime.events import (
@@ -365,21 +365,25 @@ class SqliteMemory:
         """Recall's ranking for a query vector already made (`recall` embeds the text first)."""
         assert self.index is not None
         index, s = self.index, self.settings
-        if len(index) <= 200_000:  # about 1 ms: not worth a thread hop
-            hits = index.search(query, 4 * k)
-        else:
-            hits = await asyncio.to_thread(index.search, query, 4 * k)
-        sims = dict(hits)
+        # a small index answers in about a millisecond: not worth a thread hop. A large one may be
+        # busy building its inverted file (seconds, under its lock): never wait for it on the loop.
+        large = len(index) >= IVF_MIN // 2
+
+        async def call(fn: Callable[..., Any], *args: Any) -> Any:
+            return await asyncio.to_thread(fn, *args) if large else fn(*args)
+
+        sims = dict(await call(index.search, query, 4 * k))
         rows = await self._rows(f"id IN ({','.join('?' * len(sims))}) AND superseded_by IS NULL",
                                 tuple(sims)) if sims else []
         stale = set(sims) - {r.id for r in rows}
         if stale:  # deleted or superseded since they were indexed
-            index.remove(list(stale))
+            await call(index.remove, list(stale))
         if viewer is not None:
             own = await self._rows("viewer = ? AND superseded_by IS NULL ORDER BY created_at DESC LIMIT ?",
                                    (viewer, s.viewer_facts))
-            sims.update(index.similarity([r.id for r in own if r.id not in sims], query))
-            rows += [r for r in own if r.id not in {x.id for x in rows}]
+            sims.update(await call(index.similarity, [r.id for r in own if r.id not in sims], query))
+            have = {r.id for r in rows}
+            rows += [r for r in own if r.id not in have]
         now = time.time()
         scored = []
         for r in rows:
@@ -488,7 +492,7 @@ class SqliteMemory:
                                       for i in range(0, len(texts), 16)])
             for memory_id, vector, source in zip(ids, vectors, (r[2] for r in rows), strict=True):
                 if source == "reflection":  # said again in other words: the newer one stays
-                    self._restated(memory_id, vector)
+                    await self._restated(memory_id, vector)
             await asyncio.to_thread(index.add, ids, vectors)  # may build the inverted file: seconds
             for memory_id, text, vector in zip(ids, texts, vectors, strict=True):
                 self._queue.put_nowait(_Write(  # only if the text is still the one embedded
@@ -497,12 +501,13 @@ class SqliteMemory:
                     (memory_id, encoder.name, pack(vector), memory_id, text)))
             after = ids[-1]
 
-    def _restated(self, memory_id: int, vector: np.ndarray) -> None:
+    async def _restated(self, memory_id: int, vector: np.ndarray) -> None:
         """A reflection that says again what an older memory says (cosine >= RESTATED)
         supersedes it, so repeated reflections do not pile up. Contradictions are not caught
         this way: "Ada's cat is Miso" / "Bo's cat is Miso" are as close as "... Miso" / "... Tofu"."""
         assert self.index is not None
-        older = [m for m, sim in self.index.search(vector, 3) if sim >= RESTATED and m < memory_id]
+        hits = await asyncio.to_thread(self.index.search, vector, 3)
+        older = [m for m, sim in hits if sim >= RESTATED and m < memory_id]
         for m in older:
             self._queue.put_nowait(_Write(
                 "UPDATE memories SET superseded_by = ? WHERE id = ? AND superseded_by IS NULL AND pinned = 0",
