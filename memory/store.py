@@ -367,7 +367,7 @@ class SqliteMemory:
         index, s = self.index, self.settings
         # a small index answers in about a millisecond: not worth a thread hop. A large one may be
         # busy building its inverted file (seconds, under its lock): never wait for it on the loop.
-        large = len(index) >= IVF_MIN // 2
+        large = len(index) >= 0.9 * IVF_MIN
 
         async def call(fn: Callable[..., Any], *args: Any) -> Any:
             return await asyncio.to_thread(fn, *args) if large else fn(*args)
