@@ -44,7 +44,7 @@ def test_only_the_characters_reply_is_a_target(tiny_model_dir):
 
 def test_packed_examples_never_see_each_other(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager").eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()  # the attention training uses
     encoded = [encode(ex, tok, 512) for ex in examples(3)]
     rows = pack([len(x) for x, _ in encoded], 4 * max(len(x) for x, _ in encoded))
     assert len(rows) == 1 and sorted(rows[0]) == [0, 1, 2]  # all three share one row
@@ -93,3 +93,14 @@ async def test_omoide_train_trains_the_latest_window(tiny_model_dir, tmp_path, c
     assert (window / "run" / "adapter" / "adapter_config.json").is_file()
     assert main(["--config", config, "train", "--window", "w0009"]) == 1
     assert "no curated window" in capsys.readouterr().err
+
+
+def test_the_loss_on_target_positions_only_is_the_models_own_loss(tiny_model_dir):
+    from persona_model.train.sft import target_loss
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    encoded = [encode(ex, tok, 512) for ex in examples(4)]
+    batch = collate(pack([len(x) for x, _ in encoded], 128), encoded, tok.pad_token_id)
+    with torch.no_grad():
+        assert float(target_loss(model, batch)) == pytest.approx(float(model(**batch).loss), rel=1e-5)
