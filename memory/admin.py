@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memory.index import unpack
+from memory.index import cosines, unpack
 from memory.store import Encoder, fts_query, session
 
 COLUMNS = "id, kind, viewer, importance, pinned, superseded_by, text"
@@ -48,14 +48,14 @@ def search_by_meaning(database: Path, text: str, encoder: Encoder, limit: int = 
     with session(database) as conn:
         rows = conn.execute("SELECT v.memory_id, v.vector FROM memory_vectors v JOIN memories m ON m.id = v.memory_id"
                             " WHERE v.model = ? AND m.superseded_by IS NULL", (encoder.name,)).fetchall()
-        if not rows:
-            return search(database, text, limit)
-        vectors, scale = unpack([r[1] for r in rows], encoder.dim)
-        sims = (vectors.astype(np.float32) @ encoder.encode([text])[0]) * scale
-        best = [int(rows[i][0]) for i in np.argsort(-sims)[:limit]]
+    if not rows:
+        return search(database, text, limit)
+    sims = cosines(*unpack([r[1] for r in rows], encoder.dim), encoder.encode([text])[0])  # exact, as recall re-scores
+    best = [int(rows[i][0]) for i in np.argsort(-sims)[:limit]]
+    with session(database) as conn:
         found = {r[0]: r for r in conn.execute(
             f"SELECT {COLUMNS} FROM memories WHERE id IN ({','.join('?' * len(best))})", best)}
-        return [found[i] for i in best if i in found]
+    return [found[i] for i in best if i in found]
 
 
 def add(database: Path, text: str, kind: str = "fact", viewer: str | None = None,

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from memory.schema import migrate
-from memory.store import connect_sync
+from memory.store import session
 
 DEFAULT_STATUSES = ("complete", "interrupted")
 
@@ -70,29 +69,19 @@ def export_jsonl(
     database: Path, out: TextIO, since: float | None = None, include_interrupted: bool = True
 ) -> int:
     """Write one JSON line per turn that was heard; returns how many were written."""
-    if not database.exists():
-        raise FileNotFoundError(f"no interaction log at {database}")
-    conn = connect_sync(database)
-    try:
-        migrate(conn)
+    with session(database, "interaction log") as conn:
         statuses = DEFAULT_STATUSES if include_interrupted else ("complete",)
         n = 0
         for example in iter_examples(conn, since, statuses):
             out.write(json.dumps(example, ensure_ascii=False) + "\n")
             n += 1
         return n
-    finally:
-        conn.close()
 
 
 def export_memories(database: Path, out: TextIO, since: float | None = None) -> int:
     """Write one JSON line per live memory (not superseded) made since `since`, with the viewer's
     name where the memory is about one; returns how many were written."""
-    if not database.exists():
-        raise FileNotFoundError(f"no interaction log at {database}")
-    conn = connect_sync(database)
-    try:
-        migrate(conn)
+    with session(database, "interaction log") as conn:
         rows = conn.execute(
             "SELECT m.id, m.text, m.kind, m.source, m.viewer, v.name, m.subject, m.importance, m.pinned,"
             " m.created_at, m.source_turns FROM memories m LEFT JOIN viewers v"
@@ -107,5 +96,3 @@ def export_memories(database: Path, out: TextIO, since: float | None = None) -> 
             }, ensure_ascii=False) + "\n")
             n += 1
         return n
-    finally:
-        conn.close()

@@ -26,6 +26,11 @@ def quantize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.round(vectors / scale[:, None]).astype(np.int8), scale.astype(np.float32)
 
 
+def cosines(vectors: np.ndarray, scale: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Cosine similarity of a unit query to int8 vectors with their scales."""
+    return (vectors.astype(np.float32) @ query) * scale
+
+
 def pack(vector: np.ndarray) -> bytes:
     """One vector as stored in the database: its float32 scale, then its int8 components."""
     q, s = quantize(vector[None, :])
@@ -169,7 +174,7 @@ class VectorIndex:
                 pos = self._nearest_codes(q, np.arange(n), candidates)
             else:
                 pos = np.arange(n)
-            sims = (self._vecs[pos].astype(np.float32) @ q) * self._scale[pos]
+            sims = cosines(self._vecs[pos], self._scale[pos], q)
             best = np.argsort(-sims)[:k]
             return [(int(self._ids[pos[i]]), float(sims[i])) for i in best]
 
@@ -268,5 +273,5 @@ class VectorIndex:
             if not pos:
                 return {}
             q = np.asarray(query, dtype=np.float32)
-            sims = (self._vecs[pos].astype(np.float32) @ q) * self._scale[pos]
+            sims = cosines(self._vecs[pos], self._scale[pos], q)
             return {int(self._ids[p]): float(s) for p, s in zip(pos, sims, strict=True)}

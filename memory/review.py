@@ -4,9 +4,7 @@ original (docs/learning.md)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +29,9 @@ class Reviewed:
     corrected_text: str | None
 
 
-def _open(database: Path) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-    return session(database, "interaction log")
-
-
 def recent(database: Path, limit: int = 20, unreviewed: bool = False) -> list[Reviewed]:
     """The newest replies that were heard, newest last."""
-    with _open(database) as conn:
+    with session(database, "interaction log") as conn:
         rows = conn.execute(
             "SELECT id, started_at, messages, spoken_text, status, review, corrected_text FROM turns"
             " WHERE spoken_text != ''" + (" AND review IS NULL" if unreviewed else "")
@@ -62,7 +56,7 @@ def review(database: Path, turn: str, verdict: str, corrected_text: str | None =
         raise ReviewError(f"only a correction takes a text (the verdict was {verdict!r})")
     if len(turn) < 6:
         raise ReviewError("give at least 6 characters of the turn id")
-    with _open(database) as conn:
+    with session(database, "interaction log") as conn:
         ids = [r[0] for r in conn.execute("SELECT id FROM turns WHERE id LIKE ? || '%' LIMIT 2",
                                           (turn.replace("%", "").replace("_", ""),))]
         if not ids:

@@ -133,12 +133,17 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _windows(folder: Path) -> list[Path]:
+    """The curated update windows, oldest first."""
+    return sorted(p for p in folder.glob("w[0-9][0-9][0-9][0-9]") if (p / "manifest.json").is_file())
+
+
 def cmd_dataset_build(args: argparse.Namespace) -> int:
     """Curate the next update window: everything logged since the last one."""
     config = _config(args)
     database = config.path(config.memory.database)
     windows = config.path(config.learning.folder)
-    earlier = sorted(p for p in windows.glob("w[0-9][0-9][0-9][0-9]") if (p / "manifest.json").is_file())
+    earlier = _windows(windows)
     since = json.loads((earlier[-1] / "manifest.json").read_text())["window"]["until"] if earlier else None
     until = dt.datetime.now().timestamp()
     folder = windows / f"w{len(earlier) + 1:04d}"
@@ -168,7 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     latency. Resumes an interrupted run of the same window."""
     config = _config(args)
     windows = config.path(config.learning.folder)
-    found = sorted(p for p in windows.glob("w[0-9][0-9][0-9][0-9]") if (p / "train.jsonl").is_file())
+    found = _windows(windows)
     window = windows / args.window if args.window else (found[-1] if found else None)
     if window is None or not (window / "train.jsonl").is_file():
         raise FileNotFoundError(f"no curated window in {windows}: run `omoide dataset build` first")

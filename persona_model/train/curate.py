@@ -154,12 +154,11 @@ def curate(folder: Path, turns: Path, memories: Path, *, system: str, persona_na
     held = int(len(replies) * settings.heldout_replies) if len(replies) >= 10 else 0
     out.heldout_replies, new = replies[:held], replies[held:]
 
-    facts = [m for m in _read(memories) if fact_items(m)]
+    facts = [(m, items) for m in _read(memories) if (items := fact_items(m)) is not None]
     by_subject: dict[str, list[str]] = {}
-    for m in facts:
-        by_subject.setdefault(m.get("subject") or "", []).append(fact_items(m)[1])  # type: ignore[index]
-    for m in facts:
-        questions, answer = fact_items(m)  # type: ignore[misc]
+    for m, (_, answer) in facts:
+        by_subject.setdefault(m.get("subject") or "", []).append(answer)
+    for m, (questions, answer) in facts:
         source = list(m.get("source_turns") or [])
         voice = rng.choice(_VOICE)  # one way of saying it per fact: the gate asks for the same
         for q in questions[:-1]:

@@ -194,14 +194,12 @@ def train(base: Path | str, data: Path, out: Path, settings: SftSettings = SftSe
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for k in range(settings.accumulate):
-            batch = {n: t.to(device) for n, t in
-                     collate(schedule_of_batches[step * settings.accumulate + k], encoded,
-                             tokenizer.pad_token_id or 0).items()}
+            rows_now = schedule_of_batches[step * settings.accumulate + k]
+            batch = {n: t.to(device) for n, t in collate(rows_now, encoded, tokenizer.pad_token_id or 0).items()}
             loss = target_loss(model, batch) / settings.accumulate
             loss.backward()
             step_loss += float(loss.detach())
-            tokens += sum(len(encoded[i][0]) for row in schedule_of_batches[step * settings.accumulate + k]
-                          for i in row)
+            tokens += sum(len(encoded[i][0]) for row in rows_now for i in row)
             targets += int((batch["labels"] != IGNORE).sum())
         optimizer.step()
         schedule.step()
