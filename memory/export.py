@@ -96,3 +96,14 @@ def export_memories(database: Path, out: TextIO, since: float | None = None) -> 
             }, ensure_ascii=False) + "\n")
             n += 1
         return n
+
+
+def count_turns(database: Path, since: float | None = None) -> int:
+    """How many turns were heard since `since` (what one more update window would learn from)."""
+    if not database.exists():
+        return 0
+    with session(database, "interaction log") as conn:
+        marks = ",".join("?" for _ in DEFAULT_STATUSES)
+        row = conn.execute(f"SELECT COUNT(*) FROM turns WHERE status IN ({marks}) AND spoken_text != ''"
+                           " AND started_at >= ?", (*DEFAULT_STATUSES, since or 0.0)).fetchone()
+        return int(row[0])

@@ -28,6 +28,7 @@ DEFAULT_SYSTEM = (
     " one to three short spoken sentences, with no lists, markdown or emoji."
 )
 _USER = re.compile(r"\{\{user\}\}|<user>", re.IGNORECASE)
+_CHAR = re.compile(r"\{\{char\}\}|<bot>", re.IGNORECASE)  # a card's are replaced on load; [persona]'s here
 
 
 class PromptBudgetError(ValueError):
@@ -45,7 +46,7 @@ def system_text(persona: Persona, user: str) -> str:
     if persona.examples:
         parts.append(f"Example dialogue:\n{persona.examples}")
     parts.append(CHAT_RULE.format(marker=VIEWER_CHAT))
-    return _USER.sub(user, "\n\n".join(parts))
+    return _CHAR.sub(persona.name, _USER.sub(user, "\n\n".join(parts)))
 
 
 def memory_text(memories: Sequence[Memory]) -> str:

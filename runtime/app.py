@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -15,6 +15,7 @@ from memory.embed import BUNDLED, Embedder, EmbeddingError
 from memory.embed import resolve as resolve_embedder
 from memory.schema import SchemaError
 from memory.store import RecallSettings, SqliteMemory
+from persona_model.adapters import AdapterFollower, AdapterRegistry, RegistryError
 from persona_model.card import CardError, load_card
 from persona_model.hub import resolve
 from persona_model.local import LocalPersonaModel, Sampling
@@ -151,15 +152,29 @@ def model_path(config: Config) -> Path:
     return Path(resolve(m.id, config.path(m.models_dir), m.download))
 
 
+def adapter_registry(config: Config) -> AdapterRegistry:
+    return AdapterRegistry(config.path(config.learning.adapters))
+
+
 def model_from(config: Config) -> LocalPersonaModel:
+    """The base model with `model.adapter` pinned on top, or else the registry's active version."""
     m = config.model
     path = model_path(config)
     adapter = config.path(m.adapter) if m.adapter else None
+    name: str | None = None
     if adapter is not None and not (adapter / "adapter_config.json").is_file():
         raise StartupError(f"model.adapter {adapter} is not a peft adapter folder (no adapter_config.json)")
+    if adapter is None:
+        registry = adapter_registry(config)
+        try:
+            active = registry.active
+        except RegistryError as exc:
+            raise StartupError(f"learning.adapters: {exc}") from None
+        if active is not None:
+            adapter, name = registry.path(active.version), active.version
     return LocalPersonaModel.load(
-        path, name=m.id, adapter_path=adapter, device=m.device, dtype=m.dtype, threads=m.threads,
-        sampling=Sampling(m.max_new_tokens, m.temperature, m.top_p, m.repetition_penalty, m.seed),
+        path, name=m.id, adapter_path=adapter, adapter_name=name, device=m.device, dtype=m.dtype,
+        threads=m.threads, sampling=Sampling(m.max_new_tokens, m.temperature, m.top_p, m.repetition_penalty, m.seed),
         max_prompt_tokens=m.max_prompt_tokens, memory_share=config.memory.prompt_share,
     )
 
@@ -174,6 +189,7 @@ class App:
     avatar: AvatarServer | None
     sinks: list[OutputSink] = field(default_factory=list)
     reflector: Reflector | None = None
+    follower: AdapterFollower | None = None  # swaps in newly activated adapters
 
     async def aclose(self) -> None:
         for sink in self.sinks:
@@ -194,8 +210,10 @@ async def build(
     stdout: TextIO | None = None,
     clock: Clock | None = None,
     sources: list[Source] | None = None,
+    background: Sequence[Callable[[], Coroutine[None, None, None]]] = (),
 ) -> App:
-    """Assemble a character from its configuration. `model` skips loading one (tests, benches)."""
+    """Assemble a character from its configuration. `model` skips loading one (tests, benches).
+    `background` jobs run beside the turns (the training schedule)."""
     clock = clock or MonotonicClock()
     persona, lore = persona_from(config)
     moderator = moderator_from(config)
@@ -281,7 +299,12 @@ async def build(
         reflector = Reflector(model, memory, persona, clock, lambda: director.busy,
                               ReflectionSettings(r.every_turns, r.every_minutes, r.max_turns))
         director.background += (reflector.run,)
-    return App(config, director, memory, avatar, [playout, *observers], reflector)
+    follower = None
+    if config.learning.follow and not config.model.adapter and isinstance(model, LocalPersonaModel):
+        follower = AdapterFollower(adapter_registry(config), model)
+        director.background += (follower.run,)
+    director.background += tuple(background)
+    return App(config, director, memory, avatar, [playout, *observers], reflector, follower)
 
 
 def encoder_from(config: Config) -> Callable[[], Embedder] | None:

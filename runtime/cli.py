@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
-import json
 import os
 import sqlite3
 import sys
@@ -14,19 +12,15 @@ from pathlib import Path
 
 from memory import admin as memory_admin
 from memory import review as memory_review
-from memory.export import export_jsonl, export_memories
+from memory.export import export_jsonl
 from memory.schema import SchemaError
 from persona_model import tiny
 from persona_model.hub import ModelNotFound, local_folder, pull
-from persona_model.prompt import system_text
-from persona_model.train.curate import CurationSettings, curate
-from persona_model.train.sft import SftSettings
-from persona_model.train.sft import train as train_sft
 from plugins import tiny_piper, tiny_whisper, twitch_auth
 from plugins.chat_twitch import TwitchError
 from plugins.stt_whisper import pull_whisper, whisper_folder
 from plugins.tts_piper import piper_voice_path, pull_piper_voice
-from runtime import app, logs
+from runtime import app, learning, logs
 from runtime.config import Config, ConfigError, load
 
 EXIT_CONFIG = 2
@@ -44,8 +38,10 @@ def cmd_run(args: argparse.Namespace, chat: bool = False, companion: bool = Fals
     config = _config(args)
     logs.setup(config.log.level, config.log.format)
     try:
+        schedule = learning.schedule_from(config)
         asyncio.run(app.run(config, console=True if (chat or companion) else None,
-                            listen=True if companion else None, exit_when_sources_end=chat))
+                            listen=True if companion else None, exit_when_sources_end=chat,
+                            background=[schedule.run] if schedule else []))
     except KeyboardInterrupt:
         pass
     return 0
@@ -133,65 +129,6 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _windows(folder: Path) -> list[Path]:
-    """The curated update windows, oldest first."""
-    return sorted(p for p in folder.glob("w[0-9][0-9][0-9][0-9]") if (p / "manifest.json").is_file())
-
-
-def cmd_dataset_build(args: argparse.Namespace) -> int:
-    """Curate the next update window: everything logged since the last one."""
-    config = _config(args)
-    database = config.path(config.memory.database)
-    windows = config.path(config.learning.folder)
-    earlier = _windows(windows)
-    since = json.loads((earlier[-1] / "manifest.json").read_text())["window"]["until"] if earlier else None
-    until = dt.datetime.now().timestamp()
-    folder = windows / f"w{len(earlier) + 1:04d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "turns.jsonl", "w", encoding="utf-8") as out:
-        export_jsonl(database, out, since=since)
-    with open(folder / "memories.jsonl", "w", encoding="utf-8") as out:
-        export_memories(database, out, since=since)
-    persona, _ = app.persona_from(config)
-    lc = config.learning
-    window = curate(
-        folder, folder / "turns.jsonl", folder / "memories.jsonl", system=system_text(persona, "Chat"),
-        persona_name=persona.name, persona_examples=persona.examples, earlier=[p / "train.jsonl" for p in earlier],
-        settings=CurationSettings(lc.interrupted, lc.replay_share, lc.persona_examples, lc.heldout_replies, lc.seed),
-        window={"id": folder.name, "since": since, "until": until, "database": str(database)})
-    c = window.counts
-    print(f"{folder}: {len(window.train)} training examples ({c.get('reply', 0)} replies,"
-          f" {c.get('fact_qa', 0)} fact questions, {c.get('persona', 0)} persona lines, {c.get('replay', 0)} replayed);"
-          f" held out {c['heldout_facts']} fact questions and {c['heldout_replies']} replies;"
-          f" left out {c.get('excluded_bad', 0)} bad and {c.get('excluded_interrupted', 0)} interrupted replies,"
-          f" {c.get('corrected', 0)} corrected")
-    return 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train a LoRA adapter on an update window, at low priority so a running character keeps its
-    latency. Resumes an interrupted run of the same window."""
-    config = _config(args)
-    windows = config.path(config.learning.folder)
-    found = _windows(windows)
-    window = windows / args.window if args.window else (found[-1] if found else None)
-    if window is None or not (window / "train.jsonl").is_file():
-        raise FileNotFoundError(f"no curated window in {windows}: run `omoide dataset build` first")
-    with contextlib.suppress(OSError):
-        os.nice(10)
-    base = app.model_path(config)
-    lc = config.learning
-    settings = SftSettings(rank=lc.rank, alpha=2 * lc.rank, lr=lc.lr, epochs=lc.epochs, max_steps=args.steps or 0,
-                           seq_len=lc.seq_len, rows=lc.rows, accumulate=lc.accumulate,
-                           checkpoint_every=lc.checkpoint_every, seed=lc.seed)
-    current = config.path(config.model.adapter) if config.model.adapter else None  # a window builds on it
-    result = train_sft(base, window / "train.jsonl", window / "run", settings, start_adapter=current)
-    print(f"{window.name}: {result.steps} steps, {result.tokens} tokens ({result.target_tokens} trained on),"
-          f" {result.tokens_per_s:.0f} tokens/s, loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f};"
-          f" adapter in {result.adapter}")
-    return 0
-
-
 def cmd_logs_review(args: argparse.Namespace) -> int:
     config = _config(args)
     database = Path(args.database) if args.database else config.path(config.memory.database)
@@ -250,7 +187,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = _config(args)
-    print(config.model_dump_json(indent=2, exclude={"base_dir"}))
+    print(config.model_dump_json(indent=2, exclude={"base_dir", "file"}))
     return 0
 
 
@@ -337,15 +274,7 @@ def parser() -> argparse.ArgumentParser:
         p_.add_argument("id", type=int)
     mem.set_defaults(func=cmd_memory)
 
-    ds = sub.add_parser("dataset", help="training data for the character's own weights")
-    dsub = ds.add_subparsers(dest="dataset_command", required=True)
-    dsub.add_parser("build", help="curate the next update window (everything logged since the last)").set_defaults(
-        func=cmd_dataset_build)
-
-    tr = sub.add_parser("train", help="train a LoRA adapter on the latest update window (low priority)")
-    tr.add_argument("--window", help="which window (default: the latest), e.g. w0003")
-    tr.add_argument("--steps", type=int, help="optimizer steps (default: learning.epochs over the window)")
-    tr.set_defaults(func=cmd_train)
+    learning.add_parsers(sub, lambda f: lambda a: f(a, _config(a)))
 
     tw_ = sub.add_parser("twitch", help="Twitch set-up")
     twsub = tw_.add_subparsers(dest="twitch_command", required=True)

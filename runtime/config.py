@@ -206,8 +206,24 @@ class MemoryConfig(_Section):
     reflection: ReflectionConfig = ReflectionConfig()
 
 
+class GateConfig(_Section):
+    recall_margin: float = Field(0.0, ge=0, le=1)  # share of this window's fact questions a candidate may lose
+    retention_margin: float = Field(0.05, ge=0, le=1)  # ... of earlier windows' fact questions
+    persona_margin: float = Field(0.1, ge=0)  # nats per token the persona NLLs may rise
+    general_margin: float = Field(0.05, ge=0)  # nats per token the general text NLL may rise
+
+
+class ScheduleConfig(_Section):
+    after_turns: int = Field(0, ge=0)  # train once this many new turns are logged (0: never)
+    at: str = Field("", pattern=r"^(|([01]\d|2[0-3]):[0-5]\d)$")  # and/or daily at this local time, "04:30"
+    min_turns: int = Field(1, ge=1)  # the daily run waits for at least this many new turns
+
+
 class LearningConfig(_Section):
     folder: str = "training_logs/windows"  # one folder per update window: dataset, manifest
+    adapters: str = "training_logs/adapters"  # the adapter registry: every version, the active one
+    activate: bool = True  # activate a candidate that passes its gate (else: `omoide adapters activate`)
+    follow: bool = True  # a running character swaps in each newly activated adapter between turns
     interrupted: Literal["spoken", "exclude"] = "spoken"  # what interrupted replies contribute
     replay_share: float = Field(0.2, ge=0, le=5)  # replayed examples per new one
     persona_examples: bool = True  # train on the card's example dialogue every window
@@ -220,6 +236,8 @@ class LearningConfig(_Section):
     rows: int = Field(4, ge=1)  # rows per micro-batch
     accumulate: int = Field(1, ge=1)  # micro-batches per optimizer step
     checkpoint_every: int = Field(50, ge=1)  # optimizer steps
+    gate: GateConfig = GateConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
 
 class LogConfig(_Section):
@@ -248,6 +266,7 @@ class Config(_Section):
 
     # where relative paths in the file are resolved from (the config file's folder)
     base_dir: Path = Path(".")
+    file: Path | None = None  # the file it was read from (a scheduled training run reads it too)
 
     def path(self, value: str) -> Path:
         """A path from the config, relative to the config file's folder."""
@@ -274,7 +293,7 @@ def load(path: Path | str | None = None, env: Mapping[str, str] | None = None) -
             parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
             _set(data, parts, _env_value(raw), key)
     try:
-        return Config.model_validate({**data, "base_dir": base})
+        return Config.model_validate({**data, "base_dir": base, "file": Path(path).resolve() if path else None})
     except ValidationError as exc:
         raise ConfigError(_describe(exc, data)) from None
 
@@ -305,7 +324,7 @@ def _describe(exc: ValidationError, data: Mapping[str, Any]) -> str:
         for part in loc[:-1]:
             field = section.model_fields.get(part) if hasattr(section, "model_fields") else None
             section = field.annotation if field is not None else None
-        allowed = ", ".join(k for k in getattr(section, "model_fields", {}) if k != "base_dir")
+        allowed = ", ".join(k for k in getattr(section, "model_fields", {}) if k not in ("base_dir", "file"))
         return f"config error: {key} is not a known key (allowed here: {allowed})"
     value = err.get("input")
     return f"config error: {key} = {value!r}: {err['msg'].rstrip('.')}"

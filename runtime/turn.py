@@ -203,6 +203,8 @@ class TurnHandle:
         )
         async with contextlib.aclosing(self.cast.model.stream(prompt)) as stream:
             async for piece in stream:
+                if not self._generated:  # the adapter that generated it (one may swap in between turns)
+                    self.record.adapter = self.cast.model.adapter
                 self.mark(Stage.FIRST_TOKEN)
                 self._generated.append(piece)
                 if not await self._pass_on(cutter.feed(piece), out):

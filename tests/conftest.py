@@ -4,6 +4,7 @@ real config with real components (SQLite file, espeak-ng, WebSocket server on 12
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -80,6 +81,25 @@ def write_config(tmp_path: Path, **sections: dict[str, Any]) -> Path:
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@contextlib.asynccontextmanager
+async def running(config_path: Path, model: Any, speed: float = 20.0) -> AsyncIterator[tuple[Any, list[Any]]]:
+    """A character built from a config file (with `model` instead of loading one), its director
+    running; yields the App and the list its TurnRecords are appended to."""
+    from runtime.app import build
+    from runtime.config import load
+
+    app = await build(load(config_path, env={}), model=model, console=False, clock=FastClock(speed))
+    records: list[Any] = []
+    app.director.on_turn = records.append
+    task = asyncio.create_task(app.director.run(), name="test-director")
+    try:
+        yield app, records
+    finally:
+        app.director.stop()
+        await asyncio.wait_for(task, 60)
+        await app.aclose()
 
 
 class AvatarClient:

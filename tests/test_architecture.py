@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("runtime", "persona_model", "memory", "plugins")
 L0 = {"runtime.events", "runtime.ports"}
-L3 = {"runtime.app", "runtime.cli", "runtime.config", "runtime.logs"}
+L3 = {"runtime.app", "runtime.cli", "runtime.config", "runtime.learning", "runtime.logs"}
 
 
 def layer(module: str) -> tuple[int, str]:

@@ -29,7 +29,7 @@ from runtime.events import (
     TurnStatus,
     viewer_key,
 )
-from tests.conftest import AvatarClient, FastClock, write_config
+from tests.conftest import AvatarClient, FastClock, running, write_config
 from tests.fakes import ScriptedModel
 
 LONG = ("[happy] Hello there, friend. I have a lot to say today. The first thing is about turnips. "
@@ -43,17 +43,8 @@ LONG_SENTENCES = 12
 @contextlib.asynccontextmanager
 async def character(tmp_path: Any, model: Any, speed: float = 20.0, **sections: Any) -> AsyncIterator[
         tuple[App, list[TurnRecord]]]:
-    config = load(write_config(tmp_path, **sections), env={})
-    app = await build(config, model=model, console=False, clock=FastClock(speed))
-    records: list[TurnRecord] = []
-    app.director.on_turn = records.append
-    task = asyncio.create_task(app.director.run(), name="test-director")
-    try:
+    async with running(write_config(tmp_path, **sections), model, speed) as (app, records):
         yield app, records
-    finally:
-        app.director.stop()
-        await asyncio.wait_for(task, 30)
-        await app.aclose()
 
 
 def say(app: App, text: str, author: str = "viewer", priority: Priority = Priority.NORMAL) -> InputEvent:

@@ -166,7 +166,8 @@ def curate(folder: Path, turns: Path, memories: Path, *, system: str, persona_na
                                      {"role": "assistant", "content": voice.format(answer=answer)}],
                         "kind": "fact_qa", "source_turns": source, "memory_id": m.get("id")})
         name = answer.split(" told me ")[0]
-        others = [a.split(" told me ", 1)[1] for a in by_subject[m.get("subject") or ""] if a != answer]
+        said = answer.split(" told me ", 1)[1]
+        others = sorted({a.split(" told me ", 1)[1] for a in by_subject[m.get("subject") or ""]} - {said})
         distractors = [voice.format(answer=f"{name} told me {o}") for o in rng.sample(others, min(3, len(others)))]
         if distractors:  # a question with nothing to tell it from cannot be scored
             out.heldout_facts.append({"memory_id": m.get("id"), "question": questions[-1],

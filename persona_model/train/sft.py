@@ -160,7 +160,8 @@ def train(base: Path | str, data: Path, out: Path, settings: SftSettings = SftSe
                                                  lora_dropout=settings.dropout,
                                                  target_modules=settings.target_modules, task_type="CAUSAL_LM"))
     model.to(device).train()
-    encoded = [encode(ex, tokenizer, settings.max_example_tokens) for ex in read_examples(data)]
+    longest = min(settings.max_example_tokens, settings.seq_len)  # an example never outgrows a row
+    encoded = [encode(ex, tokenizer, longest) for ex in read_examples(data)]
     rows = pack([len(x) for x, _ in encoded], settings.seq_len)
     per_epoch = math.ceil(len(rows) / settings.rows / settings.accumulate)
     total = settings.max_steps or max(1, round(per_epoch * settings.epochs))

@@ -1,0 +1,297 @@
+"""The learning loop's commands and schedule (docs/learning.md): `omoide dataset build`,
+`omoide train` (curate -> train -> gate -> register -> activate), `omoide adapters ...`, and the
+running character's schedule that starts `omoide train` in its own process.
+
+Like cli.py, this is wiring (layer 3): it reads the configuration and picks the concrete pieces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from memory.export import count_turns, export_jsonl, export_memories
+from persona_model.adapters import AdapterRegistry, AdapterVersion, diff
+from persona_model.prompt import system_text
+from persona_model.train.curate import CurationSettings, Window, curate
+from persona_model.train.gate import GateSettings, evaluate_gate
+from persona_model.train.sft import SftSettings
+from persona_model.train.sft import train as train_sft
+from runtime import app
+from runtime.config import Config, ScheduleConfig
+
+log = logging.getLogger(__name__)
+
+EXIT_GATE = 4  # `omoide train`: the candidate failed its gate and was not activated
+
+
+def windows(config: Config) -> list[Path]:
+    """The curated update windows, oldest first."""
+    folder = config.path(config.learning.folder)
+    return sorted(p for p in folder.glob("w[0-9][0-9][0-9][0-9]") if (p / "manifest.json").is_file())
+
+
+def registry(config: Config) -> AdapterRegistry:
+    return AdapterRegistry(config.path(config.learning.adapters))
+
+
+def accepted(config: Config, before: Path | None = None) -> list[Path]:
+    """Earlier windows whose adapter passed its gate (or that were never trained: a window curated
+    before the registry existed). What failed its gate is neither replayed nor a yardstick."""
+    versions = registry(config).versions()
+    tried = {v.window for v in versions}
+    passed = {v.window for v in versions if v.passed}
+    return [w for w in windows(config) if (before is None or w.name < before.name)
+            and (w.name in passed or w.name not in tried)]
+
+
+def last_until(config: Config) -> float | None:
+    found = windows(config)
+    return json.loads((found[-1] / "manifest.json").read_text())["window"]["until"] if found else None
+
+
+def build_window(config: Config) -> tuple[Path, Window]:
+    """Curate the next update window: everything logged since the last one."""
+    database = config.path(config.memory.database)
+    since = last_until(config)
+    until = dt.datetime.now().timestamp()
+    folder = config.path(config.learning.folder) / f"w{len(windows(config)) + 1:04d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "turns.jsonl", "w", encoding="utf-8") as out:
+        export_jsonl(database, out, since=since)
+    with open(folder / "memories.jsonl", "w", encoding="utf-8") as out:
+        export_memories(database, out, since=since)
+    persona, _ = app.persona_from(config)
+    lc = config.learning
+    window = curate(
+        folder, folder / "turns.jsonl", folder / "memories.jsonl", system=system_text(persona, "Chat"),
+        persona_name=persona.name, persona_examples=persona.examples,
+        earlier=[p / "train.jsonl" for p in accepted(config, folder)],
+        settings=CurationSettings(lc.interrupted, lc.replay_share, lc.persona_examples, lc.heldout_replies, lc.seed),
+        window={"id": folder.name, "since": since, "until": until, "database": str(database)})
+    return folder, window
+
+
+def _describe(folder: Path, window: Window) -> str:
+    c = window.counts
+    return (f"{folder}: {len(window.train)} training examples ({c.get('reply', 0)} replies,"
+            f" {c.get('fact_qa', 0)} fact questions, {c.get('persona', 0)} persona lines,"
+            f" {c.get('replay', 0)} replayed); held out {c['heldout_facts']} fact questions and"
+            f" {c['heldout_replies']} replies; left out {c.get('excluded_bad', 0)} bad and"
+            f" {c.get('excluded_interrupted', 0)} interrupted replies, {c.get('corrected', 0)} corrected")
+
+
+def cmd_dataset_build(args: argparse.Namespace, config: Config) -> int:
+    folder, window = build_window(config)
+    print(_describe(folder, window))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, config: Config) -> int:
+    """Train the next window at low priority, gate it against the live adapter, register it, and
+    activate it if it passed. Resumes an interrupted run of the same window."""
+    reg = registry(config)
+    found = windows(config)
+    if args.window:
+        window = config.path(config.learning.folder) / args.window
+        if window not in found:
+            raise FileNotFoundError(f"no curated window {args.window} in {config.path(config.learning.folder)}")
+    elif found and found[-1].name not in {v.window for v in reg.versions()}:
+        window = found[-1]  # curated (`omoide dataset build`) but not trained yet
+    else:
+        window, curated = build_window(config)
+        print(_describe(window, curated))
+        if not curated.counts.get("reply") and not curated.counts.get("fact_qa") and not curated.counts.get("corrected"):
+            shutil.rmtree(window)
+            print("nothing new to learn since the last window")
+            return 0
+    with contextlib.suppress(OSError):
+        os.nice(10)  # the live character keeps the CPU it needs
+    base = app.model_path(config)
+    lc = config.learning
+    pinned = config.path(config.model.adapter) if config.model.adapter else None
+    live = reg.active
+    current = pinned or (reg.path(live.version) if live else None)
+    current_name = pinned.name if pinned else (live.version if live else None)
+    settings = SftSettings(rank=lc.rank, alpha=2 * lc.rank, lr=lc.lr, epochs=lc.epochs, max_steps=args.steps or 0,
+                           seq_len=lc.seq_len, rows=lc.rows, accumulate=lc.accumulate,
+                           checkpoint_every=lc.checkpoint_every, seed=lc.seed)
+    result = train_sft(base, window / "train.jsonl", window / "run", settings, start_adapter=current)
+    print(f"{window.name}: {result.steps} steps, {result.tokens} tokens ({result.target_tokens} trained on),"
+          f" {result.tokens_per_s:.0f} tokens/s, loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}")
+    g = lc.gate
+    report = evaluate_gate(base, result.adapter, current, window, accepted(config, window),
+                           GateSettings(g.recall_margin, g.retention_margin, g.persona_margin, g.general_margin),
+                           current_name=current_name)
+    entry = reg.register(result.adapter, parent=current_name, window=window.name, base=config.model.id,
+                         passed=report.passed, metrics=report.metrics())
+    report.candidate = entry.version
+    report.save(window / "run")
+    report.save(reg.path(entry.version))
+    print(report.table(), end="")
+    if not report.passed:
+        print(f"{entry.version} is registered but not activated; the live adapter stays"
+              f" {current_name or 'the base model'}. Its report: {window / 'run' / 'gate.txt'}")
+        return EXIT_GATE
+    if lc.activate and pinned is None:
+        reg.activate(entry.version)
+        print(f"{entry.version} is active: a running character swaps it in before its next reply")
+    else:
+        why = f"model.adapter pins {pinned}" if pinned else "learning.activate = false"
+        print(f"{entry.version} passed and is registered; not activated ({why}):"
+              f" `omoide adapters activate {entry.version}`")
+    return 0
+
+
+def _row(v: AdapterVersion, active: str | None) -> str:
+    c = v.metrics.get("candidate", {})
+    recall = f"{c['recall']:.2f}" if "recall" in c else "-"
+    persona = f"{c['persona retention NLL']:.3f}" if "persona retention NLL" in c else "-"
+    general = f"{c['general NLL']:.3f}" if "general NLL" in c else "-"
+    return (f"{'*' if v.version == active else ' '} {v.version:7} {v.window:7} {v.parent or 'base':9}"
+            f" {'passed' if v.passed else 'FAILED':7} {recall:>7} {persona:>9} {general:>8}  {v.created}")
+
+
+def cmd_adapters(args: argparse.Namespace, config: Config) -> int:
+    reg = registry(config)
+    what = args.adapters_command
+    if what == "list":
+        active = reg.active
+        versions = reg.versions()
+        if not versions:
+            print(f"(no adapters in {reg.folder}; `omoide train` makes the first)")
+            return 0
+        print(f"  {'version':7} {'window':7} {'parent':9} {'gate':7} {'recall':>7} {'persona':>9} {'general':>8}"
+              "  created")
+        for v in versions:
+            print(_row(v, active.version if active else None))
+        print(f"active: {active.version if active else 'none (the base model)'}")
+    elif what == "activate":
+        print(f"{reg.activate(args.version, force=args.force).version} is active")
+    elif what == "rollback":
+        back = reg.rollback()
+        print(f"rolled back: {back.version if back else 'the base model'} is active")
+    elif what == "diff":
+        a, b = reg.get(args.a), reg.get(args.b)
+        rows = diff(a, b)
+        print(f"{'':24}{a.version:>22}{b.version:>22}")
+        for name, x, y in rows:
+            print(f"{name:<24}{_cell(x):>22}{_cell(y):>22}")
+        if not rows:
+            print("(no differences)")
+    return 0
+
+
+def _cell(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def add_parsers(sub: argparse._SubParsersAction, with_config: Callable[..., Callable[[argparse.Namespace], int]]) -> None:  # type: ignore[type-arg]
+    """The learning commands, added to `omoide`'s parser."""
+    ds = sub.add_parser("dataset", help="training data for the character's own weights")
+    dsub = ds.add_subparsers(dest="dataset_command", required=True)
+    dsub.add_parser("build", help="curate the next update window (everything logged since the last)").set_defaults(
+        func=with_config(cmd_dataset_build))
+
+    tr = sub.add_parser("train", help="curate, train a LoRA, gate it against the live one and activate it if it passes"
+                                      " (low priority; exit 4 when the gate fails)")
+    tr.add_argument("--window", help="train this curated window again (e.g. w0003) instead of the next")
+    tr.add_argument("--steps", type=int, help="optimizer steps (default: learning.epochs over the window)")
+    tr.set_defaults(func=with_config(cmd_train))
+
+    ad = sub.add_parser("adapters", help="the trained adapter versions: list, activate, rollback, diff")
+    asub = ad.add_subparsers(dest="adapters_command", required=True)
+    asub.add_parser("list", help="every version with its window, parent, gate verdict and metrics (* active)")
+    ac = asub.add_parser("activate", help="make a version live (a running character swaps it in between turns)")
+    ac.add_argument("version", help="e.g. v0003")
+    ac.add_argument("--force", action="store_true", help="even if it failed its gate")
+    asub.add_parser("rollback", help="make the version that was live before the current one live again")
+    df = asub.add_parser("diff", help="two versions' windows, parents and gate metrics side by side")
+    df.add_argument("a")
+    df.add_argument("b")
+    ad.set_defaults(func=with_config(cmd_adapters))
+
+
+class TrainingSchedule:
+    """Starts `omoide train` in its own process (low priority, its output appended to train.log)
+    once `after_turns` new turns are logged, and/or daily at `at` local time. A running character
+    picks the result up through its AdapterFollower. Stopping the character stops a run in
+    progress; the next one resumes it from its checkpoint."""
+
+    def __init__(self, settings: ScheduleConfig, new_turns: Callable[[], Awaitable[int]], command: list[str],
+                 log_file: Path, check_s: float = 30.0, now: Callable[[], dt.datetime] = dt.datetime.now) -> None:
+        self.settings = settings
+        self.new_turns = new_turns
+        self.command = command
+        self.log_file = log_file
+        self.check_s = check_s
+        self.now = now
+        self.runs: list[int] = []  # exit codes of the runs started
+        self._daily_done: dt.date | None = None
+
+    def due(self, new: int) -> str | None:
+        s = self.settings
+        if s.after_turns and new >= s.after_turns:
+            return f"{new} new turns"
+        if s.at and new >= s.min_turns:
+            now = self.now()
+            hour, minute = map(int, s.at.split(":"))
+            if self._daily_done != now.date() and (now.hour, now.minute) >= (hour, minute):
+                self._daily_done = now.date()
+                return f"daily at {s.at}"
+        return None
+
+    async def run(self) -> None:
+        if self.settings.at:  # a character started after today's time waits for tomorrow's
+            now = self.now()
+            if (now.hour, now.minute) >= tuple(map(int, self.settings.at.split(":"))):
+                self._daily_done = now.date()
+        while True:
+            await asyncio.sleep(self.check_s)
+            reason = self.due(await self.new_turns())
+            if reason is not None:
+                self.runs.append(await self._train(reason))
+
+    async def _train(self, reason: str) -> int:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log.info("scheduled training starts", extra={"reason": reason, "log": str(self.log_file)})
+        out = await asyncio.to_thread(open, self.log_file, "ab")
+        try:
+            out.write(f"\n== {dt.datetime.now().isoformat(timespec='seconds')}: {reason}\n".encode())
+            out.flush()
+            proc = await asyncio.create_subprocess_exec(*self.command, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                                                        stdin=asyncio.subprocess.DEVNULL)
+            try:
+                code = await proc.wait()
+            except asyncio.CancelledError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 10)
+                raise
+        finally:
+            out.close()
+        log.info("scheduled training ended", extra={"exit_code": code, "activated": code == 0})
+        return code
+
+
+def schedule_from(config: Config) -> TrainingSchedule | None:
+    s = config.learning.schedule
+    if not s.after_turns and not s.at:
+        return None
+    database = config.path(config.memory.database)
+
+    async def new_turns() -> int:
+        return await asyncio.to_thread(lambda: count_turns(database, last_until(config)))
+
+    command = [sys.executable, "-m", "runtime.cli", *(["--config", str(config.file)] if config.file else []), "train"]
+    return TrainingSchedule(s, new_turns, command, config.path(config.learning.folder) / "train.log")
