@@ -119,6 +119,9 @@ class _Staged:
     path: Path | None
     config: dict[str, Any] | None
     tensors: dict[str, torch.Tensor] | None
+    # each tensor paired with the live parameter it replaces, when every one has its place
+    copies: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    into: tuple[int, str] | None = None  # (id of the model, adapter slot) the copies were matched to
 
 
 class LocalPersonaModel:
@@ -186,6 +189,13 @@ class LocalPersonaModel:
             tensors = {k: v.to(dtype) for k, v in load_file(Path(path) / "adapter_model.safetensors",
                                                             device=str(device)).items()}
             staged = _Staged(version or Path(path).name, Path(path), config, tensors)
+            model, slot = self.model, self._slot
+            if isinstance(model, PeftModel) and _shape_of(config) == self._shape:
+                live = dict(model.named_parameters())
+                names = [_live_name(k, slot) for k in tensors]
+                if all(n in live and live[n].shape == t.shape for n, t in zip(names, tensors.values(), strict=True)):
+                    staged.copies = [(live[n], t) for n, t in zip(names, tensors.values(), strict=True)]
+                    staged.into = (id(model), slot)
         with self._staging:
             self._staged = staged
 
@@ -219,7 +229,12 @@ class LocalPersonaModel:
                 _lora(model).disable_adapter_layers()
         elif not isinstance(model, PeftModel):  # the first adapter: LoRA layers are added (slower, once)
             self.model = PeftModel.from_pretrained(model, str(staged.path)).eval()
-        elif _shape_of(staged.config) == self._shape:  # the usual case: copy into the live tensors
+        elif staged.copies is not None and staged.into == (id(model), self._slot):  # the usual case
+            with torch.no_grad():
+                for live, new in staged.copies:
+                    live.copy_(new)
+            _lora(model).enable_adapter_layers()
+        elif _shape_of(staged.config) == self._shape:  # the same shape, matched by peft's own loader
             set_peft_model_state_dict(model, staged.tensors, adapter_name=self._slot)
             _lora(model).enable_adapter_layers()
         else:  # another rank or other layers: load it as a second adapter, then drop the old one
@@ -323,6 +338,13 @@ def _peft_config(model: Any) -> dict[str, Any] | None:
     if not isinstance(model, PeftModel):
         return None
     return dict(model.peft_config[model.active_adapter].to_dict())
+
+
+def _live_name(key: str, slot: str) -> str:
+    """A saved adapter's tensor name as the live model calls it: peft saves
+    "...q_proj.lora_A.weight" and holds "...q_proj.lora_A.<slot>.weight"."""
+    head, _, last = key.rpartition(".")
+    return f"{head}.{slot}.{last}" if last == "weight" and head.rsplit(".", 1)[-1].startswith("lora_") else key
 
 
 def _lora(model: PeftModel) -> Any:
