@@ -4,8 +4,9 @@ model, LoRA settings and number of examples, in one run. Tokens/s counts real (n
 tokens.
 
 The data is a real curated window: 200 generated viewers' facts through `curate` (questions in
-three wordings, answered in character), plus their replies in chat (prompts with the persona's
-system text), so example lengths vary the way a window's do.
+three wordings, answered in character), plus the character's replies to them, each with the
+persona's system text and the conversation before it as the runtime logs it (`--history`), so
+example lengths vary the way a window's do: short questions beside long replies.
 
     python bench/train_throughput.py                 # the learner tiny model
     python bench/train_throughput.py --like smollm2-135m --examples 64   # random weights, real shape
@@ -40,16 +41,24 @@ from persona_model.train.sft import SftSettings, encode, train  # noqa: E402
 from tests.memory_set import generate  # noqa: E402
 
 
-def window(folder: Path, examples: int) -> Path:
+def window(folder: Path, examples: int, history: int) -> Path:
+    """A curated window from a generated stream: each viewer states a fact and the character
+    answers; each reply's prompt carries the `history` exchanges before it, as the runtime logs
+    them (turn.history_messages = 24 by default: 12 exchanges)."""
     cases = generate(viewers=200, per_viewer=1)
     memories = [{"id": i, "kind": "fact", "text": c.fact, "subject": c.fact.split("my ")[-1].split(" ")[0],
                  "viewer_name": c.viewer, "source_turns": []} for i, c in enumerate(cases)]
     (folder / "memories.jsonl").write_text("".join(json.dumps(m) + "\n" for m in memories))
     system = DEFAULT_SYSTEM.format(name="Testa")
-    turns = [{"messages": [{"role": "system", "content": system},
-                           {"role": "user", "content": f"[viewer chat] {c.viewer}: {c.fact.split(': ', 1)[1]}"},
-                           {"role": "assistant", "content": "Oh, that is lovely! Tell me more about it, I want to know."}],
-              "metadata": {"turn_id": f"t{i}"}} for i, c in enumerate(cases)]
+    said: list[dict[str, str]] = []
+    turns = []
+    for i, c in enumerate(cases):
+        user = {"role": "user", "content": f"[viewer chat] {c.viewer}: {c.fact.split(': ', 1)[1]}"}
+        reply = {"role": "assistant", "content": "Oh, that is lovely! Tell me more about it, I want to know."}
+        context = said[len(said) - 2 * history:] if history else []
+        turns.append({"messages": [{"role": "system", "content": system}, *context, user, reply],
+                      "metadata": {"turn_id": f"t{i}"}})
+        said += [user, reply]
     (folder / "turns.jsonl").write_text("".join(json.dumps(t) + "\n" for t in turns))
     curate(folder / "w", folder / "turns.jsonl", folder / "memories.jsonl", system=system, persona_name="Testa",
            settings=CurationSettings(persona_examples=False, heldout_replies=0))
@@ -86,15 +95,17 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=480)
     ap.add_argument("--batch", type=int, default=8, help="examples per batch for the baseline")
     ap.add_argument("--seq-len", type=int, default=512, help="our packed row length")
+    ap.add_argument("--history", type=int, default=12,
+                    help="exchanges of conversation before each reply, as logged (default 12; 0: none)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         base = tiny.build(work / "model", like=args.like, train_steps=0 if args.like != "learner" else 120)
-        data = window(work, args.examples)
+        data = window(work, args.examples, args.history)
         n = len(data.read_text().splitlines())
         tok = AutoTokenizer.from_pretrained(base)
         lengths = [len(encode(json.loads(x), tok, 512)[0]) for x in data.read_text().splitlines()]
-        print(f"{args.like}: {n} examples, {sum(lengths)} tokens (length {min(lengths)}-{max(lengths)},"
+        print(f"{args.like}, history {args.history}: {n} examples, {sum(lengths)} tokens (length {min(lengths)}-{max(lengths)},"
               f" mean {sum(lengths) / n:.0f}); torch threads {torch.get_num_threads()}")
         # ours: rows of seq_len tokens, as many rows per step as hold about `batch` examples
         rows = max(1, round(args.batch * (sum(lengths) / n) / args.seq_len))

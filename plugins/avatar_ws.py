@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import socket
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,10 @@ SLOW_CLIENT = 4008  # close code for a client that could not keep up
 # what the kernel may hold for one client; past it (and the message queue) the client is "slow"
 SEND_BUFFER = 256 * 1024
 
+# an operator command from a client: its message in, the fields of its `<type>_result` out; a
+# ValueError becomes an `error` message naming what was wrong
+Command = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
 
 @dataclass(eq=False)
 class _Client:
@@ -43,7 +48,8 @@ class AvatarServer:
     """Implements the OutputSink port (non-pacing) over WebSocket."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8765, *, audio_format: str = "wav",
-                 character: str = "", queue_size: int = 256) -> None:
+                 character: str = "", queue_size: int = 256,
+                 commands: Mapping[str, Command] | None = None) -> None:
         if audio_format not in ("wav", "pcm"):
             raise ValueError(f"avatar audio format must be 'wav' or 'pcm', not {audio_format!r}")
         self.host = host
@@ -51,6 +57,7 @@ class AvatarServer:
         self.audio_format = audio_format
         self.character = character
         self.queue_size = queue_size
+        self.commands = dict(commands or {})  # message type -> handler, for operator tools
         self._clients: set[_Client] = set()
         self._server: Server | None = None
         self._turn_start: str | None = None  # replayed to a client that joins mid-turn
@@ -166,7 +173,7 @@ class AvatarServer:
                 await ws.close(SLOW_CLIENT, "too slow: messages were piling up")
 
     async def _read(self, client: _Client) -> None:
-        """Read (and so answer pings for) what a client sends; nothing is expected yet."""
+        """Read (and so answer pings for) what a client sends: operator commands."""
         try:
             async for raw in client.ws:
                 try:
@@ -175,13 +182,35 @@ class AvatarServer:
                     log.warning("avatar client sent something that is not JSON",
                                 extra={"client": client.name})
                     continue
-                kind = message.get("type") if isinstance(message, dict) else None
-                log.debug("avatar client message ignored", extra={"client": client.name, "kind": kind})
+                await self._command(client, message)
         except ConnectionClosed:
             pass
         finally:
             with contextlib.suppress(asyncio.QueueFull):
                 client.queue.put_nowait(None)  # the writer stops too
+
+
+    async def _command(self, client: _Client, message: Any) -> None:
+        """Run an operator command and answer the client that sent it: `<type>_result` with what
+        the handler returned, or `error` naming what was wrong."""
+        kind = message.get("type") if isinstance(message, dict) else None
+        handler = self.commands.get(kind) if isinstance(kind, str) else None
+        request = message.get("request_id") if isinstance(message, dict) else None
+        if handler is None:
+            known = ", ".join(sorted(self.commands)) or "none"
+            answer = _encode("error", request_id=request,
+                             message=f"unknown message type {kind!r}; this server accepts: {known}")
+        else:
+            try:
+                answer = _encode(f"{kind}_result", request_id=request, **await handler(message))
+            except ValueError as exc:
+                answer = _encode("error", request_id=request, message=f"{kind}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - the channel and the character carry on
+                log.exception("avatar channel command failed", extra={"kind": kind})
+                answer = _encode("error", request_id=request, message=f"{kind} failed: {type(exc).__name__}")
+        log.info("avatar client command", extra={"client": client.name, "kind": kind})
+        with contextlib.suppress(asyncio.QueueFull):
+            client.queue.put_nowait(answer)
 
 
 def _encode(kind: str, **fields: Any) -> str:

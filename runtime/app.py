@@ -9,8 +9,9 @@ import signal
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from memory import review as memory_review
 from memory.embed import BUNDLED, Embedder, EmbeddingError
 from memory.embed import resolve as resolve_embedder
 from memory.schema import SchemaError
@@ -20,7 +21,7 @@ from persona_model.card import CardError, load_card
 from persona_model.hub import resolve
 from persona_model.local import LocalPersonaModel, Sampling
 from plugins.audio import EchoGate, PlaybackLog, SynthesizerError
-from plugins.avatar_ws import AvatarServer
+from plugins.avatar_ws import AvatarServer, Command
 from plugins.chat_console import ConsoleChatSource, ConsoleSubtitles
 from plugins.chat_twitch import TwitchChatSource, TwitchError, TwitchReplies, load_account
 from plugins.mic_file import FileMicrophone, MicrophoneError
@@ -242,7 +243,8 @@ async def build(
         avatar = None
         if config.avatar.enabled:
             avatar = AvatarServer(config.avatar.host, config.avatar.port, audio_format=config.avatar.audio_format,
-                                  character=persona.name, queue_size=config.avatar.queue_size)
+                                  character=persona.name, queue_size=config.avatar.queue_size,
+                                  commands={"review": review_command(config.path(config.memory.database))})
             try:
                 await avatar.start()
             except OSError as exc:
@@ -305,6 +307,20 @@ async def build(
         director.background += (follower.run,)
     director.background += tuple(background)
     return App(config, director, memory, avatar, [playout, *observers], reflector, follower)
+
+
+def review_command(database: Path) -> Command:
+    """The avatar channel's `review`: an operator marks a reply good, bad or corrected, as with
+    `omoide logs review` (docs/protocols/avatar.md)."""
+
+    async def review(message: dict[str, Any]) -> dict[str, Any]:
+        turn, verdict, text = message.get("turn_id"), message.get("verdict"), message.get("text")
+        if not isinstance(turn, str) or not isinstance(verdict, str) or not isinstance(text, str | None):
+            raise ValueError('needs "turn_id" and "verdict" as strings (and "text", a string, with "corrected")')
+        turn_id = await asyncio.to_thread(memory_review.review, database, turn, verdict, text)
+        return {"turn_id": turn_id, "verdict": verdict}
+
+    return review
 
 
 def encoder_from(config: Config) -> Callable[[], Embedder] | None:

@@ -4,14 +4,18 @@ error and changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+
+import websockets
 
 from memory.export import export_jsonl
 from memory.store import SqliteMemory
 from runtime.cli import main
 from runtime.events import ChatMessage, InputEvent, InputKind, TurnRecord, TurnStatus
-from tests.conftest import write_config
+from tests.conftest import running, write_config
+from tests.fakes import ScriptedModel
 
 
 async def log_turns(db, replies: list[tuple[str, str]]) -> None:
@@ -64,3 +68,35 @@ async def test_a_wrong_review_says_what_is_wrong_and_changes_nothing(tmp_path, c
         assert message in capsys.readouterr().err
     assert main(["--config", config, "logs", "review", "--unreviewed"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+async def test_an_operator_reviews_a_reply_over_the_avatar_channel(tmp_path):
+    async with running(write_config(tmp_path), ScriptedModel("Five, obviously.")) as (app, records):
+        app.director.submit(InputEvent(InputKind.CHAT, "what is 2+2?", "test", app.director.cast.clock.now(), "you"))
+        while not records:
+            await asyncio.sleep(0.01)
+        await app.memory.flush()
+        turn_id = records[0].turn_id
+        assert app.avatar is not None
+        async with websockets.connect(f"ws://127.0.0.1:{app.avatar.port}") as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"
+
+            async def ask(message: dict) -> dict:
+                await ws.send(json.dumps(message))
+                return json.loads(await ws.recv())
+
+            ok = await ask({"type": "review", "request_id": "r1", "turn_id": turn_id[:8], "verdict": "corrected",
+                            "text": "Four! Easy one."})
+            assert ok == {"type": "review_result", "request_id": "r1", "turn_id": turn_id, "verdict": "corrected"}
+            wrong = await ask({"type": "review", "request_id": "r2", "turn_id": turn_id, "verdict": "meh"})
+            assert wrong["type"] == "error" and wrong["request_id"] == "r2" and "'meh'" in wrong["message"]
+            typed = await ask({"type": "review", "turn_id": 42, "verdict": "bad"})
+            assert typed["type"] == "error" and '"turn_id"' in typed["message"]
+            unknown = await ask({"type": "dance"})
+            assert unknown["type"] == "error" and "accepts: review" in unknown["message"]
+            missing = await ask({"type": "review", "turn_id": "zzzzzzzz", "verdict": "bad"})
+            assert "no turn with id zzzzzzzz" in missing["message"]
+    out = io.StringIO()
+    export_jsonl(tmp_path / "omoide.db", out)
+    meta = json.loads(out.getvalue())["metadata"]
+    assert (meta["review"], meta["corrected_text"]) == ("corrected", "Four! Easy one.")  # kept, not "bad"
