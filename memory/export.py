@@ -25,13 +25,13 @@ def iter_examples(
     rows = conn.execute(
         "SELECT id, started_at, persona, model, adapter, messages, recalled, generated_text,"
         " spoken_text, status, interrupted_at, interrupt_reason, moderated, timings, false_interruptions,"
-        " review, corrected_text"
+        " review, corrected_text, actions"
         f" FROM turns WHERE status IN ({marks}) AND spoken_text != '' AND started_at >= ?"
         " ORDER BY started_at",
         (*statuses, since or 0.0),
     )
     for (turn_id, started_at, persona, model, adapter, messages, recalled, generated, spoken,
-         status, cut_at, reason, moderated, timings, false_interruptions, review, corrected) in rows:
+         status, cut_at, reason, moderated, timings, false_interruptions, review, corrected, actions) in rows:
         inputs = conn.execute(
             "SELECT id, kind, source, author, text FROM inputs WHERE turn_id = ? ORDER BY logged_at",
             (turn_id,),
@@ -61,6 +61,7 @@ def iter_examples(
                 "timings": json.loads(timings),
                 "review": review,  # the operator's: good | bad | corrected | None
                 "corrected_text": corrected,
+                "actions": json.loads(actions),  # game actions the turn took
             },
         }
 

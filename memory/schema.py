@@ -111,6 +111,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE turns ADD COLUMN corrected_text TEXT;    -- the reply as it should have been
     ALTER TABLE turns ADD COLUMN reviewed_at REAL;       -- unix time
     """,
+    # 6: game actions a turn took (Neuro game API)
+    """
+    ALTER TABLE turns ADD COLUMN actions TEXT NOT NULL DEFAULT '[]';  -- JSON: game, name, data, success, message
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -200,22 +200,22 @@ class SqliteMemory:
             _Write(
                 "INSERT INTO turns (id, started_at, updated_at, persona, model, adapter, prompt,"
                 " messages, recalled, generated_text, spoken_text, status, interrupted_at,"
-                " interrupt_reason, moderated, error, timings, false_interruptions)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at,"
+                " interrupt_reason, moderated, error, timings, false_interruptions, actions)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at, adapter = excluded.adapter,"
                 " prompt = excluded.prompt, messages = excluded.messages,"
                 " recalled = excluded.recalled, generated_text = excluded.generated_text,"
                 " spoken_text = excluded.spoken_text, status = excluded.status,"
                 " interrupted_at = excluded.interrupted_at,"
                 " interrupt_reason = excluded.interrupt_reason, moderated = excluded.moderated,"
                 " error = excluded.error, timings = excluded.timings,"
-                " false_interruptions = excluded.false_interruptions",
+                " false_interruptions = excluded.false_interruptions, actions = excluded.actions",
                 (record.turn_id, now, now, record.persona, record.model, record.adapter,
                  record.prompt, json.dumps([[m.role, m.content] for m in record.messages]),
                  json.dumps(list(record.recalled)), record.generated_text, record.spoken_text,
                  str(record.status), record.interrupted_at, record.interrupt_reason,
                  json.dumps(list(record.moderated)), record.error, json.dumps(record.timings),
-                 record.false_interruptions),
+                 record.false_interruptions, json.dumps(list(record.actions), ensure_ascii=False)),
             )
         )
         for event in record.inputs:

@@ -4,6 +4,7 @@ tokens from a worker thread into asyncio and stops as soon as its stream is clos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -13,17 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import torch
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
     TextStreamer,
 )
 
+from persona_model.constrained import SchemaProcessor, TruncatedJson, grammar, ll_tokenizer, tighten
 from persona_model.prompt import PromptRenderer
 from runtime.events import Prompt, PromptContext
 
@@ -270,6 +274,26 @@ class LocalPersonaModel:
         return True
 
     async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
+        async with contextlib.aclosing(self._generate(prompt)) as pieces:
+            async for piece in pieces:
+                yield piece
+
+    async def json(self, prompt: Prompt, schema: dict[str, Any], max_new_tokens: int = 256) -> str:
+        """A JSON document that validates against `schema`, decoded under its grammar
+        (persona_model/constrained.py). Raises SchemaError for a schema the engine cannot use and
+        TruncatedJson when the model ran out of tokens first."""
+        processor = SchemaProcessor(ll_tokenizer(self.tokenizer, int(self.model.config.vocab_size)),
+                                    grammar(tighten(schema)))
+        async with contextlib.aclosing(self._generate(prompt, processor, max_new_tokens)) as pieces:
+            text = "".join([piece async for piece in pieces])
+        try:
+            jsonschema.validate(json.loads(text), schema)
+        except (ValueError, jsonschema.ValidationError) as exc:
+            raise TruncatedJson(f"no complete document in {max_new_tokens} tokens ({exc})") from None
+        return text
+
+    async def _generate(self, prompt: Prompt, processor: SchemaProcessor | None = None,
+                        max_new_tokens: int | None = None) -> AsyncGenerator[str, None]:
         # one generation at a time: wait for the last one's thread (it stops within one token)
         if self._thread is not None and self._thread.is_alive():
             await asyncio.to_thread(self._thread.join)
@@ -286,6 +310,10 @@ class LocalPersonaModel:
         enc = self.tokenizer(prompt.text, return_tensors="pt", add_special_tokens=False)
         stats.prompt_tokens = int(enc["input_ids"].shape[1])
         kwargs = self._generate_kwargs(enc, streamer, stop)
+        if processor is not None:  # JSON: the grammar decides what may come; no repetition penalty
+            kwargs.update(logits_processor=LogitsProcessorList([processor]), repetition_penalty=None)
+        if max_new_tokens is not None:
+            kwargs["max_new_tokens"] = max_new_tokens
 
         def work() -> None:
             try:

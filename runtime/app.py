@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Sequence
@@ -24,6 +25,8 @@ from plugins.audio import EchoGate, PlaybackLog, SynthesizerError
 from plugins.avatar_ws import AvatarServer, Command
 from plugins.chat_console import ConsoleChatSource, ConsoleSubtitles
 from plugins.chat_twitch import TwitchChatSource, TwitchError, TwitchReplies, load_account
+from plugins.game_neuro import GameServer
+from plugins.game_tictactoe import TicTacToe
 from plugins.mic_file import FileMicrophone, MicrophoneError
 from plugins.mic_sounddevice import SoundDeviceMicrophone
 from plugins.speakers_silent import SilentSpeakers
@@ -35,6 +38,7 @@ from plugins.tts_piper import PiperSynthesizer, piper_voice_path
 from runtime.config import Config
 from runtime.director import Director, DirectorSettings
 from runtime.events import Persona
+from runtime.game import GameSettings
 from runtime.inbox import DEFAULT_MAX_AGE, DEFAULT_WEIGHTS, Inbox, Scoring
 from runtime.moderation import ChatFilter, Moderator
 from runtime.ports import Clock, MonotonicClock, OutputSink, PersonaModel, Source, Synthesizer
@@ -191,6 +195,7 @@ class App:
     sinks: list[OutputSink] = field(default_factory=list)
     reflector: Reflector | None = None
     follower: AdapterFollower | None = None  # swaps in newly activated adapters
+    games: GameServer | None = None  # the game API, when on
 
     async def aclose(self) -> None:
         for sink in self.sinks:
@@ -225,7 +230,7 @@ async def build(
                                          recall_settings(config))
     except SchemaError as exc:
         raise StartupError(f"memory.database {config.path(config.memory.database)}: {exc}") from None
-    opened: list[SqliteMemory | AvatarServer] = [memory]  # closed again if the start fails
+    opened: list[SqliteMemory | AvatarServer | GameServer] = [memory]  # closed again if the start fails
     try:
         if model is None:
             model = await asyncio.to_thread(model_from, config)
@@ -255,6 +260,11 @@ async def build(
             opened.append(avatar)
             observers.append(avatar)
         sources = list(sources or [])
+        games = None
+        if config.game.enabled:
+            games = await game_server_from(config, clock, persona.name)
+            opened.append(games)
+            sources.append(games)
         if config.twitch.enabled:
             try:
                 twitch = TwitchChatSource(clock, load_account(config.path(config.twitch.token_file)),
@@ -277,11 +287,13 @@ async def build(
         observers.append(ConsoleSubtitles(persona.name, stdout))
 
     t = config.turn
+    g = config.game
     cast = Cast(
         persona=persona, model=model, synthesizer=synthesizer, playout=playout, memory=memory,
         moderator=moderator, clock=clock, observers=tuple(observers),
         settings=TurnSettings(t.first_sentence_min_chars, t.max_sentence_chars, t.sentences_ahead,
                               t.recall_k),
+        games=games, game_settings=GameSettings(g.retries, g.speak, g.max_json_tokens, g.context_lines),
     )
     director = Director(
         cast,
@@ -306,7 +318,23 @@ async def build(
         follower = AdapterFollower(adapter_registry(config), model)
         director.background += (follower.run,)
     director.background += tuple(background)
-    return App(config, director, memory, avatar, [playout, *observers], reflector, follower)
+    return App(config, director, memory, avatar, [playout, *observers], reflector, follower, games)
+
+
+async def game_server_from(config: Config, clock: Clock, character: str) -> GameServer:
+    """The game API server, listening. Beyond this machine only with a token."""
+    g = config.game
+    if not g.token and g.host not in ("127.0.0.1", "localhost", "::1"):
+        raise StartupError(f"game.host = {g.host!r} lets other machines connect: set game.token too"
+                           " (games then connect with ?token=... in NEURO_SDK_WS_URL)")
+    server = GameServer(clock, g.host, g.port, token=g.token, result_timeout_s=g.result_timeout_s,
+                        character=character)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise StartupError(f"game API cannot listen on {g.host}:{g.port} ({exc.strerror or exc});"
+                           " set game.port to a free port or game.enabled = false") from None
+    return server
 
 
 def review_command(database: Path) -> Command:
@@ -342,6 +370,25 @@ def recall_settings(config: Config) -> RecallSettings:
     m = config.memory
     return RecallSettings(m.recency_weight, m.recency_half_life_days, m.importance_weight, m.viewer_weight,
                           m.min_similarity)
+
+
+async def play(config: Config, seed: int | None = None, show: Callable[[str], None] = print) -> str:
+    """`omoide play tictactoe`: the character with its game API on, and the example game connected
+    to it, played to the end. Returns the winner ("X" is the character)."""
+    app = await build(config, console=True, stdin=io.StringIO())  # subtitles; nothing to read
+    assert app.games is not None
+    task = asyncio.create_task(app.director.run(), name="director")
+    try:
+        token = f"?token={config.game.token}" if config.game.token else ""
+        game = TicTacToe(f"ws://127.0.0.1:{app.games.port}/{token}", seed=seed, show=show)
+        winner = await game.run()
+        while app.director.busy:  # the last words about the game
+            await asyncio.sleep(0.1)
+        return winner
+    finally:
+        app.director.stop()
+        await task
+        await app.aclose()
 
 
 async def run(config: Config, **kwargs: object) -> None:

@@ -47,6 +47,15 @@ def cmd_run(args: argparse.Namespace, chat: bool = False, companion: bool = Fals
     return 0
 
 
+def cmd_play(args: argparse.Namespace) -> int:
+    config = _config(args)
+    config = config.model_copy(update={"game": config.game.model_copy(update={"enabled": True})})
+    logs.setup(config.log.level, config.log.format)
+    winner = asyncio.run(app.play(config, seed=args.seed))
+    print({"X": "the character won", "O": "the opponent won", "draw": "a draw"}[winner])
+    return 0
+
+
 def cmd_model_tiny(args: argparse.Namespace) -> int:
     out = tiny.build(args.dir, like=args.like, train_steps=args.train_steps)
     print(f"built a {args.like} Llama-architecture model in {out}")
@@ -202,6 +211,11 @@ def parser() -> argparse.ArgumentParser:
         func=lambda a: cmd_run(a, chat=True))
     sub.add_parser("companion", help="desktop companion: talk by voice (microphone) and by typing").set_defaults(
         func=lambda a: cmd_run(a, companion=True))
+
+    pg = sub.add_parser("play", help="the character plays the example game over its game API, start to finish")
+    pg.add_argument("game", choices=["tictactoe"])
+    pg.add_argument("--seed", type=int, help="the opponent's seed (default: random)")
+    pg.set_defaults(func=cmd_play)
 
     model = sub.add_parser("model", aliases=["models"], help="build or download models")
     msub = model.add_subparsers(dest="model_command", required=True)

@@ -176,6 +176,18 @@ class AvatarConfig(_Section):
     queue_size: int = Field(256, ge=8)
 
 
+class GameConfig(_Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)  # the Neuro test servers' port: NEURO_SDK_WS_URL=ws://localhost:8000
+    token: str = ""  # when set, games must connect with ?token=... (required to listen beyond this machine)
+    retries: int = Field(3, ge=0, le=20)  # tries after a game refuses an action
+    speak: bool = True  # say a line about each action taken
+    result_timeout_s: float = Field(30.0, gt=0)  # wait this long for a game's action/result
+    max_json_tokens: int = Field(256, ge=16, le=4096)  # for the action's JSON
+    context_lines: int = Field(10, ge=0, le=100)  # the game's recent context messages in the prompt
+
+
 class ConsoleConfig(_Section):
     enabled: bool = True
     name: str = Field("you", min_length=1)
@@ -259,6 +271,7 @@ class Config(_Section):
     twitch: TwitchConfig = TwitchConfig()
     audio: AudioConfig = AudioConfig()
     avatar: AvatarConfig = AvatarConfig()
+    game: GameConfig = GameConfig()
     chat: ChatConfig = ChatConfig()
     memory: MemoryConfig = MemoryConfig()
     learning: LearningConfig = LearningConfig()

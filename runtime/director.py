@@ -75,6 +75,9 @@ class Director:
         if event.is_signal:
             self._signal(event)
             return True
+        if event.kind is InputKind.GAME_CONTEXT and event.meta.get("silent"):
+            self.memory.log_input(event)  # logged (and kept by the game API for prompts), not answered
+            return True
         if event.kind is InputKind.CHAT and self.chat_filter is not None:
             text, reason = self.chat_filter.screen(event.text)
             if reason is not None:  # logged with the reason, never answered

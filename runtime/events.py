@@ -76,6 +76,24 @@ class InputEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ActionSpec:
+    """An action a game lets the character take (Neuro game API): what the model is told, and the
+    JSON schema its `data` must match (None: it takes no data)."""
+
+    name: str
+    description: str
+    schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What a game answered to an action: `success` false means the action was refused (try again)."""
+
+    success: bool
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Sentence:
     """One speakable chunk of a reply, with the expression tags that were found in it."""
 
@@ -218,6 +236,7 @@ class TurnRecord:
     moderated: tuple[str, ...] = ()  # sentences held back by moderation
     error: str | None = None
     false_interruptions: int = 0  # barge-ins that paused the turn but said nothing
+    actions: tuple[dict[str, Any], ...] = ()  # game actions taken: game, name, data, success, message
     timings: dict[str, float] = field(default_factory=dict)  # Stage -> seconds since input
 
     @property

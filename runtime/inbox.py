@@ -25,7 +25,7 @@ from runtime.ports import Clock
 # Within a priority: the streamer's own speech, then a game's demands, then channel events, then chat.
 DEFAULT_WEIGHTS = {"transcript": 8.0, "game_force": 6.0, "message": 0.0, "cheer": 4.0,
                    "subscription": 4.0, "gift": 4.0, "redemption": 5.0, "raid": 5.0, "follow": 1.0}
-DEFAULT_MAX_AGE = {"chat": 120.0, "message": 120.0, "follow": 60.0, "idle": 30.0}
+DEFAULT_MAX_AGE = {"chat": 120.0, "message": 120.0, "follow": 60.0, "idle": 30.0, "game_context": 30.0}
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from typing import Protocol, runtime_checkable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from runtime.events import (
+    ActionResult,
+    ActionSpec,
     AudioChunk,
     ChatMessage,
     InputEvent,
@@ -76,6 +78,31 @@ class PersonaModel(Protocol):
 
     def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
         """Text pieces as they are generated. Closing the generator stops generation."""
+        ...
+
+    async def json(self, prompt: Prompt, schema: dict[str, Any], max_new_tokens: int = 256) -> str:
+        """A JSON document valid against `schema` (schema-constrained decoding); ValueError if
+        the schema cannot be used or no complete document came."""
+        ...
+
+
+class Games(Protocol):
+    """The games the character plays (the Neuro game API server): what it may do, and doing it."""
+
+    def actions(self, game: str, names: Sequence[str]) -> list[ActionSpec]:
+        """The named actions the game has registered now (gone ones are left out)."""
+        ...
+
+    def context(self, game: str) -> list[str]:
+        """What the game has told the character lately, oldest first."""
+        ...
+
+    async def act(self, game: str, name: str, data: str | None) -> ActionResult:
+        """Send an action (data: a JSON document, or None) and wait for the game's result."""
+        ...
+
+    def force_done(self, force_id: str, acted: bool) -> None:
+        """A force turn is over: acted (or given up), or to be asked again later (not acted)."""
         ...
 
 

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from runtime import game
 from runtime.events import (
     AudioChunk,
     ChatMessage,
     InputEvent,
+    InputKind,
     Persona,
     Prompt,
     PromptContext,
@@ -27,8 +31,9 @@ from runtime.events import (
     input_text,
     viewer_key,
 )
+from runtime.game import GameSettings
 from runtime.moderation import Moderator, Verdict
-from runtime.ports import Clock, MemoryStore, OutputSink, PersonaModel, Synthesizer
+from runtime.ports import Clock, Games, MemoryStore, OutputSink, PersonaModel, Synthesizer
 from runtime.sentences import SentenceCutter
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,9 @@ class CannedReply:
     async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
         yield self.text
 
+    async def json(self, prompt: Prompt, schema: dict[str, Any], max_new_tokens: int = 256) -> str:
+        raise ValueError("a canned reply cannot choose game actions")
+
 
 @dataclass(frozen=True, slots=True)
 class Cast:
@@ -78,6 +86,8 @@ class Cast:
     clock: Clock
     observers: tuple[OutputSink, ...] = ()  # sinks that follow along (avatar, terminal)
     settings: TurnSettings = TurnSettings()
+    games: Games | None = None  # the games it plays, when the game API is on
+    game_settings: GameSettings = GameSettings()
 
 
 @dataclass(slots=True)
@@ -175,11 +185,18 @@ class TurnHandle:
         return self.record
 
     async def _run(self) -> None:
-        query = input_text(self.inputs)
-        viewer = next((key for e in self.inputs if (key := viewer_key(e))), None)
+        inputs = self.inputs
+        if inputs[0].kind is InputKind.GAME_FORCE and self.cast.games is not None:
+            outcome = await self._act(inputs[0], self.cast.games)
+            if not outcome.tried or not self.cast.game_settings.speak:
+                await self.cast.memory.remember(self.record)
+                return
+            inputs = (dataclasses.replace(inputs[0], text=f"{inputs[0].text}\n{outcome.summary()}"),)
+        query = input_text(inputs)
+        viewer = next((key for e in inputs if (key := viewer_key(e))), None)
         memories = (await self.cast.memory.recall(query, self.settings.recall_k, viewer)
                     if self.settings.recall_k else [])
-        context = PromptContext(self.cast.persona, self.inputs, self.history, tuple(memories))
+        context = PromptContext(self.cast.persona, inputs, self.history, tuple(memories))
         prompt = await asyncio.to_thread(self.cast.model.render, context)
         self.record.prompt = prompt.text
         self.record.messages = prompt.messages
@@ -196,6 +213,18 @@ class TurnHandle:
             tg.create_task(self._generate(prompt, sentences), name="turn-generate")
             tg.create_task(self._synthesize(sentences, audio), name="turn-synthesize")
             tg.create_task(self._deliver(audio), name="turn-deliver")
+
+    async def _act(self, event: InputEvent, games: Games) -> game.Outcome:
+        """A game's force: choose and take an action before anything is said."""
+        acted = False
+        try:
+            outcome = await game.act(event, PromptContext(self.cast.persona, self.inputs, self.history),
+                                     self.cast.model, games, self.cast.game_settings)
+            self.record.actions = outcome.tried
+            acted = bool(outcome.tried)  # taken, or given up after the retries
+            return outcome
+        finally:
+            games.force_done(str(event.meta.get("force_id")), acted)
 
     async def _generate(self, prompt: Prompt, out: asyncio.Queue[Sentence | None]) -> None:
         cutter = SentenceCutter(
