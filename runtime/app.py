@@ -245,11 +245,20 @@ async def build(
         else:
             playout = SilentSpeakers(clock, playback)
         observers: list[OutputSink] = []
+        sources = list(sources or [])
+        games = None
+        if config.game.enabled:
+            games = await game_server_from(config, clock, persona.name)
+            opened.append(games)
+            sources.append(games)
+        commands = {"review": review_command(config.path(config.memory.database))}
+        if games is not None:
+            commands["game_shutdown"] = shutdown_command(games)
         avatar = None
         if config.avatar.enabled:
             avatar = AvatarServer(config.avatar.host, config.avatar.port, audio_format=config.avatar.audio_format,
                                   character=persona.name, queue_size=config.avatar.queue_size,
-                                  commands={"review": review_command(config.path(config.memory.database))})
+                                  commands=commands)
             try:
                 await avatar.start()
             except OSError as exc:
@@ -259,12 +268,6 @@ async def build(
                 ) from None
             opened.append(avatar)
             observers.append(avatar)
-        sources = list(sources or [])
-        games = None
-        if config.game.enabled:
-            games = await game_server_from(config, clock, persona.name)
-            opened.append(games)
-            sources.append(games)
         if config.twitch.enabled:
             try:
                 twitch = TwitchChatSource(clock, load_account(config.path(config.twitch.token_file)),
@@ -335,6 +338,21 @@ async def game_server_from(config: Config, clock: Clock, character: str) -> Game
         raise StartupError(f"game API cannot listen on {g.host}:{g.port} ({exc.strerror or exc});"
                            " set game.port to a free port or game.enabled = false") from None
     return server
+
+
+def shutdown_command(games: GameServer) -> Command:
+    """The avatar channel's `game_shutdown`: ask a game to save and quit (the Neuro API's proposed
+    shutdown/graceful, or shutdown/immediate with "immediate": true)."""
+
+    async def shutdown(message: dict[str, Any]) -> dict[str, Any]:
+        game, immediate, cancel = message.get("game"), message.get("immediate", False), message.get("cancel", False)
+        if not isinstance(game, str) or not isinstance(immediate, bool) or not isinstance(cancel, bool):
+            raise ValueError('needs "game" (a string); "immediate" and "cancel" are true or false')
+        if not await games.shutdown(game, graceful=not immediate, wants=not cancel):
+            raise ValueError(f"no game {game!r} is connected")
+        return {"game": game, "immediate": immediate, "cancel": cancel}
+
+    return shutdown
 
 
 def review_command(database: Path) -> Command:

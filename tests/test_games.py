@@ -154,9 +154,21 @@ async def test_every_message_in_both_directions(tmp_path, tiny_model):
         await g.send("actions/unregister", {"action_names": ["pass", "never-registered"]})
         await until(lambda: app.games.actions("Probe", ["move", "pass"]) != [] and
                     [a.name for a in app.games.actions("Probe", ["move", "pass"])] == ["move"])
-        assert await app.games.shutdown("Probe")
-        assert (await g.expect("shutdown/graceful"))["data"] == {"wants_shutdown": True}
-        await g.send("shutdown/ready")
+        async with websockets.connect(f"ws://127.0.0.1:{app.avatar.port}") as panel:  # the operator's control panel
+            async def command(message: dict[str, Any]) -> dict[str, Any]:
+                await panel.send(json.dumps(message))
+                while (answer := json.loads(await panel.recv()))["type"] in ("hello", "turn_start", "sentence",
+                                                                            "audio", "expression", "turn_end"):
+                    pass
+                return answer
+
+            assert (await command({"type": "game_shutdown", "game": "Probe"}))["type"] == "game_shutdown_result"
+            assert (await g.expect("shutdown/graceful"))["data"] == {"wants_shutdown": True}
+            await g.send("shutdown/ready")
+            await command({"type": "game_shutdown", "game": "Probe", "immediate": True})
+            await g.expect("shutdown/immediate")
+            missing = await command({"type": "game_shutdown", "game": "Nope"})
+            assert missing["type"] == "error" and "no game 'Nope'" in missing["message"]
         await asyncio.sleep(0.1)
         assert app.games.errors == 0
         await app.memory.flush()
