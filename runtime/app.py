@@ -22,6 +22,7 @@ from persona_model.card import CardError, load_card
 from persona_model.hub import resolve
 from persona_model.local import LocalPersonaModel, Sampling
 from plugins.audio import EchoGate, PlaybackLog, SynthesizerError
+from plugins.avatar_vts import VtsAvatar, VtsClient
 from plugins.avatar_ws import AvatarServer, Command
 from plugins.chat_console import ConsoleChatSource, ConsoleSubtitles
 from plugins.chat_twitch import TwitchChatSource, TwitchError, TwitchReplies, load_account
@@ -230,7 +231,7 @@ async def build(
                                          recall_settings(config))
     except SchemaError as exc:
         raise StartupError(f"memory.database {config.path(config.memory.database)}: {exc}") from None
-    opened: list[SqliteMemory | AvatarServer | GameServer] = [memory]  # closed again if the start fails
+    opened: list[SqliteMemory | AvatarServer | GameServer | VtsAvatar] = [memory]  # closed again if the start fails
     try:
         if model is None:
             model = await asyncio.to_thread(model_from, config)
@@ -268,6 +269,11 @@ async def build(
                 ) from None
             opened.append(avatar)
             observers.append(avatar)
+        if config.vts.enabled:
+            vts = vts_from(config, clock)
+            await vts.start()  # connects in the background: VTube Studio may start later
+            opened.append(vts)
+            observers.append(vts)
         if config.twitch.enabled:
             try:
                 twitch = TwitchChatSource(clock, load_account(config.path(config.twitch.token_file)),
@@ -322,6 +328,17 @@ async def build(
         director.background += (follower.run,)
     director.background += tuple(background)
     return App(config, director, memory, avatar, [playout, *observers], reflector, follower, games)
+
+
+def vts_client_from(config: Config) -> VtsClient:
+    v = config.vts
+    return VtsClient(v.url, config.path(v.token_file), plugin=v.plugin_name)
+
+
+def vts_from(config: Config, clock: Clock) -> VtsAvatar:
+    v = config.vts
+    return VtsAvatar(vts_client_from(config), clock, mouth_parameter=v.mouth_parameter, hotkeys=v.hotkeys,
+                     rate_hz=v.rate_hz, gain=v.gain)
 
 
 async def game_server_from(config: Config, clock: Clock, character: str) -> GameServer:

@@ -9,6 +9,9 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
+
+from websockets.exceptions import InvalidHandshake, InvalidURI
 
 from memory import admin as memory_admin
 from memory import review as memory_review
@@ -17,6 +20,7 @@ from memory.schema import SchemaError
 from persona_model import tiny
 from persona_model.hub import ModelNotFound, local_folder, pull
 from plugins import tiny_piper, tiny_whisper, twitch_auth
+from plugins.avatar_vts import VtsError
 from plugins.chat_twitch import TwitchError
 from plugins.stt_whisper import pull_whisper, whisper_folder
 from plugins.tts_piper import piper_voice_path, pull_piper_voice
@@ -157,6 +161,33 @@ def cmd_logs_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vts_hotkeys(args: argparse.Namespace) -> int:
+    """List the current VTube Studio model's hotkeys (asks VTube Studio for a token the first time)."""
+    config = _config(args)
+
+    async def listing() -> dict[str, Any]:
+        client = app.vts_client_from(config)
+        try:
+            await client.connect()
+            return await client.request("HotkeysInCurrentModel")
+        finally:
+            await client.close()
+
+    try:
+        data = asyncio.run(listing())
+    except (OSError, ConnectionError, TimeoutError, InvalidHandshake, InvalidURI, VtsError) as exc:
+        print(f"vts: cannot talk to VTube Studio at {config.vts.url} ({exc}); is its API started"
+              " (Settings > Start API) and the plugin allowed?", file=sys.stderr)
+        return EXIT_CONFIG
+    if not data.get("modelLoaded"):
+        print("(no model loaded in VTube Studio)")
+        return 0
+    print(f"hotkeys of {data.get('modelName')!r} (map tags to them with [vts] hotkeys = {{ happy = \"NAME\" }}):")
+    for hotkey in data.get("availableHotkeys", []):
+        print(f"  {hotkey.get('name', ''):32} {hotkey.get('hotkeyID', ''):40} {hotkey.get('type', '')}")
+    return 0
+
+
 def cmd_twitch_login(args: argparse.Namespace) -> int:
     config = _config(args)
     t = config.twitch
@@ -289,6 +320,11 @@ def parser() -> argparse.ArgumentParser:
     mem.set_defaults(func=cmd_memory)
 
     learning.add_parsers(sub, lambda f: lambda a: f(a, _config(a)))
+
+    vt = sub.add_parser("vts", help="VTube Studio")
+    vsub = vt.add_subparsers(dest="vts_command", required=True)
+    vsub.add_parser("hotkeys", help="list the loaded model's hotkeys (to map expression tags to)").set_defaults(
+        func=cmd_vts_hotkeys)
 
     tw_ = sub.add_parser("twitch", help="Twitch set-up")
     twsub = tw_.add_subparsers(dest="twitch_command", required=True)

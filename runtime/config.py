@@ -176,6 +176,17 @@ class AvatarConfig(_Section):
     queue_size: int = Field(256, ge=8)
 
 
+class VtsConfig(_Section):
+    enabled: bool = False
+    url: str = "ws://localhost:8001"  # VTube Studio's API (Settings: "Start API", its port)
+    token_file: str = "~/.config/omoide/vts_token"  # the token VTube Studio gave (mode 0600)
+    plugin_name: str = Field("Omoide", min_length=3, max_length=32)  # shown in VTube Studio's popup
+    mouth_parameter: str = "MouthOpen"  # the input parameter the voice moves
+    hotkeys: dict[str, str] = {}  # expression tag -> hotkey name or id (default: the tag's own name)
+    rate_hz: float = Field(50.0, ge=30.0, le=60.0)  # mouth updates per second while speaking
+    gain: float = Field(1.0, gt=0, le=10)  # mouth opening per unit of voice volume
+
+
 class GameConfig(_Section):
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -272,6 +283,7 @@ class Config(_Section):
     audio: AudioConfig = AudioConfig()
     avatar: AvatarConfig = AvatarConfig()
     game: GameConfig = GameConfig()
+    vts: VtsConfig = VtsConfig()
     chat: ChatConfig = ChatConfig()
     memory: MemoryConfig = MemoryConfig()
     learning: LearningConfig = LearningConfig()
