@@ -16,10 +16,14 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from plugins.audio import wav_bytes
 from runtime.events import AudioChunk, InputEvent, Sentence
@@ -30,6 +34,7 @@ PROTOCOL = 1
 SLOW_CLIENT = 4008  # close code for a client that could not keep up
 # what the kernel may hold for one client; past it (and the message queue) the client is "slow"
 SEND_BUFFER = 256 * 1024
+OVERLAY = Path(__file__).with_name("overlay") / "index.html"
 
 # an operator command from a client: its message in, the fields of its `<type>_result` out; a
 # ValueError becomes an `error` message naming what was wrong
@@ -75,6 +80,7 @@ class AvatarServer:
 
     async def start(self) -> None:
         self._server = await serve(self._handle, self.host, self.requested_port, compression=None,
+                                   process_request=self._page,
                                    max_size=64 * 1024, close_timeout=2)
         log.info("avatar channel listening", extra={"url": f"ws://{self.host}:{self.port}"})
 
@@ -189,6 +195,14 @@ class AvatarServer:
             with contextlib.suppress(asyncio.QueueFull):
                 client.queue.put_nowait(None)  # the writer stops too
 
+
+    def _page(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Plain HTTP on the same port: GET /overlay is the browser overlay (plugins/overlay/)."""
+        if urlsplit(request.path).path.rstrip("/") not in ("/overlay", "/overlay/index.html"):
+            return None  # a WebSocket handshake (or a 4xx from websockets for anything else)
+        body = OVERLAY.read_bytes()
+        return Response(200, "OK", Headers([("Content-Type", "text/html; charset=utf-8"),
+                                             ("Content-Length", str(len(body))), ("Cache-Control", "no-store")]), body)
 
     async def _command(self, client: _Client, message: Any) -> None:
         """Run an operator command and answer the client that sent it: `<type>_result` with what

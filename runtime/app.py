@@ -7,6 +7,8 @@ import contextlib
 import io
 import logging
 import signal
+import threading
+import webbrowser
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +40,7 @@ from plugins.tts_espeak import EspeakSynthesizer
 from plugins.tts_piper import PiperSynthesizer, piper_voice_path
 from runtime.config import Config
 from runtime.director import Director, DirectorSettings
-from runtime.events import Persona
+from runtime.events import Control, InputEvent, InputKind, Persona, Priority
 from runtime.game import GameSettings
 from runtime.inbox import DEFAULT_MAX_AGE, DEFAULT_WEIGHTS, Inbox, Scoring
 from runtime.moderation import ChatFilter, Moderator
@@ -252,7 +254,9 @@ async def build(
             games = await game_server_from(config, clock, persona.name)
             opened.append(games)
             sources.append(games)
-        commands = {"review": review_command(config.path(config.memory.database))}
+        late: list[Director] = []  # the director, once it exists: what the page's commands go to
+        commands = {"review": review_command(config.path(config.memory.database)),
+                    **page_commands(late, clock, config.chat.console.name)}
         if games is not None:
             commands["game_shutdown"] = shutdown_command(games)
         avatar = None
@@ -316,6 +320,7 @@ async def build(
         ),
         chat_filter=chat_filter,
     )
+    late.append(director)
     reflector = None
     if config.memory.reflection.enabled:
         r = config.memory.reflection
@@ -355,6 +360,29 @@ async def game_server_from(config: Config, clock: Clock, character: str) -> Game
         raise StartupError(f"game API cannot listen on {g.host}:{g.port} ({exc.strerror or exc});"
                            " set game.port to a free port or game.enabled = false") from None
     return server
+
+
+def page_commands(late: list[Director], clock: Clock, author: str) -> dict[str, Command]:
+    """The overlay page's companion controls: `say` (a typed line, as in the terminal) and
+    `control` (mute, unmute, talk_start, talk_stop, interrupt)."""
+
+    async def say(message: dict[str, Any]) -> dict[str, Any]:
+        text = message.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError('needs "text", a non-empty string')
+        event = InputEvent(InputKind.CHAT, text.strip()[:2000], "overlay", clock.now(), author, Priority.NORMAL)
+        late[0].submit(event)
+        return {"input_id": event.id}
+
+    async def control(message: dict[str, Any]) -> dict[str, Any]:
+        command = message.get("command")
+        allowed = {str(c) for c in Control} - {str(Control.STOP)}
+        if command not in allowed:
+            raise ValueError(f'"command" must be one of {", ".join(sorted(allowed))}')
+        late[0].submit(InputEvent(InputKind.CONTROL, str(command), "overlay", clock.now(), author, Priority.CRITICAL))
+        return {"command": command}
+
+    return {"say": say, "control": control}
 
 
 def shutdown_command(games: GameServer) -> Command:
@@ -426,9 +454,13 @@ async def play(config: Config, seed: int | None = None, show: Callable[[str], No
         await app.aclose()
 
 
-async def run(config: Config, **kwargs: object) -> None:
+async def run(config: Config, on_ready: Callable[[App], None] | None = None, **kwargs: object) -> None:
     """Build the character and run it until it is stopped (Ctrl-C, SIGTERM, /quit)."""
     app = await build(config, **kwargs)  # type: ignore[arg-type]
+    await serve(app, on_ready)
+
+
+async def serve(app: App, on_ready: Callable[[App], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -436,7 +468,39 @@ async def run(config: Config, **kwargs: object) -> None:
     log.info("character ready", extra={"character": app.director.cast.persona.name,
                                        "model": app.director.cast.model.name,
                                        "database": str(Path(app.memory.path))})
+    if on_ready is not None:
+        on_ready(app)
     try:
         await app.director.run()
     finally:
         await app.aclose()
+
+
+def companion_config(config: Config) -> Config:
+    """The desktop companion: no Twitch, the avatar channel on (the page needs it)."""
+    return config.model_copy(update={"twitch": config.twitch.model_copy(update={"enabled": False}),
+                                     "avatar": config.avatar.model_copy(update={"enabled": True})})
+
+
+async def companion(config: Config, open_page: Callable[[str], object] = webbrowser.open,
+                    **kwargs: object) -> None:
+    """`omoide companion`: talk by voice where there is a microphone, and by typing in the terminal
+    or the overlay page (opened in the browser); the page plays the voice when there are no speakers."""
+    config = companion_config(config)
+    try:
+        app = await build(config, console=True, listen=True, **kwargs)  # type: ignore[arg-type]
+    except StartupError as exc:
+        if not str(exc).startswith(("stt.input", "stt.model")):
+            raise
+        log.warning("no microphone (or no speech model): the companion takes typed text only",
+                    extra={"reason": str(exc)})
+        app = await build(config, console=True, listen=False, **kwargs)  # type: ignore[arg-type]
+
+    def ready(app: App) -> None:
+        assert app.avatar is not None
+        page_audio = isinstance(app.sinks[0], SilentSpeakers)
+        url = f"http://127.0.0.1:{app.avatar.port}/overlay?companion=1" + ("&audio=1" if page_audio else "")
+        print(f"companion page: {url}" + (" (no speakers here: the page plays the voice)" if page_audio else ""))
+        threading.Thread(target=open_page, args=(url,), name="open-page", daemon=True).start()
+
+    await serve(app, ready)

@@ -43,8 +43,10 @@ def cmd_run(args: argparse.Namespace, chat: bool = False, companion: bool = Fals
     logs.setup(config.log.level, config.log.format)
     try:
         schedule = learning.schedule_from(config)
-        asyncio.run(app.run(config, console=True if (chat or companion) else None,
-                            listen=True if companion else None, exit_when_sources_end=chat,
+        if companion:
+            asyncio.run(app.companion(config))
+            return 0
+        asyncio.run(app.run(config, console=True if chat else None, exit_when_sources_end=chat,
                             background=[schedule.run] if schedule else []))
     except KeyboardInterrupt:
         pass
@@ -240,7 +242,8 @@ def parser() -> argparse.ArgumentParser:
         func=cmd_run)
     sub.add_parser("chat", help="talk to the character in the terminal").set_defaults(
         func=lambda a: cmd_run(a, chat=True))
-    sub.add_parser("companion", help="desktop companion: talk by voice (microphone) and by typing").set_defaults(
+    sub.add_parser("companion", help="desktop companion: talk by voice (where there is a microphone) and by typing,"
+                                     " in the terminal or the overlay page it opens").set_defaults(
         func=lambda a: cmd_run(a, companion=True))
 
     pg = sub.add_parser("play", help="the character plays the example game over its game API, start to finish")
