@@ -232,7 +232,8 @@ class VtsAvatar(FollowingSink):
     def pause(self) -> None:
         self._close_mouth()
 
-    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str) -> None:
+    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str,
+                       timings: Mapping[str, float] | None = None) -> None:
         if interrupted:
             self._close_mouth()
 

@@ -133,10 +133,11 @@ class AvatarServer:
     async def drain(self) -> None:
         pass
 
-    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str) -> None:
+    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str,
+                       timings: Mapping[str, float] | None = None) -> None:
         self._turn_start = None
-        self._broadcast(_encode("turn_end", turn_id=turn_id, interrupted=interrupted,
-                                spoken_text=spoken_text))
+        self._broadcast(_encode("turn_end", turn_id=turn_id, interrupted=interrupted, spoken_text=spoken_text,
+                                timings_ms={str(k): round(v * 1000, 1) for k, v in (timings or {}).items()}))
 
     # -- connections ------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TextIO
 
 from runtime.events import Control, InputEvent, InputKind, Priority, Sentence
@@ -97,6 +97,7 @@ class ConsoleSubtitles(FollowingSink):
         self._write(("" if self._started else f"{self.character}: ") + sentence.text + " ")
         self._started = True
 
-    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str) -> None:
+    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str,
+                       timings: Mapping[str, float] | None = None) -> None:
         if self._started or interrupted:
             self._write(("[interrupted]" if interrupted else "").rstrip() + "\n")

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -329,7 +329,8 @@ class TwitchReplies(FollowingSink):
     async def begin_turn(self, turn_id: str, inputs: tuple[InputEvent, ...]) -> None:
         self._to_twitch = any(e.source == "twitch" for e in inputs)
 
-    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str) -> None:
+    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str,
+                       timings: Mapping[str, float] | None = None) -> None:
         if self._to_twitch and spoken_text:
             if self._runner is None:
                 self._runner = asyncio.create_task(self.limiter.run(), name="twitch-send")

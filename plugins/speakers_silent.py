@@ -7,6 +7,7 @@ playback log, so a file-backed microphone can hear the character's own voice as 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 from plugins.audio import PlaybackLog
 from runtime.events import AudioChunk, InputEvent, Sentence
@@ -90,7 +91,8 @@ class SilentSpeakers:
                 continue
             await self.clock.sleep(min(left, STEP))
 
-    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str) -> None:
+    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str,
+                       timings: Mapping[str, float] | None = None) -> None:
         pass
 
     async def aclose(self) -> None:

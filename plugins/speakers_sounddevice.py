@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from plugins.audio import PlaybackLog
@@ -111,7 +112,8 @@ class SoundDeviceSpeakers:
             await asyncio.sleep(min(ahead, 0.05) if ahead else 0.05)
         await asyncio.sleep(self._latency())
 
-    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str) -> None:
+    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str,
+                       timings: Mapping[str, float] | None = None) -> None:
         pass
 
     async def aclose(self) -> None:

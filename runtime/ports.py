@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from runtime.events import (
@@ -161,7 +161,8 @@ class OutputSink(Protocol):
         """Wait until everything handed over has been heard."""
         ...
 
-    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str) -> None: ...
+    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str,
+                       timings: Mapping[str, float] | None = None) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -191,7 +192,8 @@ class FollowingSink:
     async def drain(self) -> None:
         pass
 
-    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str) -> None:
+    async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str,
+                       timings: Mapping[str, float] | None = None) -> None:
         pass
 
     async def aclose(self) -> None:

@@ -317,7 +317,7 @@ class TurnHandle:
             rec.interrupt_reason = self._cancel_reason
         for sink in (self.playout, *self.observers):
             try:
-                await sink.end_turn(self.turn_id, status is not TurnStatus.COMPLETE, rec.spoken_text)
+                await sink.end_turn(self.turn_id, status is not TurnStatus.COMPLETE, rec.spoken_text, dict(rec.timings))
             except Exception:  # noqa: BLE001 - a broken sink must not lose the record
                 log.exception("sink failed to end the turn", extra={"turn_id": self.turn_id})
         await self.cast.memory.remember(rec)

@@ -53,6 +53,8 @@ async def test_the_overlay_shows_a_turn_and_its_text_box_starts_one(tmp_path):
                 assert max(mouths) > 0.1 and len(set(mouths)) > 3  # the mouth moved with the envelope
                 await until(lambda: page.evaluate("window.overlay.mouth === 0"))  # and closed after
                 assert await page.get_attribute("#expression", "data-name") == "happy"
+                await until(lambda: page.evaluate("'first_audio' in (window.overlay.timings || {})"))
+                assert "first audio" in (await page.text_content("#latency") or "")  # the turn's own stage times
                 await page.screenshot(path=str(tmp_path / "overlay.png"))
 
                 await page.fill("#say", "hello from the page")
