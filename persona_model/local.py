@@ -33,6 +33,7 @@ from runtime.events import Prompt, PromptContext
 
 log = logging.getLogger(__name__)
 _END = object()
+MIN_REUSE = 16  # tokens a prompt must share with the last one for its cache to be reused
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ class GenerationStats:
     """What the last generation did, with monotonic timestamps of the model's own work."""
 
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, taken from the kept prefix cache instead of computed
     new_tokens: int = 0
     stopped_early: bool = False  # the stream was closed before the model finished
     started_at: float = 0.0  # just before generate() was called, in the worker thread
@@ -139,7 +141,7 @@ class LocalPersonaModel:
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str, adapter: str | None = None,
                  sampling: Sampling = Sampling(), max_prompt_tokens: int = 2048,
-                 memory_share: float = 0.25) -> None:
+                 memory_share: float = 0.25, prefix_cache: bool = True) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self._name = name
@@ -155,12 +157,15 @@ class LocalPersonaModel:
         self._slot = "default"  # the peft adapter name that holds the live weights
         self._shape = _shape_of(_peft_config(model))
         self.swaps: list[float] = []  # seconds each swap held the model
+        self.prefix_cache = prefix_cache
+        self._kv: tuple[list[int], Any] | None = None  # token ids and the key/value cache that holds them
 
     @classmethod
     def load(cls, path: Path | str, *, name: str | None = None, adapter_path: Path | str | None = None,
              device: str = "auto", dtype: str = "auto", threads: int = 0,
              sampling: Sampling = Sampling(), max_prompt_tokens: int = 2048,
-             memory_share: float = 0.25, adapter_name: str | None = None) -> LocalPersonaModel:
+             memory_share: float = 0.25, adapter_name: str | None = None,
+             prefix_cache: bool = True) -> LocalPersonaModel:
         """Load a model folder (and optionally a LoRA adapter folder on top of it, known by
         `adapter_name`, default its folder's name)."""
         if threads > 0:
@@ -179,7 +184,7 @@ class LocalPersonaModel:
             adapter = adapter_name or Path(adapter_path).name
         model.eval()
         return cls(model, tokenizer, name=name or str(path), adapter=adapter, sampling=sampling,
-                   max_prompt_tokens=max_prompt_tokens, memory_share=memory_share)
+                   max_prompt_tokens=max_prompt_tokens, memory_share=memory_share, prefix_cache=prefix_cache)
 
     # ---- adapters ----------------------------------------------------------------------------
     def stage_adapter(self, path: Path | None, version: str | None) -> None:
@@ -248,6 +253,7 @@ class LocalPersonaModel:
             model.delete_adapter(old)
             _lora(model).enable_adapter_layers()
             model.eval()
+        self._kv = None  # the kept prefix was computed with the old weights
         if staged.config is not None:
             self._shape = _shape_of(staged.config)
         self._adapter = staged.version
@@ -310,6 +316,12 @@ class LocalPersonaModel:
         enc = self.tokenizer(prompt.text, return_tensors="pt", add_special_tokens=False)
         stats.prompt_tokens = int(enc["input_ids"].shape[1])
         kwargs = self._generate_kwargs(enc, streamer, stop)
+        ids = enc["input_ids"][0].tolist()
+        reuse = self._reusable(ids)  # the cache of the prompt before, cut to what this one shares
+        self._kv = None  # the generation owns it now; it is kept again only if generation ends well
+        if reuse is not None:
+            kwargs["past_key_values"] = reuse
+            stats.cached_tokens = int(reuse.get_seq_length())
         if processor is not None:  # JSON: the grammar decides what may come; no repetition penalty
             kwargs.update(logits_processor=LogitsProcessorList([processor]), repetition_penalty=None)
         if max_new_tokens is not None:
@@ -319,7 +331,10 @@ class LocalPersonaModel:
             try:
                 stats.started_at = time.monotonic()
                 with torch.inference_mode():
-                    self.model.generate(**kwargs)
+                    out = self.model.generate(**kwargs, return_dict_in_generate=True)
+                if self.prefix_cache and out.past_key_values is not None:
+                    cached = int(out.past_key_values.get_seq_length())
+                    self._kv = (out.sequences[0].tolist()[:cached], out.past_key_values)
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
                 loop.call_soon_threadsafe(queue.put_nowait, _END)
@@ -338,6 +353,22 @@ class LocalPersonaModel:
             self._streaming = False
             stats.stopped_early = not finished
             stop.set()
+
+    def _reusable(self, ids: list[int]) -> Any:
+        """The kept cache cut to the longest prefix this prompt shares with what it holds (at least
+        MIN_REUSE tokens, and never the whole prompt: its last token is always computed), or None."""
+        if not self.prefix_cache or self._kv is None:
+            return None
+        held, cache = self._kv
+        limit = min(len(held), len(ids) - 1)
+        shared = 0
+        while shared < limit and held[shared] == ids[shared]:
+            shared += 1
+        if shared < MIN_REUSE:
+            return None
+        if shared < cache.get_seq_length():
+            cache.crop(shared - cache.get_seq_length())  # transformers 5 takes how many to drop
+        return cache
 
     def _generate_kwargs(self, enc: Any, streamer: TextStreamer, stop: threading.Event) -> dict[str, Any]:
         s = self.sampling

@@ -184,6 +184,7 @@ def model_from(config: Config) -> LocalPersonaModel:
         path, name=m.id, adapter_path=adapter, adapter_name=name, device=m.device, dtype=m.dtype,
         threads=m.threads, sampling=Sampling(m.max_new_tokens, m.temperature, m.top_p, m.repetition_penalty, m.seed),
         max_prompt_tokens=m.max_prompt_tokens, memory_share=config.memory.prompt_share,
+        prefix_cache=m.prefix_cache,
     )
 
 

@@ -56,6 +56,7 @@ class ModelConfig(_Section):
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.1, ge=0.5, le=3.0)
     seed: int | None = None
+    prefix_cache: bool = True  # keep the last prompt's key/value cache; reuse what the next one shares
 
 
 class TurnConfig(_Section):

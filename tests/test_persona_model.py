@@ -10,6 +10,7 @@ from peft import LoraConfig, TaskType, get_peft_model
 from persona_model.local import LocalPersonaModel, Sampling
 from persona_model.prompt import PromptRenderer, memory_text
 from runtime.events import ChatMessage, InputEvent, InputKind, Memory, Persona, PromptContext
+from tests.test_adapters import fake_adapter
 
 pytestmark = pytest.mark.model
 
@@ -96,3 +97,28 @@ async def test_a_lora_adapter_loads_on_the_same_code_path(tiny_model_dir, tmp_pa
     assert tuned.adapter == "adapter-v1" and plain.adapter is None
     prompt = plain.render(ctx())
     assert "".join(await collect(tuned, prompt)) != "".join(await collect(plain, prompt))
+
+
+@pytest.mark.model
+async def test_the_prefix_cache_gives_the_same_replies_and_is_dropped_with_the_weights(tiny_model_dir, tmp_path):
+    greedy = Sampling(max_new_tokens=12, temperature=0)
+    cached = LocalPersonaModel.load(tiny_model_dir, sampling=greedy)
+    plain = LocalPersonaModel.load(tiny_model_dir, sampling=greedy, prefix_cache=False)
+    card = Persona("Testa", "A cheerful robot who loves puzzles and tea. " * 15)
+    edited = Persona("Testa", "A grumpy robot who hates everything. " * 15)  # the operator edits the card
+    reused = []
+    for persona, text in ((card, "hello"), (card, "what do you like?"), (card, "and games?"), (edited, "hello")):
+        prompt = cached.render(PromptContext(persona, (InputEvent(InputKind.CHAT, text, "test", 0.0, "you"),)))
+        with_cache = "".join([p async for p in cached.stream(prompt)])
+        assert with_cache == "".join([p async for p in plain.stream(prompt)]), text  # greedy: identical
+        reused.append(cached.last_stats.cached_tokens)
+    assert reused[0] == 0 and reused[1] > 200 and reused[2] > 200  # the persona prefix was not recomputed
+    assert reused[3] < reused[2]  # an edited card: only what is still the same is reused
+
+    adapter = fake_adapter(tmp_path / "a", tiny_model_dir, seed=1)
+    cached.stage_adapter(adapter, "a")
+    assert await cached.swap_when_free() is not None
+    tuned = LocalPersonaModel.load(tiny_model_dir, adapter_path=adapter, sampling=greedy, prefix_cache=False)
+    after = "".join([p async for p in cached.stream(prompt)])
+    assert cached.last_stats.cached_tokens == 0  # computed with the old weights: dropped on the swap
+    assert after == "".join([p async for p in tuned.stream(prompt)])
