@@ -66,7 +66,10 @@ class PromptRenderer:
 
     def messages(self, context: PromptContext, history: int, memories: int) -> list[ChatMessage]:
         user = next((e.author for e in context.inputs if e.author), "Chat")
-        system = system_text(context.persona, user)
+        # {{user}} in the card is whoever is talking, which on a stream is chat; the speaker's name
+        # is on their line. So the system prompt stays the same from turn to turn (its key/value
+        # cache is reused) and is what training used (curation renders it with "Chat" too).
+        system = system_text(context.persona, "Chat")
         recalled = memory_text(context.memories[:memories])
         if recalled:
             system += "\n\n" + recalled
