@@ -185,6 +185,7 @@ class VtsAvatar(FollowingSink):
         self._slices: deque[tuple[float, float]] = deque()  # (when, mouth value) on the clock
         self._until = 0.0  # when the last queued slice ends
         self._current = 0.0
+        self._hotkeys: deque[tuple[str, str]] = deque()  # (tag, hotkey) waiting for the ticker
         self._unknown: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._last_sent = -1.0
@@ -212,9 +213,17 @@ class VtsAvatar(FollowingSink):
         self._until = start + chunk.duration
 
     async def sentence(self, sentence: Sentence) -> None:
+        """Queue the sentence's hotkeys for the ticker: a sink must return at once, and VTube
+        Studio may be slow or gone."""
         for tag in sentence.expressions:
             hotkey = self.hotkeys.get(tag.lower(), tag)
-            if not self.client.connected or hotkey in self._unknown:
+            if self.client.connected and hotkey not in self._unknown:
+                self._hotkeys.append((tag, hotkey))
+
+    async def _trigger(self) -> None:
+        while self._hotkeys and self.client.connected:
+            tag, hotkey = self._hotkeys.popleft()
+            if hotkey in self._unknown:
                 continue
             try:
                 await self.client.request("HotkeyTrigger", {"hotkeyID": hotkey})
@@ -222,8 +231,6 @@ class VtsAvatar(FollowingSink):
                 self._unknown.add(hotkey)
                 log.warning("VTube Studio has no hotkey for this expression; it is ignored from now on",
                             extra={"tag": tag, "hotkey": hotkey, "error": str(exc)})
-            except (ConnectionError, TimeoutError):
-                pass
 
     def clear(self) -> int:
         self._close_mouth()
@@ -274,6 +281,7 @@ class VtsAvatar(FollowingSink):
         """Inject the mouth at rate_hz while it moves, and at least once a second when still."""
         period = 1.0 / self.rate_hz
         while self.client.connected:
+            await self._trigger()
             value = round(self.mouth(self.clock.now()), 3)
             now = time.monotonic()
             if value != self._last_value or value > 0 or now - self._last_sent >= 0.5:

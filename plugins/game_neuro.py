@@ -257,9 +257,7 @@ class GameServer:
         for name, g in conn.games.items():
             if self._games.get(name) is g:
                 del self._games[name]
-                for force in [g.force, *g.queued]:
-                    if force is not None:
-                        self._forces.pop(force.id, None)
+                self._drop_forces(g)
         log.info("game disconnected", extra={"peer": conn.name, "games": sorted(conn.games)})
 
     async def _send(self, conn: _Connection, command: str, data: dict[str, Any] | None) -> None:
@@ -298,19 +296,21 @@ class GameServer:
         if self._games.get(game) is not g:
             previous = self._games.get(game)
             if previous is not None:  # the same game from a new connection: it speaks for it now
-                for force in [previous.force, *previous.queued]:
-                    if force is not None:
-                        self._forces.pop(force.id, None)
+                self._drop_forces(previous)
             self._games[game] = g
         return g
+
+    def _drop_forces(self, g: _Game) -> None:
+        """Forget a game's force in flight and the queued ones (its actions or connection are gone)."""
+        for force in [g.force, *g.queued]:
+            if force is not None:
+                self._forces.pop(force.id, None)
 
     # ---- commands from games -----------------------------------------------------------------
     async def _startup(self, conn: _Connection, game: str, data: dict[str, Any]) -> None:
         g = self._game(conn, game)
         g.actions.clear()
-        for force in [g.force, *g.queued]:
-            if force is not None:
-                self._forces.pop(force.id, None)
+        self._drop_forces(g)
         g.force, g.queued = None, deque()
         log.info("game started", extra={"game": game})
         await self._send(conn, "startup", {"session": {"sessionId": f"{id(conn):x}", "characterId": "omoide",

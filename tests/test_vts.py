@@ -107,6 +107,8 @@ async def test_expression_tags_trigger_hotkeys_and_unknown_ones_are_left_alone(v
         await until(lambda: avatar.client.connected and avatar.sent > 0)
         await avatar.sentence(Sentence("t1", 0, "Yay!", ("happy", "wave")))
         await avatar.sentence(Sentence("t1", 1, "Hmph.", ("mad", "wave", "angry")))
+        await until(lambda: len(vts.trigger_attempts) == 4)  # sent by the ticker, not by the turn
+        await asyncio.sleep(0.1)
         assert vts.triggered == ["Smile", "Angry", "Angry"]  # by name, by id, by the tag's own name
         assert vts.trigger_attempts.count("wave") == 1  # unknown: asked once, then ignored
         assert sum("no hotkey" in r.getMessage() for r in caplog.records) == 1
