@@ -48,9 +48,21 @@ system-deps:
 	  fi; \
 	fi
 
+# llama-cpp-python is source-only on PyPI: its wheel is compiled once (minutes) into WHEELS and
+# installed from there afterwards (seconds), also by a fresh checkout's CI run
+LLAMA := llama-cpp-python==0.3.36
+WHEELS ?= $(HOME)/.cache/omoide/wheels
+
 # the overlay's browser test drives Debian's chromium (never a downloaded browser); without it that
-# one test is skipped, with the reason
-test-deps:
+# one test is skipped, with the reason. The llama.cpp server tests need llama-cpp-python[server].
+test-deps: install
+	@$(PY) -c "import llama_cpp.server" 2>/dev/null || { \
+	  mkdir -p $(WHEELS); \
+	  ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+	    { echo "building $(LLAMA) once (several minutes) into $(WHEELS)"; \
+	      CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) wheel --quiet --no-deps $(LLAMA) -w $(WHEELS); }; \
+	  $(PIP) install --quiet --find-links $(WHEELS) '$(LLAMA)' 'llama-cpp-python[server]' || \
+	    echo "llama-cpp-python could not be built (it needs g++): the llama.cpp server tests will be skipped"; }
 	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \

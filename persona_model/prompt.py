@@ -31,8 +31,21 @@ _USER = re.compile(r"\{\{user\}\}|<user>", re.IGNORECASE)
 _CHAR = re.compile(r"\{\{char\}\}|<bot>", re.IGNORECASE)  # a card's are replaced on load; [persona]'s here
 
 
+BYTES_PER_TOKEN = 3.5  # English BPE averages about 4; a little under, so estimates err long
+
+
 class PromptBudgetError(ValueError):
     pass
+
+
+def estimate_tokens(text: str) -> int:
+    """A token count for a model whose tokenizer is not on this machine (a server's)."""
+    return int(len(text.encode("utf-8")) / BYTES_PER_TOKEN) + 1
+
+
+def chatml(messages: Sequence[ChatMessage]) -> str:
+    """The messages as ChatML text, with the assistant's turn opened."""
+    return "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
 
 
 def system_text(persona: Persona, user: str) -> str:
@@ -56,9 +69,11 @@ def memory_text(memories: Sequence[Memory]) -> str:
 
 
 class PromptRenderer:
-    """Turns a PromptContext into the exact text a model sees. `tokenizer` is a transformers one."""
+    """Turns a PromptContext into the exact text a model sees. `tokenizer` is a transformers one;
+    None for a model served elsewhere: the text is then ChatML (the server applies its own
+    template to the messages) and token counts are estimated."""
 
-    def __init__(self, tokenizer: Any, max_tokens: int, memory_share: float = 0.25) -> None:
+    def __init__(self, tokenizer: Any | None, max_tokens: int, memory_share: float = 0.25) -> None:
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.memory_share = memory_share
@@ -81,6 +96,8 @@ class PromptRenderer:
         return msgs
 
     def text(self, messages: Sequence[ChatMessage]) -> str:
+        if self.tokenizer is None:
+            return chatml(messages)
         result = self.tokenizer.apply_chat_template(
             [{"role": m.role, "content": m.content} for m in messages],
             chat_template=self.template,
@@ -90,6 +107,8 @@ class PromptRenderer:
         return str(result)
 
     def count(self, text: str) -> int:
+        if self.tokenizer is None:
+            return estimate_tokens(text)
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def render(self, context: PromptContext) -> Prompt:
@@ -131,4 +150,5 @@ class PromptRenderer:
             tokens=tokens,
             history_dropped=n_hist - keep_hist,
             memories_dropped=len(context.memories) - keep_mem,  # over their share, or squeezed out
+            context=context,
         )

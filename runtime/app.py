@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
 import signal
 import threading
 import webbrowser
@@ -13,6 +14,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+from transformers import AutoTokenizer
 
 from memory import review as memory_review
 from memory.embed import BUNDLED, Embedder, EmbeddingError
@@ -23,6 +26,7 @@ from persona_model.adapters import AdapterFollower, AdapterRegistry, RegistryErr
 from persona_model.card import CardError, load_card
 from persona_model.hub import resolve
 from persona_model.local import LocalPersonaModel, Sampling
+from persona_model.server import ServerPersonaModel, ServerSettings
 from plugins.audio import EchoGate, PlaybackLog, SynthesizerError
 from plugins.avatar_vts import VtsAvatar, VtsClient
 from plugins.avatar_ws import AvatarServer, Command
@@ -41,6 +45,7 @@ from plugins.tts_piper import PiperSynthesizer, piper_voice_path
 from runtime.config import Config
 from runtime.director import Director, DirectorSettings
 from runtime.events import Control, InputEvent, InputKind, Persona, Priority
+from runtime.fallback import FallbackModel
 from runtime.game import GameSettings
 from runtime.inbox import DEFAULT_MAX_AGE, DEFAULT_WEIGHTS, Inbox, Scoring
 from runtime.moderation import ChatFilter, Moderator
@@ -164,6 +169,37 @@ def adapter_registry(config: Config) -> AdapterRegistry:
     return AdapterRegistry(config.path(config.learning.adapters))
 
 
+def sampling_from(config: Config) -> Sampling:
+    m = config.model
+    return Sampling(m.max_new_tokens, m.temperature, m.top_p, m.repetition_penalty, m.seed)
+
+
+def persona_model_from(config: Config) -> PersonaModel:
+    """The configured backend: the local model, or a model server (with the local model as its
+    stand-in when server.fallback = "local")."""
+    if config.model.backend == "local":
+        return model_from(config)
+    server = server_model_from(config)
+    return FallbackModel(server, model_from(config)) if config.server.fallback == "local" else server
+
+
+def server_model_from(config: Config) -> ServerPersonaModel:
+    s = config.server
+    tokenizer = None
+    if s.tokenizer:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(config.path(s.tokenizer))
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"server.tokenizer {s.tokenizer!r} is not a tokenizer folder ({exc})") from None
+    return ServerPersonaModel(ServerSettings(
+        url=s.url, model=s.model, api_key=os.environ.get(s.api_key_env) or None,
+        connect_timeout_s=s.connect_timeout_s, first_token_timeout_s=s.first_token_timeout_s,
+        read_timeout_s=s.read_timeout_s, retry_min_s=s.retry_min_s, retry_max_s=s.retry_max_s,
+        structured=s.structured, adapters=s.adapters, adapter_root=s.adapter_root, extra=dict(s.extra),
+        max_prompt_tokens=s.max_prompt_tokens, memory_share=config.memory.prompt_share,
+        sampling=sampling_from(config)), tokenizer=tokenizer)
+
+
 def model_from(config: Config) -> LocalPersonaModel:
     """The base model with `model.adapter` pinned on top, or else the registry's active version."""
     m = config.model
@@ -182,7 +218,7 @@ def model_from(config: Config) -> LocalPersonaModel:
             adapter, name = registry.path(active.version), active.version
     return LocalPersonaModel.load(
         path, name=m.id, adapter_path=adapter, adapter_name=name, device=m.device, dtype=m.dtype,
-        threads=m.threads, sampling=Sampling(m.max_new_tokens, m.temperature, m.top_p, m.repetition_penalty, m.seed),
+        threads=m.threads, sampling=sampling_from(config),
         max_prompt_tokens=m.max_prompt_tokens, memory_share=config.memory.prompt_share,
         prefix_cache=m.prefix_cache,
     )
@@ -205,7 +241,15 @@ class App:
         for sink in self.sinks:
             with contextlib.suppress(Exception):
                 await sink.aclose()
+        for model in backends(self.director.cast.model):
+            if isinstance(model, ServerPersonaModel):
+                await model.aclose()
         await self.memory.aclose()
+
+
+def backends(model: PersonaModel) -> tuple[PersonaModel, ...]:
+    """The models behind the character's: a server and its local stand-in, or just the one."""
+    return (model.primary, model.fallback) if isinstance(model, FallbackModel) else (model,)
 
 
 async def build(
@@ -237,7 +281,7 @@ async def build(
     opened: list[SqliteMemory | AvatarServer | GameServer | VtsAvatar] = [memory]  # closed again if the start fails
     try:
         if model is None:
-            model = await asyncio.to_thread(model_from, config)
+            model = await asyncio.to_thread(persona_model_from, config)
         for text in lore:
             await memory.add_memory(text, source=persona.source)
 
@@ -329,9 +373,12 @@ async def build(
                               ReflectionSettings(r.every_turns, r.every_minutes, r.max_turns))
         director.background += (reflector.run,)
     follower = None
-    if config.learning.follow and not config.model.adapter and isinstance(model, LocalPersonaModel):
-        follower = AdapterFollower(adapter_registry(config), model)
-        director.background += (follower.run,)
+    if config.learning.follow and not config.model.adapter:
+        # the server and the local stand-in each follow the registry
+        for backend in backends(model):
+            if isinstance(backend, LocalPersonaModel | ServerPersonaModel):
+                follower = AdapterFollower(adapter_registry(config), backend)
+                director.background += (follower.run,)
     director.background += tuple(background)
     return App(config, director, memory, avatar, [playout, *observers], reflector, follower, games)
 

@@ -43,6 +43,7 @@ class PersonaConfig(_Section):
 
 
 class ModelConfig(_Section):
+    backend: Literal["local", "server"] = "local"  # server: the [server] section's OpenAI-compatible API
     id: str = Field("HuggingFaceTB/SmolLM2-360M-Instruct", min_length=1)
     adapter: str = ""
     models_dir: str = "~/.cache/omoide/models"
@@ -57,6 +58,24 @@ class ModelConfig(_Section):
     repetition_penalty: float = Field(1.1, ge=0.5, le=3.0)
     seed: int | None = None
     prefix_cache: bool = True  # keep the last prompt's key/value cache; reuse what the next one shares
+
+
+class ServerConfig(_Section):
+    url: str = Field("http://127.0.0.1:8080/v1", pattern=r"^https?://[^\s/]+(/\S*)?$")
+    model: str = ""  # the name the server knows the model by ("" = the first it lists)
+    api_key_env: str = Field("OMOIDE_SERVER_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    tokenizer: str = ""  # a local folder with the model's tokenizer: exact prompt budgets
+    max_prompt_tokens: int = Field(4096, ge=64)
+    connect_timeout_s: float = Field(3.0, gt=0)
+    first_token_timeout_s: float = Field(20.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0)
+    retry_min_s: float = Field(1.0, gt=0)
+    retry_max_s: float = Field(60.0, gt=0)
+    fallback: Literal["none", "local"] = "none"
+    structured: Literal["auto", "json_schema", "json_object", "none"] = "auto"
+    adapters: Literal["none", "vllm", "llamacpp"] = "none"
+    adapter_root: str = ""  # learning.adapters as the server sees that folder ("" = the same path)
+    extra: dict[str, Any] = {}  # merged into every request, e.g. { repeat_penalty = 1.1 }
 
 
 class TurnConfig(_Section):
@@ -273,6 +292,7 @@ class Config(_Section):
     character: CharacterConfig = CharacterConfig()
     persona: PersonaConfig = PersonaConfig()
     model: ModelConfig = ModelConfig()
+    server: ServerConfig = ServerConfig()
     turn: TurnConfig = TurnConfig()
     inbox: InboxConfig = InboxConfig()
     moderation: ModerationConfig = ModerationConfig()
@@ -353,4 +373,7 @@ def _describe(exc: ValidationError, data: Mapping[str, Any]) -> str:
         allowed = ", ".join(k for k in getattr(section, "model_fields", {}) if k not in ("base_dir", "file"))
         return f"config error: {key} is not a known key (allowed here: {allowed})"
     value = err.get("input")
+    if loc[-1] == "api_key_env":  # a key pasted where its variable's name belongs: never echo it
+        return (f"config error: {key} must name an environment variable (letters, digits, _), not hold"
+                " the key itself; the value is not shown")
     return f"config error: {key} = {value!r}: {err['msg'].rstrip('.')}"

@@ -63,8 +63,18 @@ class Controllable(Protocol):
         ...
 
 
+class ModelUnavailable(RuntimeError):
+    """The language model cannot answer now (its server is down or too slow). `retry_at` is the
+    monotonic time before which asking again is pointless (None: any time)."""
+
+    def __init__(self, message: str, retry_at: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
+
+
 class PersonaModel(Protocol):
-    """The character's language model."""
+    """The character's language model. `stream` and `json` raise ModelUnavailable when the model
+    cannot be reached; a caller may then ask another one."""
 
     @property
     def name(self) -> str: ...

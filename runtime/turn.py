@@ -33,7 +33,7 @@ from runtime.events import (
 )
 from runtime.game import GameSettings
 from runtime.moderation import Moderator, Verdict
-from runtime.ports import Clock, Games, MemoryStore, OutputSink, PersonaModel, Synthesizer
+from runtime.ports import Clock, Games, MemoryStore, ModelUnavailable, OutputSink, PersonaModel, Synthesizer
 from runtime.sentences import SentenceCutter
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,10 @@ class TurnHandle:
                 await self._finish(TurnStatus.INTERRUPTED)
                 raise
             await self._finish(TurnStatus.INTERRUPTED)
+        except ModelUnavailable as exc:  # the backend has said so already (once, not every turn)
+            log.info("turn not answered: the model is unavailable", extra={"turn_id": self.turn_id})
+            self.record.error = f"ModelUnavailable: {exc}"
+            await self._finish(TurnStatus.FAILED)
         except Exception as exc:  # noqa: BLE001 - a failed turn is logged, the character goes on
             log.exception("turn failed", extra={"turn_id": self.turn_id})
             self.record.error = f"{type(exc).__name__}: {exc}"
@@ -209,10 +213,13 @@ class TurnHandle:
 
         sentences: asyncio.Queue[Sentence | None] = asyncio.Queue(self.settings.sentences_ahead)
         audio: asyncio.Queue[tuple[Sentence, asyncio.Queue[AudioChunk | None]] | None] = asyncio.Queue(1)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._generate(prompt, sentences), name="turn-generate")
-            tg.create_task(self._synthesize(sentences, audio), name="turn-synthesize")
-            tg.create_task(self._deliver(audio), name="turn-deliver")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._generate(prompt, sentences), name="turn-generate")
+                tg.create_task(self._synthesize(sentences, audio), name="turn-synthesize")
+                tg.create_task(self._deliver(audio), name="turn-deliver")
+        except* ModelUnavailable as group:
+            raise group.exceptions[0] from None
 
     async def _act(self, event: InputEvent, games: Games) -> game.Outcome:
         """A game's force: choose and take an action before anything is said."""
@@ -232,8 +239,8 @@ class TurnHandle:
         )
         async with contextlib.aclosing(self.cast.model.stream(prompt)) as stream:
             async for piece in stream:
-                if not self._generated:  # the adapter that generated it (one may swap in between turns)
-                    self.record.adapter = self.cast.model.adapter
+                if not self._generated:  # the model and adapter that generated it (they may change between turns)
+                    self.record.model, self.record.adapter = self.cast.model.name, self.cast.model.adapter
                 self.mark(Stage.FIRST_TOKEN)
                 self._generated.append(piece)
                 if not await self._pass_on(cutter.feed(piece), out):

@@ -35,8 +35,10 @@ def test_environment_overrides_any_key(tmp_path):
     ("[model]\ntemperature = 'hot'", "model.temperature = 'hot'"),
     ("[model]\ntemperature = 9.0", "less than or equal to 5"),
     ("[tts]\nengine = 'nope'", "tts.engine = 'nope'"),
-    ("[model]\ntempreture = 1.0", "model.tempreture is not a known key (allowed here: id,"),
+    ("[model]\ntempreture = 1.0", "model.tempreture is not a known key (allowed here: backend, id,"),
     ("[avatar]\nport = 70000", "avatar.port = 70000"),
+    ("[server]\nurl = 'localhost:8080'", "server.url = 'localhost:8080'"),
+    ("[server]\napi_key_env = 'sk-123 secret'", "server.api_key_env must name an environment variable"),
     ("[model\n", "not valid TOML"),
 ])
 def test_a_bad_value_is_named_with_what_is_allowed(tmp_path, toml, expected):
@@ -45,7 +47,7 @@ def test_a_bad_value_is_named_with_what_is_allowed(tmp_path, toml, expected):
     with pytest.raises(ConfigError) as err:
         load(path, env={})
     assert expected in str(err.value)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "sk-123" not in str(err.value)
 
 
 def test_the_cli_exits_with_one_line_on_a_bad_value(tmp_path):
