@@ -53,8 +53,10 @@ def write_gguf(model_dir: Path | str, out: Path | str, dtype: str = "f32") -> Pa
     # the tokenizer: byte-level BPE with GPT-2's pre-split, specials as control tokens
     vocab: dict[str, int] = tok["model"]["vocab"]
     specials = {t["content"]: t["id"] for t in tok.get("added_tokens", [])}
-    tokens = [f"[PAD{i}]" for i in range(n_vocab)]
-    types = [gguf.TokenType.UNUSED] * n_vocab
+    # a real shape's vocabulary is larger than our tokenizer's: the rest are plain tokens with a
+    # visible text (random weights pick them, and llama.cpp would print nothing for unused ones)
+    tokens = [f"<pad{i}>" for i in range(n_vocab)]
+    types = [gguf.TokenType.NORMAL] * n_vocab
     for text, i in {**vocab, **specials}.items():
         if i < n_vocab:
             tokens[i] = text

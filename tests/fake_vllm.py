@@ -23,6 +23,7 @@ class FakeVllm:
         self.auth: list[str | None] = []
         self.hang = False  # accept chat requests and never answer
         self.piece_delay = 0.0
+        self.llamacpp_loras: list[dict[str, Any]] | None = None  # llama.cpp's GET /lora-adapters, when set
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -44,6 +45,8 @@ class FakeVllm:
                 if self.path == "/v1/models":
                     ids = [fake.base, *fake.loras]
                     self._json(200, {"object": "list", "data": [{"id": i, "object": "model"} for i in ids]})
+                elif self.path == "/lora-adapters" and fake.llamacpp_loras is not None:
+                    self._json(200, fake.llamacpp_loras)
                 else:
                     self._json(404, {"detail": "Not Found"})
 
@@ -88,7 +91,9 @@ class FakeVllm:
                 if fake.hang:
                     time.sleep(30)
                     return
-                words = f"I am {model}. Hello chat, it is good to see you here tonight.".split(" ")
+                applied = [fake.llamacpp_loras[a["id"]]["path"].rsplit("/", 1)[-1]
+                           for a in body.get("lora") or () if a["scale"] > 0]  # llama.cpp: by id and scale
+                words = f"I am {applied[0] if applied else model}. Hello chat, it is good to see you here tonight.".split(" ")
                 if not body.get("stream"):
                     self._json(200, {"choices": [{"index": 0, "message": {"role": "assistant",
                                                                           "content": " ".join(words)}}]})

@@ -115,6 +115,45 @@ async def test_activating_a_version_loads_it_into_vllm_and_the_next_turn_uses_it
     await model.aclose()
 
 
+async def test_llamacpp_adapters_given_at_its_start_are_chosen_per_request(vllm, tmp_path, caplog):
+    reg = AdapterRegistry(tmp_path / "adapters")
+    v1, v2 = register(reg, tmp_path / "a", "w0001"), register(reg, tmp_path / "b", "w0002")
+    vllm.llamacpp_loras = [{"id": 0, "path": f"/srv/loras/{v1}.gguf", "scale": 0.0}]  # started with --lora v1
+    model = ServerPersonaModel(ServerSettings(vllm.url, model="base-model", adapters="llamacpp"))
+    follower = AdapterFollower(reg, model)
+    reg.activate(v1)
+    await follower.follow()
+    assert (await reply(model)).startswith(f"I am {v1}.gguf.")
+    reg.activate(v2)  # not given to the server at its start: it says how, and keeps v1
+    await follower.follow()
+    said = " ".join(str(getattr(r, "error", "")) for r in caplog.records)
+    assert f"not started with adapter {v2}" in said and "--lora" in said
+    assert model.adapter == v1 and (await reply(model)).startswith(f"I am {v1}.gguf.")
+    await model.aclose()
+
+
+async def test_a_running_character_follows_the_registry_onto_the_server(vllm, tmp_path):
+    path = write_config(tmp_path, model={"backend": "server"},
+                        server={"url": vllm.url, "model": "base-model", "adapters": "vllm"},
+                        learning={"adapters": str(tmp_path / "adapters")})
+    from runtime.app import server_model_from
+    from runtime.config import load
+
+    reg = AdapterRegistry(tmp_path / "adapters")
+    v1 = register(reg, tmp_path / "a", "w0001")
+    async with running(path, server_model_from(load(path, env={}))) as (app, records):
+        reg.activate(v1)  # as `omoide adapters activate` does, from another process
+        async with asyncio.timeout(20):
+            while app.director.cast.model.adapter != v1:
+                await asyncio.sleep(0.05)
+        app.director.submit(InputEvent(InputKind.CHAT, "who are you?", "test", app.director.cast.clock.now(), "ann"))
+        async with asyncio.timeout(30):
+            while not records:
+                await asyncio.sleep(0.05)
+    assert records[0].adapter == v1 and records[0].generated_text.startswith(f"I am {v1}.")
+    assert vllm.adapter_calls() == [("load_lora_adapter", v1)]
+
+
 async def test_a_server_without_runtime_adapters_says_so_and_keeps_its_model(tmp_path, caplog):
     fake = FakeVllm(runtime_lora=False).start()  # vLLM started without VLLM_ALLOW_RUNTIME_LORA_UPDATING
     reg = AdapterRegistry(tmp_path / "adapters")
@@ -127,6 +166,8 @@ async def test_a_server_without_runtime_adapters_says_so_and_keeps_its_model(tmp
         assert (await reply(model)).startswith("I am base-model.")
         said = {"vllm": "did not take the adapter", "none": "not set up to load adapters"}[api]
         assert said in caplog.text
+        if api == "vllm":  # vLLM's own answer is passed on
+            assert "load_lora_adapter answered HTTP 404" in str(caplog.records[-1].error)
         await model.aclose()
     fake.stop()
 
