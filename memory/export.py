@@ -8,6 +8,7 @@ an interrupted reply.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,42 @@ from typing import Any, TextIO
 from memory.store import session
 
 DEFAULT_STATUSES = ("complete", "interrupted")
+
+
+class Scrubber:
+    """Replaces every viewer's name and id (from the viewers table and chat authors) with a stable
+    pseudonym, "viewer1", "viewer2"..., in everything an export writes (`[learning] scrub_viewers`,
+    `omoide logs export --scrub`). The same viewer gets the same pseudonym across one database."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.names: dict[str, str] = {}  # lower-case name -> pseudonym
+        self.ids: dict[str, str] = {}  # "platform:user_id" -> pseudonym
+        rows = conn.execute("SELECT platform, user_id, name FROM viewers ORDER BY first_seen, platform, user_id")
+        for platform, user_id, name in rows:
+            alias = self.names.setdefault(name.lower(), f"viewer{len(self.ids) + 1}")
+            self.ids[f"{platform}:{user_id}"] = alias
+        for (author,) in conn.execute("SELECT DISTINCT author FROM inputs WHERE source = 'twitch'"
+                                      " AND author IS NOT NULL ORDER BY author"):
+            self.names.setdefault(author.lower(), f"viewer{len(self.names) + 1}")
+        words = sorted((n for n in self.names if n.strip()), key=len, reverse=True)
+        self._names = re.compile(r"(?<!\w)(" + "|".join(map(re.escape, words)) + r")(?!\w)",
+                                 re.IGNORECASE) if words else None
+
+    def text(self, value: str) -> str:
+        if value in self.ids:
+            return self.ids[value]
+        if self._names is None:
+            return value
+        return self._names.sub(lambda m: self.names[m.group(0).lower()], value)
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, list):
+            return [self(v) for v in value]
+        if isinstance(value, dict):
+            return {k: (None if k in ("user_id",) else self(v)) for k, v in value.items()}
+        return value
 
 
 def iter_examples(
@@ -67,22 +104,26 @@ def iter_examples(
 
 
 def export_jsonl(
-    database: Path, out: TextIO, since: float | None = None, include_interrupted: bool = True
+    database: Path, out: TextIO, since: float | None = None, include_interrupted: bool = True,
+    scrub: bool = False,
 ) -> int:
-    """Write one JSON line per turn that was heard; returns how many were written."""
+    """Write one JSON line per turn that was heard; returns how many were written. With `scrub`,
+    viewers' names and ids are replaced by pseudonyms."""
     with session(database, "interaction log") as conn:
         statuses = DEFAULT_STATUSES if include_interrupted else ("complete",)
+        clean = Scrubber(conn) if scrub else None
         n = 0
         for example in iter_examples(conn, since, statuses):
-            out.write(json.dumps(example, ensure_ascii=False) + "\n")
+            out.write(json.dumps(clean(example) if clean else example, ensure_ascii=False) + "\n")
             n += 1
         return n
 
 
-def export_memories(database: Path, out: TextIO, since: float | None = None) -> int:
+def export_memories(database: Path, out: TextIO, since: float | None = None, scrub: bool = False) -> int:
     """Write one JSON line per live memory (not superseded) made since `since`, with the viewer's
     name where the memory is about one; returns how many were written."""
     with session(database, "interaction log") as conn:
+        clean = Scrubber(conn) if scrub else None
         rows = conn.execute(
             "SELECT m.id, m.text, m.kind, m.source, m.viewer, v.name, m.subject, m.importance, m.pinned,"
             " m.created_at, m.source_turns FROM memories m LEFT JOIN viewers v"
@@ -90,11 +131,12 @@ def export_memories(database: Path, out: TextIO, since: float | None = None) -> 
             " ORDER BY m.id", (since or 0.0,))
         n = 0
         for mid, text, kind, source, viewer, name, subject, importance, pinned, created, turns in rows:
-            out.write(json.dumps({
+            row = {
                 "id": mid, "text": text, "kind": kind, "source": source, "viewer": viewer,
                 "viewer_name": name, "subject": subject, "importance": importance, "pinned": bool(pinned),
                 "created_at": created, "source_turns": json.loads(turns),
-            }, ensure_ascii=False) + "\n")
+            }
+            out.write(json.dumps(clean(row) if clean else row, ensure_ascii=False) + "\n")
             n += 1
         return n
 

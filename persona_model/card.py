@@ -18,6 +18,8 @@ from typing import Any
 from runtime.events import Persona
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MAX_CARD_BYTES = 32 << 20  # a card file larger than this is refused before it is read
+MAX_TEXT_BYTES = 8 << 20  # a card's JSON (after base64 and decompression) may be this large
 SPECS = {"chara_card_v2": "2", "chara_card_v3": "3"}
 TEXT_FIELDS = {  # card field -> Persona field
     "description": "description",
@@ -39,9 +41,17 @@ def load_card(path: Path | str) -> tuple[Persona, tuple[str, ...]]:
     """The persona in a card, and the texts of its enabled lorebook entries."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_CARD_BYTES:
+            raise CardError(f"{path}: {path.stat().st_size} bytes; a card may be {MAX_CARD_BYTES >> 20} MB at most")
         raw = path.read_bytes()
     except OSError as exc:
         raise CardError(f"{path}: cannot read the card ({exc.strerror or exc})") from None
+    return parse_card_bytes(raw, str(path))
+
+
+def parse_card_bytes(raw: bytes, where: str = "card") -> tuple[Persona, tuple[str, ...]]:
+    """A card file's bytes (PNG or JSON) to the persona and lore; CardError naming what is wrong."""
+    path = where
     if raw.startswith(PNG_MAGIC):
         text = _png_card_text(path, raw)
     else:
@@ -49,10 +59,14 @@ def load_card(path: Path | str) -> tuple[Persona, tuple[str, ...]]:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise CardError(f"{path}: neither a PNG nor UTF-8 JSON") from None
+    if len(text) > MAX_TEXT_BYTES:
+        raise CardError(f"{path}: the card's text is {len(text)} characters; at most {MAX_TEXT_BYTES}")
     try:
         card = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CardError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise CardError(f"{path}: JSON nested too deeply") from None
     return parse_card(card, str(path))
 
 
@@ -63,10 +77,8 @@ def parse_card(card: Any, where: str = "card") -> tuple[Persona, tuple[str, ...]
     data: Any
     if spec is None and "name" in card and "data" not in card:
         data, prefix = card, ""  # a V1 card: the fields sit at the top level
-    elif spec not in SPECS:
-        raise CardError(
-            f"{where}: spec is {spec!r}; expected 'chara_card_v2' or 'chara_card_v3'"
-        )
+    elif not isinstance(spec, str) or spec not in SPECS:
+        raise CardError(f"{where}: spec is {repr(spec)[:60]}; expected 'chara_card_v2' or 'chara_card_v3'")
     else:
         data, prefix = card.get("data"), "data."
         if not isinstance(data, dict):
@@ -101,8 +113,11 @@ def _lore(book: Any, where: str, name: str) -> tuple[str, ...]:
     return tuple(texts)
 
 
-def _png_card_text(path: Path, raw: bytes) -> str:
-    chunks = dict(_png_text_chunks(raw))
+def _png_card_text(path: str, raw: bytes) -> str:
+    try:
+        chunks = dict(_png_text_chunks(raw))
+    except CardError as exc:
+        raise CardError(f"{path}: {exc}") from None
     for key in ("ccv3", "chara"):
         if key in chunks:
             try:
@@ -126,17 +141,26 @@ def _png_text_chunks(raw: bytes) -> list[tuple[str, bytes]]:
                 out.append((key.decode("latin-1"), text))
             elif kind == b"zTXt":
                 key, _, rest = body.partition(b"\0")
-                out.append((key.decode("latin-1"), zlib.decompress(rest[1:])))
+                out.append((key.decode("latin-1"), _inflate(rest[1:])))
             elif kind == b"iTXt":
                 key, _, rest = body.partition(b"\0")
                 compressed, rest = rest[0], rest[2:]
                 _lang, _, rest = rest.partition(b"\0")
                 _translated, _, text = rest.partition(b"\0")
-                out.append((key.decode("latin-1"), zlib.decompress(text) if compressed else text))
+                out.append((key.decode("latin-1"), _inflate(text) if compressed else text))
         except (zlib.error, IndexError):
             continue
         if kind == b"IEND":
             break
+    return out
+
+
+def _inflate(data: bytes) -> bytes:
+    """zlib data, refused when it would inflate past MAX_TEXT_BYTES (a decompression bomb)."""
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, MAX_TEXT_BYTES + 1)
+    if len(out) > MAX_TEXT_BYTES:
+        raise CardError(f"a compressed text chunk inflates past {MAX_TEXT_BYTES >> 20} MB")
     return out
 
 

@@ -22,11 +22,14 @@ import json
 import threading
 from typing import Any
 
+import jsonschema
 import llguidance
 import llguidance.hf
+import regex
 import torch
 from transformers import LogitsProcessor
 
+PATTERN_TIMEOUT_S = 0.05  # a game's `pattern` that takes longer to match is a failed match
 MAX_STRING = 200  # characters, for a string the schema leaves unbounded
 MAX_ITEMS = 16  # for an array the schema leaves unbounded
 INT_BOUND = 10**9  # for an integer the schema leaves unbounded
@@ -42,6 +45,33 @@ class SchemaError(ValueError):
 
 class TruncatedJson(ValueError):
     """The model ran out of tokens before the document was complete."""
+
+
+def _pattern(validator: Any, pattern: Any, instance: Any, schema: Any) -> Any:
+    """`pattern`, matched by the `regex` engine with a time limit: a game's pattern that
+    backtracks for ever (a ReDoS) fails the match instead of freezing the character."""
+    if not validator.is_type(instance, "string") or not isinstance(pattern, str):
+        return
+    try:
+        found = regex.search(pattern, instance, timeout=PATTERN_TIMEOUT_S)
+    except TimeoutError:
+        yield jsonschema.ValidationError(f"pattern {pattern[:60]!r} took too long to match")
+        return
+    except regex.error as exc:
+        yield jsonschema.ValidationError(f"pattern {pattern[:60]!r} is not a valid regular expression ({exc})")
+        return
+    if found is None:
+        yield jsonschema.ValidationError(f"{instance[:60]!r} does not match {pattern[:60]!r}")
+
+
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
+
+
+def validate(document: Any, schema: Any) -> None:
+    """jsonschema's validation (ValidationError), with `pattern` under a time limit."""
+    error = jsonschema.exceptions.best_match(_Validator(schema).iter_errors(document))
+    if error is not None:
+        raise error
 
 
 def tighten(schema: Any) -> Any:

@@ -27,7 +27,7 @@ from transformers import (
     TextStreamer,
 )
 
-from persona_model.constrained import SchemaProcessor, TruncatedJson, grammar, ll_tokenizer, tighten
+from persona_model.constrained import SchemaProcessor, TruncatedJson, grammar, ll_tokenizer, tighten, validate
 from persona_model.prompt import PromptRenderer
 from runtime.events import Prompt, PromptContext
 
@@ -293,7 +293,7 @@ class LocalPersonaModel:
         async with contextlib.aclosing(self._generate(prompt, processor, max_new_tokens)) as pieces:
             text = "".join([piece async for piece in pieces])
         try:
-            jsonschema.validate(json.loads(text), schema)
+            validate(json.loads(text), schema)
         except (ValueError, jsonschema.ValidationError) as exc:
             raise TruncatedJson(f"no complete document in {max_new_tokens} tokens ({exc})") from None
         return text

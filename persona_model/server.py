@@ -29,7 +29,7 @@ from typing import Any, Literal
 import httpx
 import jsonschema
 
-from persona_model.constrained import TruncatedJson, tighten
+from persona_model.constrained import TruncatedJson, tighten, validate
 from persona_model.local import GenerationStats, Sampling
 from persona_model.prompt import PromptRenderer
 from runtime.events import Prompt, PromptContext
@@ -171,7 +171,7 @@ class ServerPersonaModel:
             break
         try:
             document = json.loads(text, strict=False)  # some engines let raw control characters into strings
-            jsonschema.validate(document, schema)
+            validate(document, schema)
         except (ValueError, jsonschema.ValidationError) as exc:
             raise TruncatedJson(f"the server's reply is not a document valid under the schema ({exc})") from None
         return json.dumps(document, ensure_ascii=False)

@@ -14,8 +14,9 @@ import contextlib
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from plugins.audio import wav_bytes
+from plugins.guard import RateLimit, origin_ok, refuse, short, token_ok
 from runtime.events import AudioChunk, InputEvent, Sentence
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,8 @@ class AvatarServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8765, *, audio_format: str = "wav",
                  character: str = "", queue_size: int = 256,
-                 commands: Mapping[str, Command] | None = None) -> None:
+                 commands: Mapping[str, Command] | None = None, token: str = "",
+                 allowed_origins: Sequence[str] = (), rate: float = 20.0, burst: int = 60) -> None:
         if audio_format not in ("wav", "pcm"):
             raise ValueError(f"avatar audio format must be 'wav' or 'pcm', not {audio_format!r}")
         self.host = host
@@ -63,6 +66,9 @@ class AvatarServer:
         self.character = character
         self.queue_size = queue_size
         self.commands = dict(commands or {})  # message type -> handler, for operator tools
+        self.token = token  # when set, every client (and the overlay page) must give it
+        self.allowed_origins = tuple(allowed_origins)  # web pages besides our own overlay
+        self.rate, self.burst = rate, burst  # commands a second per client, and the burst allowed
         self._clients: set[_Client] = set()
         self._server: Server | None = None
         self._turn_start: str | None = None  # replayed to a client that joins mid-turn
@@ -181,13 +187,21 @@ class AvatarServer:
 
     async def _read(self, client: _Client) -> None:
         """Read (and so answer pings for) what a client sends: operator commands."""
+        limit = RateLimit(self.rate, self.burst)
         try:
             async for raw in client.ws:
+                if not limit.allow():
+                    if limit.refused % 100 == 1:  # said once per hundred
+                        self._answer(client, _encode("error", request_id=None, message=(
+                            f"more than {self.rate:g} messages a second: dropped ({limit.refused} so far)")))
+                    continue
                 try:
                     message = json.loads(raw)
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, RecursionError):
                     log.warning("avatar client sent something that is not JSON",
                                 extra={"client": client.name})
+                    self._answer(client, _encode("error", request_id=None,
+                                                 message="not a JSON text message (or nested too deeply)"))
                     continue
                 await self._command(client, message)
         except ConnectionClosed:
@@ -198,7 +212,16 @@ class AvatarServer:
 
 
     def _page(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Plain HTTP on the same port: GET /overlay is the browser overlay (plugins/overlay/)."""
+        """Plain HTTP on the same port: GET /overlay is the browser overlay (plugins/overlay/).
+        Every request, page or WebSocket, shows the token if one is set; a browser's must come
+        from our own page or an allowed origin."""
+        if not token_ok(request, self.token):
+            log.warning("avatar channel: a client without the token was refused")
+            return refuse(HTTPStatus.UNAUTHORIZED, "unauthorized: add ?token=... (avatar.token)")
+        if not origin_ok(request, self.allowed_origins, self.port):
+            log.warning("avatar channel: a web page not in avatar.allowed_origins was refused",
+                        extra={"origin": short(request.headers.get("Origin"))})
+            return refuse(HTTPStatus.FORBIDDEN, "this page's origin is not in avatar.allowed_origins")
         if urlsplit(request.path).path.rstrip("/") not in ("/overlay", "/overlay/index.html"):
             return None  # a WebSocket handshake (or a 4xx from websockets for anything else)
         body = OVERLAY.read_bytes()
@@ -211,10 +234,12 @@ class AvatarServer:
         kind = message.get("type") if isinstance(message, dict) else None
         handler = self.commands.get(kind) if isinstance(kind, str) else None
         request = message.get("request_id") if isinstance(message, dict) else None
+        if not isinstance(request, str | int | None) or (isinstance(request, str) and len(request) > 100):
+            request = None  # echoed back only when it is a short id
         if handler is None:
             known = ", ".join(sorted(self.commands)) or "none"
             answer = _encode("error", request_id=request,
-                             message=f"unknown message type {kind!r}; this server accepts: {known}")
+                             message=f"unknown message type {short(kind, 40)}; this server accepts: {known}")
         else:
             try:
                 answer = _encode(f"{kind}_result", request_id=request, **await handler(message))
@@ -223,7 +248,11 @@ class AvatarServer:
             except Exception as exc:  # noqa: BLE001 - the channel and the character carry on
                 log.exception("avatar channel command failed", extra={"kind": kind})
                 answer = _encode("error", request_id=request, message=f"{kind} failed: {type(exc).__name__}")
-        log.info("avatar client command", extra={"client": client.name, "kind": kind})
+        log.info("avatar client command", extra={"client": client.name, "kind": short(kind, 40)})
+        self._answer(client, answer)
+
+    @staticmethod
+    def _answer(client: _Client, answer: str) -> None:
         with contextlib.suppress(asyncio.QueueFull):
             client.queue.put_nowait(answer)
 

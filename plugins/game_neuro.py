@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import itertools
 import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
+import jsonschema
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
+from plugins.guard import RateLimit, origin_ok, refuse, short, token_ok
 from runtime.events import ActionResult, ActionSpec, InputEvent, InputKind, Priority
 from runtime.ports import Clock
 
@@ -42,6 +44,10 @@ PRIORITIES = {"low": Priority.NORMAL, "medium": Priority.NORMAL, "high": Priorit
               "critical": Priority.CRITICAL}
 MAX_FRAME = 1 << 20  # bytes: a bigger frame closes the connection (websockets' own limit)
 MAX_DEPTH = 32  # nesting a schema may have
+MAX_TEXT = 8000  # characters of a context message, query or state
+MAX_GAMES = 8  # games one connection may speak for
+MAX_ACTIONS = 256  # actions one game may have registered
+MAX_QUEUED = 16  # forces waiting behind the one in flight, per game
 UNAUTHORIZED = 4001  # close code for a missing or wrong token
 
 
@@ -104,12 +110,16 @@ def _action(raw: Any, game: str) -> ActionSpec:
     if not isinstance(raw, dict):
         raise ProtocolError("an action must be an object with name, description and schema")
     name, description, schema = raw.get("name"), raw.get("description", ""), raw.get("schema")
-    if not isinstance(name, str) or not name.strip():
-        raise ProtocolError("an action needs a name (a non-empty string)")
+    if not isinstance(name, str) or not name.strip() or len(name) > 100:
+        raise ProtocolError("an action needs a name (a non-empty string of at most 100 characters)")
     if not isinstance(description, str):
         raise ProtocolError(f"action {name!r}: description must be a string")
     if schema is not None:
         check_schema(schema, f"action {name!r} schema")
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            raise ProtocolError(f"action {name!r} schema is not a valid JSON schema: {exc.message[:200]}") from None
     return ActionSpec(name, description, schema or None)
 
 
@@ -119,6 +129,8 @@ def _text(data: dict[str, Any], key: str, required: bool = True) -> str:
         return ""
     if not isinstance(value, str):
         raise ProtocolError(f"data.{key} must be a string" + ("" if required else " when given"))
+    if len(value) > MAX_TEXT:
+        raise ProtocolError(f"data.{key} is {len(value)} characters long; at most {MAX_TEXT}")
     return value
 
 
@@ -128,11 +140,14 @@ class GameServer:
     name = "games"
 
     def __init__(self, clock: Clock, host: str = "127.0.0.1", port: int = 8000, *, token: str = "",
-                 result_timeout_s: float = 30.0, character: str = "Omoide", queue_size: int = 256) -> None:
+                 result_timeout_s: float = 30.0, character: str = "Omoide", queue_size: int = 256,
+                 allowed_origins: Sequence[str] = (), rate: float = 50.0, burst: int = 200) -> None:
         self.clock = clock
         self.host = host
         self.requested_port = port
         self.token = token
+        self.allowed_origins = tuple(allowed_origins)  # web pages (browser games) that may connect
+        self.rate, self.burst = rate, burst  # messages a second per connection, and the burst allowed
         self.result_timeout_s = result_timeout_s
         self.character = character
         self._server: Server | None = None
@@ -145,7 +160,7 @@ class GameServer:
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self._server = await serve(self._handle, self.host, self.requested_port, max_size=MAX_FRAME,
-                                   compression=None)
+                                   compression=None, process_request=self._handshake)
         log.info("game API listening", extra={"url": f"ws://{self.host}:{self.port}"})
 
     @property
@@ -220,27 +235,31 @@ class GameServer:
         return force_id in self._forces
 
     # ---- connections -------------------------------------------------------------------------
-    def _authorized(self, ws: ServerConnection) -> bool:
-        if not self.token:
-            return True
-        path = ws.request.path if ws.request is not None else ""
-        given = parse_qs(urlsplit(path).query).get("token", [""])[0]
-        header = ws.request.headers.get("Authorization", "") if ws.request is not None else ""
-        if header.startswith("Bearer "):
-            given = given or header[7:]
-        return hmac.compare_digest(given.encode(), self.token.encode())
+    def _handshake(self, connection: ServerConnection, request: Request) -> Response | None:
+        """A web page that is not allowed (its Origin) is refused before the WebSocket opens."""
+        if not origin_ok(request, self.allowed_origins, self.port):
+            log.warning("game connection refused: a web page not in game.allowed_origins",
+                        extra={"origin": short(request.headers.get("Origin"))})
+            return refuse(HTTPStatus.FORBIDDEN, "this page's origin is not in game.allowed_origins")
+        return None
 
     async def _handle(self, ws: ServerConnection) -> None:
-        if not self._authorized(ws):
+        if not token_ok(ws.request, self.token):
             log.warning("game connection refused: wrong or missing token", extra={"peer": str(ws.remote_address)})
             await ws.close(UNAUTHORIZED, "unauthorized: add ?token=... to NEURO_SDK_WS_URL")
             return
         conn = _Connection(ws, str(ws.remote_address))
         log.info("game connected", extra={"peer": conn.name})
+        limit = RateLimit(self.rate, self.burst)
         try:
             await self._send(conn, "actions/reregister_all", None)
             async for raw in ws:
                 try:
+                    if not limit.allow():
+                        if limit.refused % 100 != 1:  # said once per hundred, not per message
+                            continue
+                        raise ProtocolError(f"more than {self.rate:g} messages a second: dropped"
+                                            f" ({limit.refused} so far)")
                     await self._frame(conn, raw)
                 except ProtocolError as exc:
                     self.errors += 1
@@ -273,25 +292,36 @@ class GameServer:
             message = json.loads(raw)
         except ValueError as exc:
             raise ProtocolError(f"not JSON ({exc})") from None
+        except RecursionError:
+            raise ProtocolError("JSON nested too deeply") from None
         if not isinstance(message, dict):
             raise ProtocolError("a message must be a JSON object with command, game and data")
         command, game, data = message.get("command"), message.get("game"), message.get("data", {})
         if not isinstance(command, str):
             raise ProtocolError("missing command")
-        if not isinstance(game, str) or not game.strip():
-            raise ProtocolError(f"{command}: missing game (the game's display name)")
+        command = command[:64]
+        if not isinstance(game, str) or not game.strip() or len(game) > 200:
+            raise ProtocolError(f"{command}: missing game (the game's display name, at most 200 characters)")
         if data is None:
             data = {}
         if not isinstance(data, dict):
             raise ProtocolError(f"{command}: data must be an object")
         handler = _HANDLERS.get(command)
         if handler is None:
-            raise ProtocolError(f"unknown command {command!r} from {game!r}")
+            raise ProtocolError(f"unknown command {command!r} from {short(game)}")
         await handler(self, conn, game, data)
 
-    def _game(self, conn: _Connection, game: str) -> _Game:
+    def _game(self, conn: _Connection, game: str, startup: bool = False) -> _Game:
+        """The game as this connection speaks for it. Another connection takes a game over only by
+        sending its `startup` (a game that restarted); anything else for it is refused."""
+        owner = self._games.get(game)
+        if owner is not None and owner.conn is not conn and not startup:
+            raise ProtocolError(f"{game!r} is connected on another connection; a game that restarted"
+                                " sends startup first")
         g = conn.games.get(game)
         if g is None:
+            if len(conn.games) >= MAX_GAMES:
+                raise ProtocolError(f"one connection may speak for at most {MAX_GAMES} games")
             g = conn.games[game] = _Game(game, conn)
         if self._games.get(game) is not g:
             previous = self._games.get(game)
@@ -308,7 +338,7 @@ class GameServer:
 
     # ---- commands from games -----------------------------------------------------------------
     async def _startup(self, conn: _Connection, game: str, data: dict[str, Any]) -> None:
-        g = self._game(conn, game)
+        g = self._game(conn, game, startup=True)
         g.actions.clear()
         self._drop_forces(g)
         g.force, g.queued = None, deque()
@@ -339,9 +369,13 @@ class GameServer:
                 problems.append(str(exc))
                 continue
             if spec.name not in g.actions:  # re-registering a name is ignored, as the spec says
+                if len(g.actions) >= MAX_ACTIONS:
+                    problems.append(f"more than {MAX_ACTIONS} actions")
+                    break
                 g.actions[spec.name] = spec
         if problems:
-            raise ProtocolError(f"actions/register from {game!r}: refused " + "; ".join(problems))
+            more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+            raise ProtocolError(f"actions/register from {game!r}: refused " + "; ".join(problems[:5]) + more)
 
     async def _unregister(self, conn: _Connection, game: str, data: dict[str, Any]) -> None:
         names = data.get("action_names")
@@ -356,8 +390,8 @@ class GameServer:
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise ProtocolError("actions/force: data.action_names must be a non-empty list of strings")
         priority = data.get("priority", "low")
-        if priority not in PRIORITIES:
-            raise ProtocolError(f"actions/force: priority must be low, medium, high or critical, not {priority!r}")
+        if not isinstance(priority, str) or priority not in PRIORITIES:
+            raise ProtocolError(f"actions/force: priority must be low, medium, high or critical, not {short(priority)}")
         ephemeral = data.get("ephemeral_context", False)
         if not isinstance(ephemeral, bool):
             raise ProtocolError("actions/force: data.ephemeral_context must be true or false")
@@ -366,13 +400,16 @@ class GameServer:
         g = self._game(conn, game)
         unknown = [n for n in names if n not in g.actions]
         if len(unknown) == len(names):
-            raise ProtocolError(f"actions/force from {game!r}: none of {names} is registered")
+            raise ProtocolError(f"actions/force from {game!r}: none of {short(names)} is registered")
         self._forces[force.id] = force
         if g.force is None:
             g.force = force
             if force.state and not force.ephemeral:
                 g.context.append(_state_line(force))
             self._emit_force(force)
+        elif len(g.queued) >= MAX_QUEUED:
+            self._forces.pop(force.id, None)
+            raise ProtocolError(f"actions/force from {game!r}: {MAX_QUEUED} forces are already waiting")
         else:  # one force in flight per game: the rest wait their turn
             g.queued.append(force)
 
@@ -384,7 +421,7 @@ class GameServer:
             raise ProtocolError("action/result: needs data.id (string) and data.success (true or false)")
         waiting = conn.waiting.get(action_id)
         if waiting is None:
-            raise ProtocolError(f"action/result from {game!r} for an unknown action id {action_id!r}")
+            raise ProtocolError(f"action/result from {game!r} for an unknown action id {short(action_id)}")
         _, future = waiting
         if not future.done():
             future.set_result(ActionResult(success, message if isinstance(message, str) else str(message)))

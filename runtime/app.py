@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import threading
+import urllib.parse
 import webbrowser
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from plugins.chat_console import ConsoleChatSource, ConsoleSubtitles
 from plugins.chat_twitch import TwitchChatSource, TwitchError, TwitchReplies, load_account
 from plugins.game_neuro import GameServer
 from plugins.game_tictactoe import TicTacToe
+from plugins.guard import is_loopback
 from plugins.mic_file import FileMicrophone, MicrophoneError
 from plugins.mic_sounddevice import SoundDeviceMicrophone
 from plugins.speakers_silent import SilentSpeakers
@@ -55,6 +57,10 @@ from runtime.turn import Cast, TurnSettings
 from runtime.voices import FallbackSynthesizer
 
 log = logging.getLogger(__name__)
+# transformers' from_pretrained patches torch globally while it builds a model (meta device, init
+# functions): two threads loading at once can leave weights on the meta device. The language model
+# and the embedding model (loaded in the background) take turns.
+_LOADING = threading.Lock()
 
 
 class StartupError(Exception):
@@ -247,6 +253,11 @@ class App:
         await self.memory.aclose()
 
 
+def _locked(load: Callable[[Config], PersonaModel], config: Config) -> PersonaModel:
+    with _LOADING:
+        return load(config)
+
+
 def backends(model: PersonaModel) -> tuple[PersonaModel, ...]:
     """The models behind the character's: a server and its local stand-in, or just the one."""
     return (model.primary, model.fallback) if isinstance(model, FallbackModel) else (model,)
@@ -281,7 +292,7 @@ async def build(
     opened: list[SqliteMemory | AvatarServer | GameServer | VtsAvatar] = [memory]  # closed again if the start fails
     try:
         if model is None:
-            model = await asyncio.to_thread(persona_model_from, config)
+            model = await asyncio.to_thread(_locked, persona_model_from, config)
         for text in lore:
             await memory.add_memory(text, source=persona.source)
 
@@ -306,9 +317,13 @@ async def build(
             commands["game_shutdown"] = shutdown_command(games)
         avatar = None
         if config.avatar.enabled:
-            avatar = AvatarServer(config.avatar.host, config.avatar.port, audio_format=config.avatar.audio_format,
-                                  character=persona.name, queue_size=config.avatar.queue_size,
-                                  commands=commands)
+            a = config.avatar
+            if not a.token and not is_loopback(a.host):
+                raise StartupError(f"avatar.host = {a.host!r} lets other machines connect: set avatar.token too"
+                                   " (clients then connect with ?token=..., the overlay at /overlay?token=...)")
+            avatar = AvatarServer(a.host, a.port, audio_format=a.audio_format, character=persona.name,
+                                  queue_size=a.queue_size, commands=commands, token=a.token,
+                                  allowed_origins=a.allowed_origins, rate=a.rate)
             try:
                 await avatar.start()
             except OSError as exc:
@@ -397,11 +412,11 @@ def vts_from(config: Config, clock: Clock) -> VtsAvatar:
 async def game_server_from(config: Config, clock: Clock, character: str) -> GameServer:
     """The game API server, listening. Beyond this machine only with a token."""
     g = config.game
-    if not g.token and g.host not in ("127.0.0.1", "localhost", "::1"):
+    if not g.token and not is_loopback(g.host):
         raise StartupError(f"game.host = {g.host!r} lets other machines connect: set game.token too"
                            " (games then connect with ?token=... in NEURO_SDK_WS_URL)")
     server = GameServer(clock, g.host, g.port, token=g.token, result_timeout_s=g.result_timeout_s,
-                        character=character)
+                        character=character, allowed_origins=g.allowed_origins, rate=g.rate)
     try:
         await server.start()
     except OSError as exc:
@@ -474,7 +489,12 @@ def encoder_from(config: Config) -> Callable[[], Embedder] | None:
                                 config.path(config.model.models_dir))
     except EmbeddingError as exc:
         raise StartupError(f"memory.embedding_model: {exc}") from None
-    return lambda: Embedder(path)
+
+    def load() -> Embedder:
+        with _LOADING:
+            return Embedder(path)
+
+    return load
 
 
 def recall_settings(config: Config) -> RecallSettings:
@@ -548,6 +568,8 @@ async def companion(config: Config, open_page: Callable[[str], object] = webbrow
         assert app.avatar is not None
         page_audio = isinstance(app.sinks[0], SilentSpeakers)
         url = f"http://127.0.0.1:{app.avatar.port}/overlay?companion=1" + ("&audio=1" if page_audio else "")
+        if config.avatar.token:
+            url += "&token=" + urllib.parse.quote(config.avatar.token)
         print(f"companion page: {url}" + (" (no speakers here: the page plays the voice)" if page_audio else ""))
         threading.Thread(target=open_page, args=(url,), name="open-page", daemon=True).start()
 

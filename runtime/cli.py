@@ -136,7 +136,8 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
     since = dt.datetime.fromisoformat(args.since).timestamp() if args.since else None
     out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
     try:
-        n = export_jsonl(database, out, since=since, include_interrupted=not args.complete_only)
+        n = export_jsonl(database, out, since=since, include_interrupted=not args.complete_only,
+                         scrub=args.scrub or config.learning.scrub_viewers)
     finally:
         if out is not sys.stdout:
             out.close()
@@ -284,6 +285,8 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("out", help="output file (- for stdout)")
     ex.add_argument("--since", help="only turns from this ISO date/time on")
     ex.add_argument("--complete-only", action="store_true", help="leave out interrupted turns")
+    ex.add_argument("--scrub", action="store_true",
+                    help="replace viewers' names and ids with pseudonyms (viewer1, ...); also learning.scrub_viewers")
     ex.add_argument("--database", help="database file (default: memory.database)")
     ex.set_defaults(func=cmd_logs_export)
     rv = lsub.add_parser("review", help="list replies, or mark one good, bad or corrected (for training)")

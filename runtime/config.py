@@ -194,6 +194,9 @@ class AvatarConfig(_Section):
     port: int = Field(8765, ge=0, le=65535)
     audio_format: Literal["wav", "pcm"] = "wav"
     queue_size: int = Field(256, ge=8)
+    token: str = ""  # when set, clients connect with ?token=... (required to listen beyond this machine)
+    allowed_origins: list[str] = []  # web pages (besides our overlay) that may connect, e.g. "https://x.y"
+    rate: float = Field(20.0, gt=0)  # commands a second per client
 
 
 class VtsConfig(_Section):
@@ -217,6 +220,8 @@ class GameConfig(_Section):
     result_timeout_s: float = Field(30.0, gt=0)  # wait this long for a game's action/result
     max_json_tokens: int = Field(256, ge=16, le=4096)  # for the action's JSON
     context_lines: int = Field(10, ge=0, le=100)  # the game's recent context messages in the prompt
+    allowed_origins: list[str] = []  # browser games' pages that may connect (other web pages may not)
+    rate: float = Field(50.0, gt=0)  # messages a second per connection
 
 
 class ConsoleConfig(_Section):
@@ -268,6 +273,7 @@ class LearningConfig(_Section):
     activate: bool = True  # activate a candidate that passes its gate (else: `omoide adapters activate`)
     follow: bool = True  # a running character swaps in each newly activated adapter between turns
     interrupted: Literal["spoken", "exclude"] = "spoken"  # what interrupted replies contribute
+    scrub_viewers: bool = False  # viewers' names and ids become pseudonyms in what is exported for training
     replay_share: float = Field(0.2, ge=0, le=5)  # replayed examples per new one
     persona_examples: bool = True  # train on the card's example dialogue every window
     heldout_replies: float = Field(0.1, ge=0, lt=1)  # kept out of training for the persona gate
@@ -331,6 +337,10 @@ def load(path: Path | str | None = None, env: Mapping[str, str] | None = None) -
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text (a bad byte at {exc.start})") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         base = path.resolve().parent

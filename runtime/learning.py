@@ -67,9 +67,9 @@ def build_window(config: Config) -> tuple[Path, Window]:
     folder = config.path(config.learning.folder) / f"w{len(windows(config)) + 1:04d}"
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "turns.jsonl", "w", encoding="utf-8") as out:
-        export_jsonl(database, out, since=since)
+        export_jsonl(database, out, since=since, scrub=config.learning.scrub_viewers)
     with open(folder / "memories.jsonl", "w", encoding="utf-8") as out:
-        export_memories(database, out, since=since)
+        export_memories(database, out, since=since, scrub=config.learning.scrub_viewers)
     persona, _ = app.persona_from(config)
     lc = config.learning
     window = curate(
