@@ -111,6 +111,13 @@ def session(database: Path, what: str = "memory database") -> Iterator[sqlite3.C
         conn.close()
 
 
+MAX_HELD = 100_000  # writes kept in memory while the disk is full
+
+
+class StoreFull(sqlite3.OperationalError):
+    """A write could not be stored yet (the disk is full); it is held and retried."""
+
+
 class SqliteMemory:
     """Implements the MemoryStore port."""
 
@@ -125,6 +132,9 @@ class SqliteMemory:
         self._db: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._held: list[_Write] = []  # writes waiting for disk space (never dropped below MAX_HELD)
+        self._full_since: float | None = None
+        self._full_wait = 0.0
         self._indexer: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()  # new memories to embed
         self._bulk = 0  # add_embedded writes in flight
@@ -306,12 +316,14 @@ class SqliteMemory:
         assert self._db is not None
         stopping = False
         while not stopping:
-            items = [await self._queue.get()]
+            # held writes (the disk was full) are tried again without waiting for new ones
+            items = [] if self._held and self._queue.empty() else [await self._queue.get()]
             while len(items) < self.batch and not self._queue.empty():
                 items.append(self._queue.get_nowait())
             if None in items:
                 stopping = True
-            writes = [w for w in items if w is not None]
+            writes = self._held + [w for w in items if w is not None]
+            self._held = []
             if not writes:
                 continue
             try:
@@ -322,16 +334,42 @@ class SqliteMemory:
                         await self._db.execute(w.sql, w.params)
                 await self._db.commit()
             except sqlite3.Error as exc:
+                await self._db.rollback()
+                if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" and not stopping:
+                    await self._hold(writes, exc)  # the disk is full: keep them, try again
+                    continue
                 # fail loudly for the writes that awaited, keep the writer alive for the rest
                 log.exception("database write failed", extra={"database": str(self.path)})
-                await self._db.rollback()
                 for w in writes:
                     if w.done is not None and not w.done.done():
                         w.done.set_exception(exc)
                 continue
+            if self._full_since is not None:
+                log.warning("the database is writable again: everything held is stored",
+                            extra={"database": str(self.path), "writes": len(writes)})
+                self._full_since, self._full_wait = None, 0.0
             for w in writes:
                 if w.done is not None and not w.done.done():
                     w.done.set_result(None)
+
+    async def _hold(self, writes: list[_Write], exc: sqlite3.Error) -> None:
+        """The disk is full: keep the writes in memory (up to MAX_HELD) and retry with a backoff.
+        Whoever awaits one hears at once that it is not stored yet, so nothing stalls; the write
+        itself is kept and committed once there is room."""
+        if self._full_since is None:
+            self._full_since = time.monotonic()
+            log.error("the disk is full: writes are held in memory and retried; free some space",
+                      extra={"database": str(self.path), "error": str(exc)})
+        for w in writes:
+            if w.done is not None and not w.done.done():
+                w.done.set_exception(StoreFull(f"not stored yet: {exc}"))
+        if len(writes) > MAX_HELD:
+            log.error("too many writes held while the disk is full: the oldest are dropped",
+                      extra={"dropped": len(writes) - MAX_HELD})
+            writes = writes[-MAX_HELD:]
+        self._held = writes
+        self._full_wait = min(max(self._full_wait * 2, 0.5), 30.0)
+        await asyncio.sleep(self._full_wait)
 
     # -- reads ----------------------------------------------------------------------------------
 

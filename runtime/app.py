@@ -126,7 +126,7 @@ def synthesizer_from(config: Config) -> Synthesizer:
                                      else "", t.coqui.language, t.coqui.device, t.chunk_ms)
     except SynthesizerError as exc:
         raise StartupError(f"tts.engine = {t.engine!r}: {exc}") from None
-    return FallbackSynthesizer(voice, espeak, t.engine) if t.fallback else voice
+    return FallbackSynthesizer(voice, espeak, t.engine, stall_s=config.turn.tts_stall_s / 2) if t.fallback else voice
 
 
 MicrophoneFactory = Callable[[PlaybackLog | None], Microphone]
@@ -365,7 +365,7 @@ async def build(
         persona=persona, model=model, synthesizer=synthesizer, playout=playout, memory=memory,
         moderator=moderator, clock=clock, observers=tuple(observers),
         settings=TurnSettings(t.first_sentence_min_chars, t.max_sentence_chars, t.sentences_ahead,
-                              t.recall_k),
+                              t.recall_k, t.model_stall_s, t.tts_stall_s, t.fallback_line),
         games=games, game_settings=GameSettings(g.retries, g.speak, g.max_json_tokens, g.context_lines),
     )
     director = Director(

@@ -84,6 +84,9 @@ class TurnConfig(_Section):
     sentences_ahead: int = Field(2, ge=1, le=16)
     history_messages: int = Field(24, ge=0)
     recall_k: int = Field(3, ge=0, le=50)
+    model_stall_s: float = Field(30.0, gt=0)  # no text from the model for this long: the reply is given up
+    tts_stall_s: float = Field(15.0, gt=0)  # no audio from the voice for this long: the sentence goes unvoiced
+    fallback_line: str = Field("Sorry, my thoughts got tangled. Ask me again?", max_length=500)
 
 
 class InboxConfig(_Section):

@@ -214,7 +214,11 @@ class Director:
         for event in inputs:
             committed = self._committed.pop(event.id, None)
             if committed is not None:
-                await committed  # the input is on disk before any reply starts
+                try:
+                    await committed  # the input is on disk before any reply starts
+                except Exception as exc:  # noqa: BLE001 - a full disk must not silence the character
+                    log.warning("input not stored yet; answering anyway", extra={"input_id": event.id,
+                                                                                 "error": str(exc)})
         self._committed = {k: f for k, f in self._committed.items() if not _done(f)}  # merged or dropped
         cast = self.cast
         template = self.settings.thanks.get(event_type(inputs[0]))

@@ -45,6 +45,13 @@ class TurnSettings:
     max_sentence_chars: int = 220
     sentences_ahead: int = 2  # how many cut sentences may wait for the synthesizer
     recall_k: int = 3
+    model_stall_s: float = 30.0  # no text from the model for this long: the reply is given up
+    tts_stall_s: float = 15.0  # no audio from the voice for this long: the sentence goes unvoiced
+    fallback_line: str = ""  # said when the model fails or stalls ("" : the turn just ends)
+
+
+class ModelStalled(RuntimeError):
+    """The model sent no text for longer than TurnSettings.model_stall_s."""
 
 
 class CannedReply:
@@ -126,6 +133,7 @@ class TurnHandle:
         self._moderated: list[str] = []
         self._work: asyncio.Task[None] | None = None
         self._cancel_reason: str | None = None
+        self._failure: str | None = None  # the model failed and the fallback line was said
         self._paused = False
         self.mark(Stage.INPUT_RECEIVED, at=self._t0)
 
@@ -185,7 +193,11 @@ class TurnHandle:
             self.record.error = f"{type(exc).__name__}: {exc}"
             await self._finish(TurnStatus.FAILED)
         else:
-            await self._finish(TurnStatus.COMPLETE)
+            if self._failure is not None:  # the fallback line was said instead
+                self.record.error = self._failure
+                await self._finish(TurnStatus.FAILED)
+            else:
+                await self._finish(TurnStatus.COMPLETE)
         return self.record
 
     async def _run(self) -> None:
@@ -237,16 +249,35 @@ class TurnHandle:
         cutter = SentenceCutter(
             self.turn_id, self.settings.first_sentence_min_chars, self.settings.max_sentence_chars
         )
-        async with contextlib.aclosing(self.cast.model.stream(prompt)) as stream:
-            async for piece in stream:
-                if not self._generated:  # the model and adapter that generated it (they may change between turns)
-                    self.record.model, self.record.adapter = self.cast.model.name, self.cast.model.adapter
-                self.mark(Stage.FIRST_TOKEN)
-                self._generated.append(piece)
-                if not await self._pass_on(cutter.feed(piece), out):
-                    break
-            else:
-                await self._pass_on(cutter.flush(), out)
+        try:
+            async with contextlib.aclosing(self.cast.model.stream(prompt)) as stream:
+                while True:
+                    try:
+                        async with asyncio.timeout(self.settings.model_stall_s):
+                            piece = await anext(stream, None)
+                    except TimeoutError:
+                        raise ModelStalled(f"no text from the model for {self.settings.model_stall_s:g} s") from None
+                    if piece is None:
+                        await self._pass_on(cutter.flush(), out)
+                        break
+                    if not self._generated:  # the model and adapter that generated it (they may change between turns)
+                        self.record.model, self.record.adapter = self.cast.model.name, self.cast.model.adapter
+                    self.mark(Stage.FIRST_TOKEN)
+                    self._generated.append(piece)
+                    if not await self._pass_on(cutter.feed(piece), out):
+                        break
+        except Exception as exc:
+            line = self.settings.fallback_line
+            if not line:
+                raise
+            # the model broke or stalled: what was cut is said, then the fallback line; the turn is
+            # recorded as failed (never trained on)
+            self._failure = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, ModelUnavailable):  # that one the backend has said already
+                log.warning("the model failed mid-reply; saying the fallback line",
+                            extra={"turn_id": self.turn_id, "error": self._failure})
+            said = cutter.flush()
+            await self._pass_on([*said, *cutter.feed(line), *cutter.flush()], out)
         await out.put(None)
 
     async def _pass_on(self, cut: list[Sentence], out: asyncio.Queue[Sentence | None]) -> bool:
@@ -279,8 +310,20 @@ class TurnHandle:
             await out.put((sentence, chunks))
             try:
                 if sentence.text:
-                    async for chunk in self.cast.synthesizer.synthesize(sentence):
-                        chunks.put_nowait(chunk)
+                    voice = self.cast.synthesizer.synthesize(sentence)
+                    try:
+                        while True:
+                            async with asyncio.timeout(self.settings.tts_stall_s):
+                                chunk = await anext(voice, None)
+                            if chunk is None:
+                                break
+                            chunks.put_nowait(chunk)
+                    finally:
+                        if (aclose := getattr(voice, "aclose", None)) is not None:
+                            await aclose()  # the engine's process or thread ends with it
+            except TimeoutError:
+                log.error("the voice stalled; sentence shown without (the rest of its) audio",
+                          extra={"turn_id": self.turn_id, "seq": sentence.seq, "stall_s": self.settings.tts_stall_s})
             except Exception:  # noqa: BLE001 - one bad sentence loses its voice, not the turn
                 log.exception("synthesis failed; sentence shown without audio",
                               extra={"turn_id": self.turn_id, "seq": sentence.seq})
