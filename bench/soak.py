@@ -232,8 +232,16 @@ async def soak(minutes: float, sample_s: float) -> None:
         folder = Path(tmp)
         base = tiny.build(folder / "tiny")
         app = await build(load(write_config(folder, base), env={}), console=False)
-        records: list[TurnRecord] = []
-        app.director.on_turn = records.append
+        # only what is measured is kept (holding every TurnRecord would itself grow the heap)
+        firsts_all: list[float] = []
+        done = {"turns": 0}
+
+        def on_turn(record: TurnRecord) -> None:
+            done["turns"] += 1
+            if Stage.FIRST_AUDIO in record.timings:
+                firsts_all.append(record.timings[Stage.FIRST_AUDIO] * 1000)
+
+        app.director.on_turn = on_turn
         director = asyncio.create_task(app.director.run(), name="director")
         seconds = minutes * 60
         load_ = Load(app, seconds)
@@ -249,10 +257,9 @@ async def soak(minutes: float, sample_s: float) -> None:
             if director.done():
                 print(f"the director stopped: {director.exception()!r}")
                 break
-            window = records[seen:]
-            seen = len(records)
-            firsts = [r.timings[Stage.FIRST_AUDIO] * 1000 for r in window if Stage.FIRST_AUDIO in r.timings]
-            sample = {"min": (time.monotonic() - started) / 60, "turns": len(records), "p50": pct(firsts, 0.5),
+            firsts = firsts_all[seen:]
+            seen = len(firsts_all)
+            sample = {"min": (time.monotonic() - started) / 60, "turns": done["turns"], "p50": pct(firsts, 0.5),
                       "p99": pct(firsts, 0.99), "rss": rss_mb(), "fds": fds(), "errors": len(errors.seen)}
             samples.append(sample)
             print(f"{sample['min']:>6.1f}{sample['turns']:>7}{sample['p50']:>15.0f}ms{sample['p99']:>7.0f}ms"
@@ -272,13 +279,12 @@ async def soak(minutes: float, sample_s: float) -> None:
         kinds = dict(db.execute("SELECT kind, COUNT(*) FROM inputs GROUP BY kind").fetchall())
         lost = [i for i in load_.sent if i not in stored]
         warm = [s for s in samples if s["min"] >= minutes / 5] or samples
-        firsts_all = [r.timings[Stage.FIRST_AUDIO] * 1000 for r in records if Stage.FIRST_AUDIO in r.timings]
         print()
         print(f"sent: {json.dumps(load_.counts)}")
         print(f"stored: inputs {len(stored)} {json.dumps(kinds)}; turns {json.dumps(statuses)}; memories {memories};"
               f" adapter swaps {swaps}")
         print(f"chat inputs sent {len(load_.sent)}, stored {len(load_.sent) - len(lost)}, lost {len(lost)}")
-        print(f"turns {len(records)}; first audio p50 {pct(firsts_all, 0.5):.0f} ms, p99 {pct(firsts_all, 0.99):.0f} ms")
+        print(f"turns {done['turns']}; first audio p50 {pct(firsts_all, 0.5):.0f} ms, p99 {pct(firsts_all, 0.99):.0f} ms")
         print(f"after warm-up ({warm[0]['min']:.1f} min on): RSS {warm[0]['rss']:.1f} -> {warm[-1]['rss']:.1f} MB"
               f" (max {max(s['rss'] for s in warm):.1f}), fds {warm[0]['fds']} -> {warm[-1]['fds']}"
               f" (max {max(s['fds'] for s in warm)})")

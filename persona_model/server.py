@@ -108,6 +108,8 @@ class ServerPersonaModel:
         client = self._http()
         response: httpx.Response | None = None
         pieces: AsyncGenerator[str, None] | None = None
+        first: str | None = None
+        finished = False
         try:
             try:  # the request, its headers and the first piece: within first_token_timeout_s
                 async with asyncio.timeout(self.settings.first_token_timeout_s):
@@ -125,10 +127,11 @@ class ServerPersonaModel:
                 stats.pieces.append((time.monotonic(), first))
                 yield first  # closing the stream here closes the request: the server stops
                 first = await anext(pieces, None)
+            finished = True
         except httpx.TransportError as exc:
             raise self._failed(_transport(exc)) from None
         finally:
-            stats.stopped_early = pieces is None or first is not None
+            stats.stopped_early = not finished
             if pieces is not None:
                 await pieces.aclose()
             if response is not None:
@@ -165,7 +168,7 @@ class ServerPersonaModel:
             self._answered()
             self._format = flavour
             try:
-                text = response.json()["choices"][0]["message"]["content"] or ""
+                text = str(response.json()["choices"][0]["message"]["content"] or "")
             except (ValueError, KeyError, IndexError, TypeError):
                 raise ServerError(f"the server's answer has no message: {response.text[:200]!r}") from None
             break

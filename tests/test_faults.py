@@ -221,14 +221,14 @@ async def test_a_model_that_breaks_or_hangs_mid_reply_ends_the_turn_with_the_fal
 
 
 class HangingVoice:
-    """A TTS engine that hangs on its second sentence (a stuck synthesis process)."""
+    """A TTS engine that hangs on its first sentence (a stuck synthesis process), then works."""
 
     def __init__(self, inner: Any) -> None:
         self.inner, self.n = inner, 0
 
     async def synthesize(self, sentence: Sentence) -> AsyncIterator[AudioChunk]:
         self.n += 1
-        if self.n == 2:
+        if self.n == 1:
             await asyncio.Event().wait()
         async for chunk in self.inner.synthesize(sentence):
             yield chunk
@@ -288,3 +288,43 @@ async def test_the_clock_jumping_an_hour_drops_stale_chat_and_goes_on(tmp_path, 
         await app.aclose()
     conn = sqlite3.connect(tmp_path / "omoide.db")  # logged all the same
     assert conn.execute("SELECT COUNT(*) FROM inputs").fetchone()[0] == 3
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A real 4 MiB filesystem (tmpfs), where mounting is allowed (root); else skipped."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here ({done.stderr.decode().strip()[:80]})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_a_really_full_disk_holds_writes_until_space_returns(small_disk, caplog):
+    store = await SqliteMemory.open(small_disk / "omoide.db")
+    try:
+        await store.log_input(InputEvent(InputKind.CHAT, "before", "twitch", 0.0, "ann", id="before"))
+        filler = small_disk / "filler"
+        with filler.open("wb", buffering=0) as f:  # take every byte left
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        held = [store.log_input(InputEvent(InputKind.CHAT, f"during {i} " + "x" * 2000, "twitch", 0.0, "ann",
+                                           id=f"during-{i}")) for i in range(50)]
+        results = await asyncio.gather(*held, return_exceptions=True)
+        assert any(isinstance(r, Exception) and "not stored yet" in str(r) for r in results)
+        assert "the disk is full" in caplog.text
+        filler.unlink()  # space returns
+        async with asyncio.timeout(30):
+            while "writable again" not in caplog.text:
+                await asyncio.sleep(0.05)
+        await store.flush()
+    finally:
+        await store.aclose()
+    conn = sqlite3.connect(small_disk / "omoide.db")
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert conn.execute("SELECT COUNT(*) FROM inputs").fetchone()[0] == 51

@@ -147,3 +147,25 @@ async def test_exports_can_name_no_viewer(tmp_path, tiny_model):
         assert not re.search(r"\bada\b", text, re.IGNORECASE) and "48151623" not in text
         assert "viewer1" in text
     assert "Tofu" in memories.getvalue()  # the fact stays; only who said it goes
+
+
+async def test_viewer_text_reaches_no_shell_path_or_sql(tmp_path, tiny_model):
+    marker = tmp_path / "pwned"
+    attacks = ["'); DROP TABLE inputs; --", f"$(touch {marker}) `touch {marker}`; touch {marker}",
+               "../../../../etc/passwd", "%s %n %x {0} {{7*7}}", "\x00\x1b[2J\u202e"]
+    path = write_config(tmp_path, model={"max_new_tokens": 8})
+    async with running(path, tiny_model) as (app, records):
+        for text in attacks:
+            app.director.submit(InputEvent(InputKind.CHAT, text, "twitch", app.director.cast.clock.now(), text,
+                                           meta={"user_id": text}))
+        async with asyncio.timeout(60):
+            while len(records) < len(attacks):
+                await asyncio.sleep(0.05)
+    conn = sqlite3.connect(tmp_path / "omoide.db")
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    stored = sorted(t for (t,) in conn.execute("SELECT text FROM inputs"))
+    # stored verbatim, but for control characters, which the chat filter takes out
+    assert stored == sorted([*attacks[:-1], "[2J"])
+    assert sorted(a for (a,) in conn.execute("SELECT author FROM inputs")) == sorted(attacks)
+    assert not marker.exists()
+    assert {p.name for p in tmp_path.iterdir()} <= {"config.toml", "omoide.db", "omoide.db-shm", "omoide.db-wal"}
