@@ -15,6 +15,7 @@ grew after warm-up (the first fifth of the run).
 
     python bench/soak.py                   # 30 minutes
     python bench/soak.py --minutes 5       # a quick one
+    python bench/soak.py --trace           # also: what Python allocated after warm-up, by line
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +226,7 @@ class Load:
             self.counts["adapters"] += 1
 
 
-async def soak(minutes: float, sample_s: float) -> None:
+async def soak(minutes: float, sample_s: float, trace: bool = False) -> None:
     errors = Errors()
     logging.getLogger().addHandler(errors)
     logging.getLogger().setLevel(logging.WARNING)
@@ -249,6 +251,9 @@ async def soak(minutes: float, sample_s: float) -> None:
                                                    load_.slow_avatar(), load_.adapters(base, folder))]
         samples: list[dict[str, Any]] = []
         started = time.monotonic()
+        if trace:
+            tracemalloc.start(12)
+        warm_snapshot: tracemalloc.Snapshot | None = None
         seen = 0
         print(f"soak: {minutes:g} minutes; a sample every {sample_s:g} s", flush=True)
         print(f"{'min':>6}{'turns':>7}{'first audio p50':>17}{'p99':>9}{'RSS MB':>9}{'fds':>6}{'errors':>8}", flush=True)
@@ -262,8 +267,17 @@ async def soak(minutes: float, sample_s: float) -> None:
             sample = {"min": (time.monotonic() - started) / 60, "turns": done["turns"], "p50": pct(firsts, 0.5),
                       "p99": pct(firsts, 0.99), "rss": rss_mb(), "fds": fds(), "errors": len(errors.seen)}
             samples.append(sample)
+            if trace and warm_snapshot is None and sample["min"] >= minutes / 5:
+                warm_snapshot = tracemalloc.take_snapshot()
             print(f"{sample['min']:>6.1f}{sample['turns']:>7}{sample['p50']:>15.0f}ms{sample['p99']:>7.0f}ms"
                   f"{sample['rss']:>9.1f}{sample['fds']:>6}{sample['errors']:>8}", flush=True)
+        if warm_snapshot is not None:
+            grown = tracemalloc.take_snapshot().compare_to(warm_snapshot, "traceback")
+            print("\nPython allocations grown since warm-up (largest first):")
+            for stat in grown[:12]:
+                frames = [f"{f.filename.split('site-packages/')[-1].replace(str(ROOT) + '/', '')}:{f.lineno}"
+                          for f in stat.traceback[-4:]]
+                print(f"  {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks  {' < '.join(reversed(frames))}")
         load_.stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         crashed = director.done()
@@ -302,8 +316,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--sample-s", type=float, default=30.0)
+    ap.add_argument("--trace", action="store_true", help="trace Python allocations (slower)")
     args = ap.parse_args()
-    asyncio.run(soak(args.minutes, args.sample_s))
+    asyncio.run(soak(args.minutes, args.sample_s, args.trace))
 
 
 if __name__ == "__main__":
