@@ -41,8 +41,8 @@ def load_card(path: Path | str) -> tuple[Persona, tuple[str, ...]]:
     """The persona in a card, and the texts of its enabled lorebook entries."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_CARD_BYTES:
-            raise CardError(f"{path}: {path.stat().st_size} bytes; a card may be {MAX_CARD_BYTES >> 20} MB at most")
+        if (size := path.stat().st_size) > MAX_CARD_BYTES:
+            raise CardError(f"{path}: {size} bytes; a card may be {MAX_CARD_BYTES >> 20} MB at most")
         raw = path.read_bytes()
     except OSError as exc:
         raise CardError(f"{path}: cannot read the card ({exc.strerror or exc})") from None

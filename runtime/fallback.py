@@ -64,10 +64,9 @@ class FallbackModel:
                         yield piece
                 return
             except ModelUnavailable as exc:
-                if started:  # cut off mid-reply: what was said stands; the next turn asks the fallback
-                    self._unavailable(exc)
-                    raise
                 self._unavailable(exc)
+                if started:  # cut off mid-reply: what was said stands; the next turn asks the fallback
+                    raise
         self._serving = self.fallback
         async with contextlib.aclosing(self.fallback.stream(await self._for_fallback(prompt))) as pieces:
             async for piece in pieces:
