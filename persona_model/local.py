@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from transformers import (
 from persona_model.constrained import SchemaProcessor, TruncatedJson, grammar, ll_tokenizer, tighten, validate
 from persona_model.prompt import PromptRenderer
 from runtime.events import Prompt, PromptContext
+from runtime.ports import Worker
 
 log = logging.getLogger(__name__)
 _END = object()
@@ -149,7 +151,8 @@ class LocalPersonaModel:
         self.sampling = sampling
         self.renderer = PromptRenderer(tokenizer, max_prompt_tokens, memory_share)
         self.last_stats = GenerationStats()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("persona-generate")  # every generation runs on this one thread
+        weakref.finalize(self, self._worker.close)
         self._staged: _Staged | None = None
         self._staging = threading.Lock()
         self._swapping = False
@@ -213,8 +216,8 @@ class LocalPersonaModel:
         generation does it first. Returns the seconds the swap took, or None if it was left."""
         if self._staged is None or self._swapping or self._streaming:
             return None
-        if self._thread is not None and self._thread.is_alive():  # a closed stream's thread, ending
-            await asyncio.to_thread(self._thread.join)
+        if self._worker.busy:  # a closed stream's generation, ending
+            await asyncio.to_thread(self._worker.idle)
             if self._staged is None or self._swapping or self._streaming:
                 return None
         return await self._swap()
@@ -273,11 +276,8 @@ class LocalPersonaModel:
         return self.renderer.render(context)
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the last generation's thread to end; True if none is running."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-            return not self._thread.is_alive()
-        return True
+        """Wait for the last generation to end; True if none is running."""
+        return self._worker.idle(timeout)
 
     async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
         async with contextlib.aclosing(self._generate(prompt)) as pieces:
@@ -300,9 +300,9 @@ class LocalPersonaModel:
 
     async def _generate(self, prompt: Prompt, processor: SchemaProcessor | None = None,
                         max_new_tokens: int | None = None) -> AsyncGenerator[str, None]:
-        # one generation at a time: wait for the last one's thread (it stops within one token)
-        if self._thread is not None and self._thread.is_alive():
-            await asyncio.to_thread(self._thread.join)
+        # one generation at a time: wait for the last one (it stops within one token)
+        if self._worker.busy:
+            await asyncio.to_thread(self._worker.idle)
         while self._swapping:  # a swap in progress: this generation uses the new adapter
             await asyncio.sleep(0.001)
         if self._staged is not None:
@@ -339,9 +339,8 @@ class LocalPersonaModel:
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
                 loop.call_soon_threadsafe(queue.put_nowait, _END)
 
-        self._thread = threading.Thread(target=work, name="persona-generate", daemon=True)
         self._streaming = True  # no await since the swap check: nothing can swap in between
-        self._thread.start()
+        self._worker.submit(work)
         finished = False
         try:
             while (item := await queue.get()) is not _END:

@@ -7,11 +7,13 @@ import contextlib
 import io
 import threading
 import wave
+import weakref
 from collections.abc import AsyncGenerator, Callable, Iterator
 
 import numpy as np
 
 from runtime.events import AudioChunk, Sentence
+from runtime.ports import Worker
 
 SLICE_MS = 20
 
@@ -65,7 +67,8 @@ class ThreadedVoice:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._lock = threading.Lock()  # one synthesis at a time: engines are not thread-safe
+        self._worker = Worker(f"{name}-synth")  # one synthesis at a time: engines are not thread-safe
+        weakref.finalize(self, self._worker.close)
 
     async def speak(
         self, sentence: Sentence, produce: Callable[[threading.Event], Iterator[tuple[bytes, int]]]
@@ -77,18 +80,17 @@ class ThreadedVoice:
 
         def work() -> None:
             try:
-                with self._lock:
-                    for piece in produce(stop):
-                        if stop.is_set():
-                            break
-                        loop.call_soon_threadsafe(queue.put_nowait, piece)
+                for piece in produce(stop):
+                    if stop.is_set():
+                        break
+                    loop.call_soon_threadsafe(queue.put_nowait, piece)
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
                 with contextlib.suppress(RuntimeError):  # the loop may be gone at exit
                     loop.call_soon_threadsafe(queue.put_nowait, None)
 
-        threading.Thread(target=work, name=f"{self.name}-synth", daemon=True).start()
+        self._worker.submit(work)
         index = 0
         try:
             while (item := await queue.get()) is not None:

@@ -7,8 +7,11 @@ Layer 0: standard library only.
 from __future__ import annotations
 
 import asyncio
+import logging
+import queue
+import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from runtime.events import (
@@ -41,6 +44,61 @@ class MonotonicClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+class Worker:
+    """One long-lived daemon thread that runs blocking jobs in the order given: a model's
+    generations, a voice's synthesis. A thread per reply made native memory climb in steps over a
+    long stream (glibc gives threads malloc arenas of their own, and what each short-lived thread
+    freed stayed fragmented); one thread per engine keeps the process's size flat.
+
+    The thread starts with the first job and ends on `close()`; an owner calls that from
+    `weakref.finalize`, so a dropped engine does not leave its thread behind.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], threading.Event] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._last: threading.Event | None = None
+
+    def submit(self, job: Callable[[], object]) -> threading.Event:
+        """Queue `job` (it should catch its own errors); the event is set when it has ended."""
+        done = threading.Event()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=_serve, args=(self._jobs,), name=self.name, daemon=True)
+                self._thread.start()
+            self._jobs.put((job, done))
+            self._last = done
+        return done
+
+    def idle(self, timeout: float | None = None) -> bool:
+        """Wait (up to `timeout` seconds) for every job given so far to end; True if they have."""
+        last = self._last
+        return last is None or last.wait(timeout)
+
+    @property
+    def busy(self) -> bool:
+        last = self._last
+        return last is not None and not last.is_set()
+
+    def close(self) -> None:
+        """End the thread once the jobs already queued have run."""
+        self._jobs.put(None)
+
+
+def _serve(jobs: queue.SimpleQueue[tuple[Callable[[], object], threading.Event] | None]) -> None:
+    while (item := jobs.get()) is not None:
+        job, done = item
+        try:
+            job()
+        except BaseException:  # noqa: BLE001 - jobs hand their errors over themselves; the thread goes on
+            logging.getLogger(__name__).exception("a job on a worker thread failed")
+        finally:
+            done.set()
+        del item, job, done  # nothing of a finished job stays referenced while waiting for the next
 
 
 @runtime_checkable

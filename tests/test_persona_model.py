@@ -1,6 +1,8 @@
 """The local backend on a tiny Llama model built on the spot (no network)."""
 
 import asyncio
+import gc
+import threading
 import time
 
 import pytest
@@ -46,6 +48,28 @@ async def test_closing_the_stream_stops_generation_promptly(tiny_model_dir):
     assert time.monotonic() - t < 1.0
     assert model.last_stats.stopped_early
     assert model.last_stats.new_tokens < 100
+
+
+async def test_replies_run_on_one_long_lived_thread_that_ends_with_the_model(tiny_model_dir):
+    # a thread per reply made a night's stream grow in native memory (docs/benchmarks.md, soak)
+    model = LocalPersonaModel.load(tiny_model_dir, sampling=Sampling(max_new_tokens=8, seed=1))
+    before = {t.ident for t in threading.enumerate()}
+    for i in range(6):
+        stream = model.stream(model.render(ctx(f"message {i}")))
+        await anext(stream)
+        if i % 2:
+            await stream.aclose()  # closed early, as an interrupted turn does
+        else:
+            async for _ in stream:
+                pass
+    assert model.join(5)
+    made = [t for t in threading.enumerate() if t.ident not in before and t.name == "persona-generate"]
+    assert len(made) == 1, f"{len(made)} generation threads for six replies"
+    thread = made[0]
+    del model, stream
+    gc.collect()
+    thread.join(5)
+    assert not thread.is_alive(), "the generation thread outlived its model"
 
 
 def test_the_budget_trims_oldest_history_first_then_memories(tiny_model):
