@@ -149,6 +149,15 @@ class LocalPersonaModel:
         self._name = name
         self._adapter = adapter
         self.sampling = sampling
+        # the prompt and the reply share the model's positions: a prompt that filled them all
+        # would be answered past what the model was trained on
+        self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        reply = min(sampling.max_new_tokens, self.context // 2)  # kept free for the reply
+        if self.context and max_prompt_tokens > self.context - reply:
+            log.info("prompts kept to %d tokens: the model reads %d positions, %d of them kept for the"
+                     " reply (model.max_prompt_tokens is %d)", self.context - reply, self.context, reply,
+                     max_prompt_tokens)
+            max_prompt_tokens = self.context - reply
         self.renderer = PromptRenderer(tokenizer, max_prompt_tokens, memory_share)
         self.last_stats = GenerationStats()
         self._worker = Worker("persona-generate")  # every generation runs on this one thread
@@ -326,6 +335,12 @@ class LocalPersonaModel:
             kwargs.update(logits_processor=LogitsProcessorList([processor]), repetition_penalty=None)
         if max_new_tokens is not None:
             kwargs["max_new_tokens"] = max_new_tokens
+        if self.context and stats.prompt_tokens + kwargs["max_new_tokens"] > self.context:
+            room = self.context - stats.prompt_tokens  # a prompt rendered elsewhere, or a long JSON answer
+            if room <= 0:
+                raise ValueError(f"the prompt ({stats.prompt_tokens} tokens) fills the model's"
+                                 f" {self.context} positions")
+            kwargs["max_new_tokens"] = room
 
         def work() -> None:
             try:

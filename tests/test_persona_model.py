@@ -72,6 +72,24 @@ async def test_replies_run_on_one_long_lived_thread_that_ends_with_the_model(tin
     assert not thread.is_alive(), "the generation thread outlived its model"
 
 
+async def test_the_prompt_and_the_reply_fit_in_the_models_positions(tiny_model_dir):
+    # a 300-position model asked for 2,048-token prompts and 100-token replies
+    loaded = LocalPersonaModel.load(tiny_model_dir)
+    loaded.model.config.max_position_embeddings = 300
+    model = LocalPersonaModel(loaded.model, loaded.tokenizer, name="small", max_prompt_tokens=2048,
+                              sampling=Sampling(max_new_tokens=100, temperature=0))
+    model.model.generation_config.eos_token_id = None  # every reply runs to its limit
+    history = [ChatMessage("user", f"message number {i} " + "blah " * 20) for i in range(40)]
+    prompt = model.render(ctx(history=history))
+    assert 150 < prompt.tokens <= 200 and prompt.history_dropped > 0
+    await collect(model, prompt)
+    assert model.last_stats.new_tokens == 100
+    # a prompt rendered for a bigger budget elsewhere: its reply is cut to the positions left
+    long = PromptRenderer(model.tokenizer, 280).render(ctx(history=history))
+    await collect(model, long)
+    assert 0 < model.last_stats.new_tokens <= 300 - long.tokens
+
+
 def test_the_budget_trims_oldest_history_first_then_memories(tiny_model):
     history = [ChatMessage("user" if i % 2 == 0 else "assistant", f"message number {i} " + "blah " * 20)
                for i in range(20)]
