@@ -10,13 +10,11 @@ APT_PACKAGES := espeak-ng libportaudio2
 
 .PHONY: run chat test test-all lint bench system-deps test-deps install
 
-# MALLOC_ARENA_MAX=2: glibc gives each new thread its own malloc arena; with a generation thread per
-# reply that grows RSS in steps over hours (docs/benchmarks.md, soak). Two arenas keep it flat.
 run: install
-	MALLOC_ARENA_MAX=2 $(VENV)/bin/omoide run
+	$(VENV)/bin/omoide run
 
 chat: install
-	MALLOC_ARENA_MAX=2 $(VENV)/bin/omoide chat
+	$(VENV)/bin/omoide chat
 
 test: install test-deps
 	$(PY) -m pytest -q

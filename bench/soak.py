@@ -16,6 +16,8 @@ grew after warm-up (the first fifth of the run).
     python bench/soak.py                   # 30 minutes
     python bench/soak.py --minutes 5       # a quick one
     python bench/soak.py --trace           # also: what Python allocated after warm-up, by line
+    python bench/soak.py --default-arenas  # without the malloc arena cap `omoide run` sets
+    python bench/soak.py --no-trim         # without handing free heap memory back every minute
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 from persona_model import tiny  # noqa: E402
 from persona_model.adapters import AdapterRegistry  # noqa: E402
 from plugins.game_sdk import Game  # noqa: E402
-from runtime.app import build  # noqa: E402
+from runtime.app import build, cap_malloc_arenas, heap_bytes, keep_heap_trimmed, trim_heap  # noqa: E402
 from runtime.config import load  # noqa: E402
 from runtime.events import InputEvent, InputKind, Stage, TurnRecord  # noqa: E402
 
@@ -226,7 +228,7 @@ class Load:
             self.counts["adapters"] += 1
 
 
-async def soak(minutes: float, sample_s: float, trace: bool = False) -> None:
+async def soak(minutes: float, sample_s: float, trace: bool = False, trim: bool = True) -> None:
     errors = Errors()
     logging.getLogger().addHandler(errors)
     logging.getLogger().setLevel(logging.WARNING)
@@ -244,6 +246,8 @@ async def soak(minutes: float, sample_s: float, trace: bool = False) -> None:
                 firsts_all.append(record.timings[Stage.FIRST_AUDIO] * 1000)
 
         app.director.on_turn = on_turn
+        if not trim:
+            app.director.background = tuple(j for j in app.director.background if j is not keep_heap_trimmed)
         director = asyncio.create_task(app.director.run(), name="director")
         seconds = minutes * 60
         load_ = Load(app, seconds)
@@ -256,7 +260,8 @@ async def soak(minutes: float, sample_s: float, trace: bool = False) -> None:
         warm_snapshot: tracemalloc.Snapshot | None = None
         seen = 0
         print(f"soak: {minutes:g} minutes; a sample every {sample_s:g} s", flush=True)
-        print(f"{'min':>6}{'turns':>7}{'first audio p50':>17}{'p99':>9}{'RSS MB':>9}{'fds':>6}{'errors':>8}", flush=True)
+        print(f"{'min':>6}{'turns':>7}{'first audio p50':>17}{'p99':>9}{'RSS MB':>9}{'heap used':>10}{'free':>6}"
+              f"{'fds':>6}{'errors':>8}", flush=True)
         while (elapsed := time.monotonic() - started) < seconds:
             await asyncio.sleep(min(sample_s, seconds - elapsed))
             if director.done():
@@ -266,11 +271,14 @@ async def soak(minutes: float, sample_s: float, trace: bool = False) -> None:
             seen = len(firsts_all)
             sample = {"min": (time.monotonic() - started) / 60, "turns": done["turns"], "p50": pct(firsts, 0.5),
                       "p99": pct(firsts, 0.99), "rss": rss_mb(), "fds": fds(), "errors": len(errors.seen)}
+            used, free = heap_bytes() or (0, 0)  # what glibc's malloc has handed out, and holds free
+            sample.update(used=used / 2**20, free=free / 2**20)
             samples.append(sample)
             if trace and warm_snapshot is None and sample["min"] >= minutes / 5:
                 warm_snapshot = tracemalloc.take_snapshot()
             print(f"{sample['min']:>6.1f}{sample['turns']:>7}{sample['p50']:>15.0f}ms{sample['p99']:>7.0f}ms"
-                  f"{sample['rss']:>9.1f}{sample['fds']:>6}{sample['errors']:>8}", flush=True)
+                  f"{sample['rss']:>9.1f}{sample['used']:>10.1f}{sample['free']:>6.1f}{sample['fds']:>6}"
+                  f"{sample['errors']:>8}", flush=True)
         if warm_snapshot is not None:
             grown = tracemalloc.take_snapshot().compare_to(warm_snapshot, "traceback")
             print("\nPython allocations grown since warm-up (largest first):")
@@ -301,7 +309,10 @@ async def soak(minutes: float, sample_s: float, trace: bool = False) -> None:
         print(f"turns {done['turns']}; first audio p50 {pct(firsts_all, 0.5):.0f} ms, p99 {pct(firsts_all, 0.99):.0f} ms")
         print(f"after warm-up ({warm[0]['min']:.1f} min on): RSS {warm[0]['rss']:.1f} -> {warm[-1]['rss']:.1f} MB"
               f" (max {max(s['rss'] for s in warm):.1f}), fds {warm[0]['fds']} -> {warm[-1]['fds']}"
-              f" (max {max(s['fds'] for s in warm)})")
+              f" (max {max(s['fds'] for s in warm)}); heap in use {warm[0]['used']:.1f} -> {warm[-1]['used']:.1f} MB")
+        took = time.perf_counter()
+        trim_heap()
+        print(f"one malloc_trim at the end: {(time.perf_counter() - took) * 1000:.1f} ms")
         print(f"errors logged: {len(errors.seen)}; director crashed: {crashed}")
         for line in sorted(set(errors.seen))[:10]:
             print(f"  {line[:200]}")
@@ -317,8 +328,14 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--sample-s", type=float, default=30.0)
     ap.add_argument("--trace", action="store_true", help="trace Python allocations (slower)")
+    ap.add_argument("--default-arenas", action="store_true",
+                    help="leave glibc's malloc arenas as they are (omoide run caps them at 2)")
+    ap.add_argument("--no-trim", action="store_true",
+                    help="never hand free heap memory back (omoide run does every minute)")
     args = ap.parse_args()
-    asyncio.run(soak(args.minutes, args.sample_s, args.trace))
+    capped = False if args.default_arenas else cap_malloc_arenas()  # first, as `omoide run` does
+    print(f"malloc arenas: {'capped at 2' if capped else os.environ.get('MALLOC_ARENA_MAX', 'default')}")
+    asyncio.run(soak(args.minutes, args.sample_s, args.trace, trim=not args.no_trim))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import io
 import logging
 import os
@@ -61,6 +62,67 @@ log = logging.getLogger(__name__)
 # functions): two threads loading at once can leave weights on the meta device. The language model
 # and the embedding model (loaded in the background) take turns.
 _LOADING = threading.Lock()
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+HEAP_TRIM_S = 60.0  # how often a running character hands free heap memory back
+
+
+def _libc(name: str) -> Any:
+    """A function of the C library this process runs on, or None where it has none by that name."""
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+
+
+def cap_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas for this process, as `MALLOC_ARENA_MAX=2` would, unless the
+    environment already sets it. Call it first thing, before threads allocate.
+
+    glibc gives threads arenas of their own (up to 8 per core); a model, its tokenizer, the
+    database and the voices each allocate from worker threads, and memory freed into many arenas
+    stays fragmented: over a long stream RSS climbs in steps (docs/benchmarks.md, soak). Two
+    arenas keep fewer of those steps; the threads rarely contend for them, as one generation runs
+    at a time. True if the cap was set; False where the C library is not glibc or the user chose.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ or (mallopt := _libc("mallopt")) is None:
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(M_ARENA_MAX, arenas))  # glibc answers 1; musl's stub answers 0
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap_bytes() -> tuple[int, int] | None:
+    """(bytes malloc has handed out, bytes it holds free) from glibc ≥ 2.33, else None."""
+    if (info := _libc("mallinfo2")) is None:
+        return None
+    info.restype = _MallInfo2
+    m = info()
+    return m.uordblks + m.hblkhd, m.fordblks
+
+
+def trim_heap() -> bool:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim); False elsewhere."""
+    if (trim := _libc("malloc_trim")) is None:
+        return False
+    trim.argtypes = (ctypes.c_size_t,)
+    return bool(trim(0))
+
+
+async def keep_heap_trimmed(every_s: float = HEAP_TRIM_S) -> None:
+    """Beside the turns: free memory that glibc would keep inside its heaps (a long reply's
+    tensors, freed below live ones) goes back to the system every minute, so the process's size
+    follows what it uses (docs/benchmarks.md, soak)."""
+    if _libc("malloc_trim") is None:
+        return
+    while True:
+        await asyncio.sleep(every_s)
+        await asyncio.to_thread(trim_heap)
 
 
 class StartupError(Exception):
@@ -394,7 +456,7 @@ async def build(
             if isinstance(backend, LocalPersonaModel | ServerPersonaModel):
                 follower = AdapterFollower(adapter_registry(config), backend)
                 director.background += (follower.run,)
-    director.background += tuple(background)
+    director.background += (keep_heap_trimmed, *background)
     return App(config, director, memory, avatar, [playout, *observers], reflector, follower, games)
 
 

@@ -39,6 +39,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace, chat: bool = False, companion: bool = False) -> int:
+    app.cap_malloc_arenas()  # flat memory over a long stream
     config = _config(args)
     logs.setup(config.log.level, config.log.format)
     try:

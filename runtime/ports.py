@@ -48,9 +48,9 @@ class MonotonicClock:
 
 class Worker:
     """One long-lived daemon thread that runs blocking jobs in the order given: a model's
-    generations, a voice's synthesis. A thread per reply made native memory climb in steps over a
-    long stream (glibc gives threads malloc arenas of their own, and what each short-lived thread
-    freed stayed fragmented); one thread per engine keeps the process's size flat.
+    generations, a voice's synthesis. A new thread per reply or sentence cost a thread start each
+    time and spread the work's memory over more of glibc's per-thread malloc arenas, where freed
+    memory stays fragmented (the soak's RSS climbed in steps); one thread per engine does neither.
 
     The thread starts with the first job and ends on `close()`; an owner calls that from
     `weakref.finalize`, so a dropped engine does not leave its thread behind.

@@ -122,3 +122,75 @@ def test_models_list_shows_what_is_on_disk_and_what_is_missing(tmp_path):
     assert "whisper  base.en" in text
     assert "configured llm: HuggingFaceTB/SmolLM2-360M-Instruct (present)" in text
     assert "configured piper: en_US-lessac-medium (not here)" in text
+
+
+ARENAS = """
+import ctypes, sys, tempfile, threading
+capped = False
+if sys.argv[1] == "cap":
+    from runtime.app import cap_malloc_arenas
+    capped = cap_malloc_arenas()
+ready = threading.Barrier(9)
+def work():
+    held = [bytearray(64 * 1024) for _ in range(8)]  # plain malloc, from this thread
+    ready.wait()
+    ready.wait()
+threads = [threading.Thread(target=work, daemon=True) for _ in range(8)]
+for t in threads:
+    t.start()
+ready.wait()  # every thread has allocated and is still alive
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = (ctypes.c_char_p, ctypes.c_char_p)
+libc.fclose.argtypes = (ctypes.c_void_p,)
+libc.malloc_info.argtypes = (ctypes.c_int, ctypes.c_void_p)
+with tempfile.NamedTemporaryFile(suffix=".xml") as f:
+    out = libc.fopen(f.name.encode(), b"w")
+    libc.malloc_info(0, out)
+    libc.fclose(out)
+    print(capped, open(f.name).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
+def test_a_long_stream_shares_two_malloc_arenas_unless_the_environment_says_otherwise():
+    # eight threads allocating at once: glibc gives each an arena; capped they share two
+    def heaps(mode: str, **env: str) -> tuple[str, int]:
+        base = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+        out = subprocess.run([sys.executable, "-c", ARENAS, mode], cwd=ROOT, env={**base, **env},
+                             capture_output=True, text=True, timeout=60, check=True).stdout.split()
+        return out[0], int(out[1])
+
+    assert heaps("cap") == ("True", 2)
+    assert heaps("none")[1] > 2
+    chosen, count = heaps("cap", MALLOC_ARENA_MAX="4")  # the user's own choice stands
+    assert chosen == "False" and count == 4
+
+
+TRIM = """
+import ctypes, sys
+from runtime.app import trim_heap
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 // 2**20
+blocks = [libc.malloc(64 * 1024) for _ in range(3200)]  # 200 MB under the mmap threshold
+for b in blocks:
+    ctypes.memset(b, 1, 64 * 1024)
+for b in blocks[:-1]:
+    libc.free(b)  # freed below a block still in use: the heap cannot shrink by itself
+held = rss()
+trimmed = trim_heap()
+print(trimmed, held, rss())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_memory_freed_inside_the_heap_goes_back_to_the_system():
+    out = subprocess.run([sys.executable, "-c", TRIM], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         check=True).stdout.split()
+    trimmed, held, after = out[0], int(out[1]), int(out[2])
+    assert trimmed == "True"
+    assert held - after > 150, f"RSS {held} MB before the trim, {after} MB after"
