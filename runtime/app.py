@@ -72,7 +72,7 @@ def _libc(name: str) -> Any:
     """A function of the C library this process runs on, or None where it has none by that name."""
     try:
         return getattr(ctypes.CDLL(None), name)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # Windows cannot open the process itself by None
         return None
 
 
