@@ -104,9 +104,10 @@ class Reflector:
     async def run(self) -> None:
         while True:
             try:
-                turns = await self.log.unreflected(self.settings.max_turns)
-                if self._due(turns) and not self.busy():
-                    await self.reflect(turns)
+                if not self.busy():  # read while a turn runs, the list would miss it when it ends
+                    turns = await self.log.unreflected(self.settings.max_turns)
+                    if self._due(turns) and not self.busy():
+                        await self.reflect(turns)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - reflection failing must never stop the character
