@@ -108,7 +108,6 @@ class ServerPersonaModel:
         client = self._http()
         response: httpx.Response | None = None
         pieces: AsyncGenerator[str, None] | None = None
-        first: str | None = None
         finished = False
         try:
             try:  # the request, its headers and the first piece: within first_token_timeout_s

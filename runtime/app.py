@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import io
 import logging
 import os
@@ -68,8 +69,10 @@ M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 HEAP_TRIM_S = 60.0  # how often a running character hands free heap memory back
 
 
+@functools.cache
 def _libc(name: str) -> Any:
-    """A function of the C library this process runs on, or None where it has none by that name."""
+    """A function of the C library this process runs on, or None where it has none by that name
+    (looked up once: the heap trim asks every minute)."""
     try:
         return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError, TypeError):  # Windows cannot open the process itself by None
