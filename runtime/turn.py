@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,11 +40,12 @@ from runtime.sentences import SentenceCutter
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TurnSettings:
     first_sentence_min_chars: int = 30
     max_sentence_chars: int = 220
     sentences_ahead: int = 2  # how many cut sentences may wait for the synthesizer
+    max_sentences: int = 3  # a reply ends after this many whole sentences (0: when the model stops)
     recall_k: int = 3
     model_stall_s: float = 30.0  # no text from the model for this long: the reply is given up
     tts_stall_s: float = 15.0  # no audio from the voice for this long: the sentence goes unvoiced
@@ -249,6 +251,7 @@ class TurnHandle:
         cutter = SentenceCutter(
             self.turn_id, self.settings.first_sentence_min_chars, self.settings.max_sentence_chars
         )
+        said: set[str] = set()  # the sentences so far, as words: a repeat means the model is looping
         try:
             async with contextlib.aclosing(self.cast.model.stream(prompt)) as stream:
                 while True:
@@ -264,8 +267,12 @@ class TurnHandle:
                         self.record.model, self.record.adapter = self.cast.model.name, self.cast.model.adapter
                     self.mark(Stage.FIRST_TOKEN)
                     self._generated.append(piece)
-                    if not await self._pass_on(cutter.feed(piece), out):
+                    cut = cutter.feed(piece)
+                    fresh = [c for c in cut if not _repeats(c, said)]
+                    if not await self._pass_on(fresh, out) or len(fresh) < len(cut):
                         break
+                    if self.settings.max_sentences and cutter.ended >= self.settings.max_sentences:
+                        break  # closing the stream stops the model: small models run on and on
         except Exception as exc:
             line = self.settings.fallback_line
             if not line:
@@ -276,8 +283,8 @@ class TurnHandle:
             if not isinstance(exc, ModelUnavailable):  # that one the backend has said already
                 log.warning("the model failed mid-reply; saying the fallback line",
                             extra={"turn_id": self.turn_id, "error": self._failure})
-            said = cutter.flush()
-            await self._pass_on([*said, *cutter.feed(line), *cutter.flush()], out)
+            rest = cutter.flush()
+            await self._pass_on([*rest, *cutter.feed(line), *cutter.flush()], out)
         await out.put(None)
 
     async def _pass_on(self, cut: list[Sentence], out: asyncio.Queue[Sentence | None]) -> bool:
@@ -371,6 +378,17 @@ class TurnHandle:
             except Exception:  # noqa: BLE001 - a broken sink must not lose the record
                 log.exception("sink failed to end the turn", extra={"turn_id": self.turn_id})
         await self.cast.memory.remember(rec)
+
+
+def _repeats(sentence: Sentence, said: set[str]) -> bool:
+    """True if the sentence says again, word for word, one said before in this reply."""
+    words = " ".join(re.findall(r"\w+", sentence.text.lower()))
+    if not words:
+        return False
+    if words in said:
+        return True
+    said.add(words)
+    return False
 
 
 def _heard(delivered: list[_Spoken], unheard: int, complete: bool) -> tuple[str, int | None]:

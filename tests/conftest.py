@@ -46,6 +46,27 @@ def tiny_model(tiny_model_dir: Path) -> Any:
     return LocalPersonaModel.load(tiny_model_dir, name="tiny", sampling=Sampling(max_new_tokens=60, seed=7))
 
 
+@pytest.fixture(scope="session")
+def bundled_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled SmolLM2-135M-Instruct, converted from its GGUF as on a user's first start, into
+    a fresh models folder (about 30 s, once per session)."""
+    from runtime.app import bundled_llm
+
+    return bundled_llm(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def real_model(bundled_model_dir: Path) -> Any:
+    """The bundled model as the default configuration samples it."""
+    from persona_model.local import LocalPersonaModel, Sampling
+    from runtime.config import ModelConfig
+
+    m = ModelConfig()
+    return LocalPersonaModel.load(bundled_model_dir, name="bundled", sampling=Sampling(
+        max_new_tokens=m.max_new_tokens, temperature=m.temperature, top_p=m.top_p,
+        repetition_penalty=m.repetition_penalty, seed=3))
+
+
 def write_config(tmp_path: Path, **sections: dict[str, Any]) -> Path:
     """A config.toml in tmp_path: test defaults (silent audio, port 0, a temp database) + overrides.
 
@@ -59,6 +80,8 @@ def write_config(tmp_path: Path, **sections: dict[str, Any]) -> Path:
         "memory": {"database": str(tmp_path / "omoide.db"), "embedding_model": "none",
                    "reflection": {"enabled": False}},
         "model": {"download": False},
+        "tts": {"engine": "espeak"},  # the voice that is always there, and fast: most tests are plumbing
+        "turn": {"max_sentences": 0},  # scripted replies say all they have (the cap has its own tests)
     }
     for name, values in sections.items():
         section = base.setdefault(name, {})
@@ -84,13 +107,16 @@ def write_config(tmp_path: Path, **sections: dict[str, Any]) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def running(config_path: Path, model: Any, speed: float = 20.0) -> AsyncIterator[tuple[Any, list[Any]]]:
+async def running(config_path: Path, model: Any, speed: float = 20.0, clock: FastClock | None = None,
+                  **build: Any) -> AsyncIterator[tuple[Any, list[Any]]]:
     """A character built from a config file (with `model` instead of loading one), its director
-    running; yields the App and the list its TurnRecords are appended to."""
-    from runtime.app import build
+    running; yields the App and the list its TurnRecords are appended to. `build` goes to build()
+    (a microphone, say)."""
+    from runtime.app import build as build_app
     from runtime.config import load
 
-    app = await build(load(config_path, env={}), model=model, console=False, clock=FastClock(speed))
+    app = await build_app(load(config_path, env={}), model=model, console=False, clock=clock or FastClock(speed),
+                          **build)
     records: list[Any] = []
     app.director.on_turn = records.append
     task = asyncio.create_task(app.director.run(), name="test-director")

@@ -176,6 +176,25 @@ async def test_a_critical_input_preempts_the_turn_in_flight(tmp_path):
         assert records[1].inputs[0].text == "the game needs you now"
 
 
+async def test_a_reply_ends_after_its_sentence_cap_and_the_model_is_stopped(tmp_path):
+    model = ScriptedModel(LONG)
+    async with character(tmp_path, model, turn={"max_sentences": 3}) as (app, records):
+        say(app, "tell me everything")
+        await until(lambda: records)
+    assert records[0].status is TurnStatus.COMPLETE
+    assert records[0].spoken_text == "Hello there, friend. I have a lot to say today. The first thing is about turnips."
+    assert model.closed_early  # generation stopped there, not run to the end unheard
+
+
+async def test_a_model_saying_a_sentence_again_is_stopped_there(tmp_path):
+    model = ScriptedModel("I am so glad you came. You are a special person. I am so glad you came. Again and again.")
+    async with character(tmp_path, model) as (app, records):
+        say(app, "hi")
+        await until(lambda: records)
+    assert records[0].spoken_text == "I am so glad you came. You are a special person."
+    assert model.closed_early
+
+
 async def test_moderation_holds_back_a_blocked_sentence(tmp_path):
     model = ScriptedModel("Hello chat. Here is a forbidden word. Goodbye now.")
     async with character(tmp_path, model, moderation={"blocklist": ["forbidden"]}) as (app, records):

