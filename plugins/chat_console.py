@@ -2,7 +2,9 @@
 (`ConsoleSubtitles`).
 
 Lines starting with `/` are commands: `/interrupt` stops the reply in flight, `/quit` exits,
-`/mute` and `/unmute` the microphone, `/talk` and `/over` press and release push-to-talk.
+`/mute` and `/unmute` the microphone, `/talk` and `/over` press and release push-to-talk, `/help`
+lists them. Typed lines are a conversation, not a stream's chat: each one is answered, in order
+(meta["event"] = "typed": the inbox neither drops, merges nor reorders them).
 """
 
 from __future__ import annotations
@@ -13,12 +15,20 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from typing import TextIO
 
-from runtime.events import Control, InputEvent, InputKind, Priority, Sentence
+from runtime.events import TYPED, Control, InputEvent, InputKind, Priority, Sentence
 from runtime.ports import Clock, FollowingSink
 
 COMMANDS = {"/interrupt": Control.INTERRUPT, "/stop": Control.INTERRUPT, "/quit": Control.STOP,
             "/exit": Control.STOP, "/mute": Control.MUTE, "/unmute": Control.UNMUTE,
             "/talk": Control.TALK_START, "/over": Control.TALK_STOP}
+HELP = """commands:
+  /interrupt   cut the reply she is saying (also /stop)
+  /quit        leave (also /exit, or Ctrl-D)
+  /mute        stop the microphone listening; /unmute
+  /talk        with push-to-talk: start talking; /over when done
+  /help        this list
+anything else is said to her, and every line is answered in order
+"""
 MAX_LINE = 2000
 
 
@@ -30,10 +40,13 @@ class ConsoleChatSource:
 
     name = "console"
 
-    def __init__(self, clock: Clock, author: str = "you", stream: TextIO | None = None) -> None:
+    def __init__(self, clock: Clock, author: str = "you", stream: TextIO | None = None,
+                 out: TextIO | None = None, character: str = "") -> None:
         self.clock = clock
         self.author = author
         self.stream = stream if stream is not None else sys.stdin
+        self.out = out if out is not None else sys.stdout
+        self.character = character
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -56,24 +69,43 @@ class ConsoleChatSource:
         self._thread = threading.Thread(target=read, name="console-read", daemon=True)
         self._thread.start()
 
+    def _say(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
     async def __aiter__(self) -> AsyncIterator[InputEvent]:  # type: ignore[override]
         if self._thread is None:
+            if _is_terminal(self.stream):
+                self._say(f"Talking with {self.character or 'the character'}: type a line and press Enter."
+                          " /help lists the commands; /quit or Ctrl-D leaves.\n")
             self._start()
         while not self._closed and (line := await self._queue.get()) is not None:
             text = line.strip()
             if not text:
                 continue
+            word = text.split()[0].lower()
             command = COMMANDS.get(text.lower())
             if command is not None:
                 yield InputEvent(InputKind.CONTROL, str(command), self.name, self.clock.now(),
                                  self.author, Priority.CRITICAL)
-                continue
-            yield InputEvent(InputKind.CHAT, text[:MAX_LINE], self.name, self.clock.now(),
-                             self.author, Priority.NORMAL)
+            elif word == "/help":
+                self._say(HELP)
+            elif word.startswith("/") and word[1:].isalpha():
+                self._say(f"unknown command {word} (/help lists them)\n")
+            else:
+                yield InputEvent(InputKind.CHAT, text[:MAX_LINE], self.name, self.clock.now(),
+                                 self.author, Priority.NORMAL, meta={"event": TYPED})
 
     async def aclose(self) -> None:
         self._closed = True
         self._queue.put_nowait(None)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or odd stream
+        return False
 
 
 class ConsoleSubtitles(FollowingSink):

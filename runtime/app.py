@@ -9,6 +9,7 @@ import functools
 import io
 import logging
 import os
+import re
 import signal
 import threading
 import urllib.parse
@@ -16,7 +17,7 @@ import webbrowser
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from transformers import AutoTokenizer
 
@@ -51,7 +52,7 @@ from runtime import bundled
 from runtime.bundled import BUNDLED, BundledError
 from runtime.config import Config
 from runtime.director import Director, DirectorSettings
-from runtime.events import Control, InputEvent, InputKind, Persona, Priority
+from runtime.events import TYPED, Control, InputEvent, InputKind, Persona, Priority
 from runtime.fallback import FallbackModel
 from runtime.game import GameSettings
 from runtime.inbox import DEFAULT_MAX_AGE, DEFAULT_WEIGHTS, Inbox, Scoring
@@ -135,6 +136,13 @@ class StartupError(Exception):
     """Something the user must fix before the character can start; the message says what."""
 
 
+class MicrophoneUnavailable(StartupError):
+    """No microphone to listen with, or no speech model to hear it."""
+
+
+IF_POSSIBLE = "if-possible"  # build(listen=...): listen where there is a microphone, else take typed text
+
+
 def persona_from(config: Config) -> tuple[Persona, tuple[str, ...]]:
     """The persona (and lorebook texts) from the card named in the config, or its [persona]."""
     if config.character.card:
@@ -145,6 +153,12 @@ def persona_from(config: Config) -> tuple[Persona, tuple[str, ...]]:
     p = config.persona
     return Persona(p.name, p.description, p.personality, p.scenario, p.first_message, p.examples,
                    p.system_prompt, p.post_history_instructions, source="config [persona]"), ()
+
+
+def greeting(persona: Persona) -> str:
+    """The card's first message, said when the character starts ({{user}} is chat: nobody has
+    spoken yet)."""
+    return re.sub(r"\{\{user\}\}|<user>", "chat", persona.first_message, flags=re.IGNORECASE).strip()
 
 
 def _list_files(config: Config, key: str, value: str | list[str]) -> list[Path]:
@@ -218,9 +232,9 @@ def listener_from(config: Config, clock: Clock, playback: PlaybackLog | None,
         model = load_whisper(whisper_model(config), config.path(config.model.models_dir), c.device,
                              c.compute_type, c.threads, config.model.download)
     except MicrophoneError as exc:
-        raise StartupError(f"stt.input: {exc}") from None
+        raise MicrophoneUnavailable(f"stt.input: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a Whisper model that is not there or not loadable
-        raise StartupError(
+        raise MicrophoneUnavailable(
             f"stt.model {c.model!r} cannot be loaded ({type(exc).__name__}: {exc}); fetch it with"
             " `omoide models pull`, or set stt.model to a local CTranslate2 folder"
             " (`omoide model tiny-whisper DIR` builds one offline)") from None
@@ -377,7 +391,7 @@ async def build(
     *,
     model: PersonaModel | None = None,
     console: bool | None = None,
-    listen: bool | None = None,
+    listen: bool | Literal["if-possible"] | None = None,
     microphone: MicrophoneFactory | None = None,
     exit_when_sources_end: bool = False,
     stdin: TextIO | None = None,
@@ -390,7 +404,7 @@ async def build(
     `background` jobs run beside the turns (the training schedule)."""
     clock = clock or MonotonicClock()
     listen = config.stt.enabled if listen is None else listen
-    bundled.check(bundled_kinds(config, listen, model is None))  # every missing one named at once
+    bundled.check(bundled_kinds(config, listen is True, model is None))  # every missing one named at once
     persona, lore = persona_from(config)
     moderator = moderator_from(config)
     chat_filter = chat_filter_from(config)  # a missing list file stops the start here
@@ -402,12 +416,22 @@ async def build(
         raise StartupError(f"memory.database {config.path(config.memory.database)}: {exc}") from None
     opened: list[SqliteMemory | AvatarServer | GameServer | VtsAvatar] = [memory]  # closed again if the start fails
     try:
+        playback = PlaybackLog() if listen else None  # what the speakers play, for the echo gate
+        listener = None
+        if listen:  # before the model loads: without a microphone, a companion starts once, typing only
+            try:
+                listener = await asyncio.to_thread(listener_from, config, clock, playback, microphone)
+            except MicrophoneUnavailable as exc:
+                if listen != IF_POSSIBLE:
+                    raise
+                log.warning("no microphone (or no speech model): the companion takes typed text only",
+                            extra={"reason": str(exc)})
+                playback = None
         if model is None:
             model = await asyncio.to_thread(_locked, persona_model_from, config)
         for text in lore:
             await memory.add_memory(text, source=persona.source)
 
-        playback = PlaybackLog() if listen else None  # what the speakers play, for the echo gate
         playout: OutputSink
         if config.audio.output == "speakers":
             playout = open_speakers(clock, config.audio.device or None, playback)
@@ -457,8 +481,8 @@ async def build(
             sources.append(twitch)
             if config.twitch.reply_in_chat:
                 observers.append(TwitchReplies(twitch, clock, config.twitch.bot_is_moderator))
-        if listen:
-            sources.append(await asyncio.to_thread(listener_from, config, clock, playback, microphone))
+        if listener is not None:
+            sources.append(listener)
     except BaseException:
         for thing in reversed(opened):
             with contextlib.suppress(Exception):
@@ -466,7 +490,7 @@ async def build(
         raise
     use_console = config.chat.console.enabled if console is None else console
     if use_console:
-        sources.append(ConsoleChatSource(clock, config.chat.console.name, stdin))
+        sources.append(ConsoleChatSource(clock, config.chat.console.name, stdin, stdout, persona.name))
         observers.append(ConsoleSubtitles(persona.name, stdout))
 
     t = config.turn
@@ -485,6 +509,7 @@ async def build(
             t.history_messages, exit_when_sources_end, config.barge_in.mode, config.barge_in.min_dbfs,
             idle_after_s=config.idle.after_s, idle_min_interval_s=config.idle.min_interval_s,
             thanks=dict(config.chat.thanks),
+            greeting=greeting(persona) if config.character.greet else "",
             **({"idle_prompt": config.idle.prompt} if config.idle.prompt else {}),
         ),
         chat_filter=chat_filter,
@@ -542,7 +567,8 @@ def page_commands(late: list[Director], clock: Clock, author: str) -> dict[str, 
         text = message.get("text")
         if not isinstance(text, str) or not text.strip():
             raise ValueError('needs "text", a non-empty string')
-        event = InputEvent(InputKind.CHAT, text.strip()[:2000], "overlay", clock.now(), author, Priority.NORMAL)
+        event = InputEvent(InputKind.CHAT, text.strip()[:2000], "overlay", clock.now(), author, Priority.NORMAL,
+                           meta={"event": TYPED})
         late[0].submit(event)
         return {"input_id": event.id}
 
@@ -664,14 +690,7 @@ async def companion(config: Config, open_page: Callable[[str], object] = webbrow
     """`omoide companion`: talk by voice where there is a microphone, and by typing in the terminal
     or the overlay page (opened in the browser); the page plays the voice when there are no speakers."""
     config = companion_config(config)
-    try:
-        app = await build(config, console=True, listen=True, **kwargs)  # type: ignore[arg-type]
-    except StartupError as exc:
-        if not str(exc).startswith(("stt.input", "stt.model")):
-            raise
-        log.warning("no microphone (or no speech model): the companion takes typed text only",
-                    extra={"reason": str(exc)})
-        app = await build(config, console=True, listen=False, **kwargs)  # type: ignore[arg-type]
+    app = await build(config, console=True, listen=IF_POSSIBLE, **kwargs)  # type: ignore[arg-type]
 
     def ready(app: App) -> None:
         assert app.avatar is not None

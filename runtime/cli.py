@@ -39,10 +39,25 @@ def _config(args: argparse.Namespace) -> Config:
     return load(path)
 
 
+def setup_logs(config: Config, chatting: bool) -> None:
+    """Logs for a running character: to stderr and log.file. While someone chats in this terminal,
+    stderr shows warnings and errors only (log.terminal = "auto"): info lines would print between
+    the lines of the conversation."""
+    c = config.log
+    file = config.path(c.file) if c.file else None
+    terminal = c.terminal
+    if terminal == "auto":
+        in_terminal = chatting and sys.stdin.isatty() and sys.stderr.isatty()
+        terminal = "warning" if in_terminal and c.level in ("debug", "info") else c.level
+        if in_terminal and file is not None:
+            print(f"(logs: {file})", file=sys.stderr)
+    logs.setup(c.level, c.format, file, terminal)
+
+
 def cmd_run(args: argparse.Namespace, chat: bool = False, companion: bool = False) -> int:
     app.cap_malloc_arenas()  # flat memory over a long stream
     config = _config(args)
-    logs.setup(config.log.level, config.log.format)
+    setup_logs(config, chatting=chat or companion or config.chat.console.enabled)
     try:
         schedule = learning.schedule_from(config)
         if companion:
@@ -58,7 +73,7 @@ def cmd_run(args: argparse.Namespace, chat: bool = False, companion: bool = Fals
 def cmd_play(args: argparse.Namespace) -> int:
     config = _config(args)
     config = config.model_copy(update={"game": config.game.model_copy(update={"enabled": True})})
-    logs.setup(config.log.level, config.log.format)
+    setup_logs(config, chatting=False)
     winner = asyncio.run(app.play(config, seed=args.seed))
     print({"X": "the character won", "O": "the opponent won", "draw": "a draw"}[winner])
     return 0

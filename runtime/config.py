@@ -29,6 +29,7 @@ class _Section(BaseModel):
 
 class CharacterConfig(_Section):
     card: str = ""
+    greet: bool = True  # say the card's first message when the character starts
 
 
 class PersonaConfig(_Section):
@@ -296,6 +297,9 @@ class LearningConfig(_Section):
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
+    file: str = "training_logs/omoide.log"  # run, chat, companion and play also log here ("": no file)
+    # what stderr shows: auto = warnings only while you chat in this terminal (the rest goes to the file)
+    terminal: Literal["auto", "debug", "info", "warning", "error"] = "auto"
 
 
 class Config(_Section):

@@ -28,6 +28,8 @@ from runtime.ports import Controllable, Source
 from runtime.turn import CannedReply, Cast, TurnHandle
 
 log = logging.getLogger(__name__)
+GREETING = "greeting"  # meta["event"] of the turn that says the greeting
+MICROPHONE_COMMANDS = {Control.MUTE, Control.UNMUTE, Control.TALK_START, Control.TALK_STOP}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,7 @@ class DirectorSettings:
     idle_prompt: str = ("(Nobody has said anything for a while. Say something short to keep the"
                         " stream going: a thought, a question for chat, or what you are doing.)")
     thanks: Mapping[str, str] = field(default_factory=dict)  # event -> template, spoken without the model
+    greeting: str = ""  # said without the model when the character starts ("": nothing)
 
 
 class Director:
@@ -142,6 +145,9 @@ class Director:
         """Run until stop() (or, if configured, until every source has ended)."""
         if self.settings.history_messages:
             self.history.extend(await self.memory.recent_history(self.settings.history_messages))
+        if self.settings.greeting:  # first, before anyone is answered
+            self.inbox.put(InputEvent(InputKind.IDLE, "(the character starts)", "director", self.cast.clock.now(),
+                                      priority=Priority.HIGH, meta={"event": GREETING}))
         async with asyncio.TaskGroup() as tg:
             tasks = [
                 tg.create_task(self._turns(), name="director-turns"),
@@ -174,7 +180,11 @@ class Director:
             elif event.text == Control.INTERRUPT:
                 self.interrupt("operator")
             elif not any([s.control(event.text) for s in self.sources if isinstance(s, Controllable)]):
-                log.warning("unknown control command", extra={"command": event.text, "source": event.source})
+                if event.text in MICROPHONE_COMMANDS:
+                    log.warning("there is no microphone to do that with (typed text only)",
+                                extra={"command": event.text, "source": event.source})
+                else:
+                    log.warning("unknown control command", extra={"command": event.text, "source": event.source})
 
     async def _turns(self) -> None:
         while True:
@@ -221,7 +231,8 @@ class Director:
                                                                                  "error": str(exc)})
         self._committed = {k: f for k, f in self._committed.items() if not _done(f)}  # merged or dropped
         cast = self.cast
-        template = self.settings.thanks.get(event_type(inputs[0]))
+        kind = event_type(inputs[0])
+        template = self.settings.greeting if kind == GREETING else self.settings.thanks.get(kind)
         if template:  # a channel event thanked with a line of the streamer's, not the model
             cast = dataclasses.replace(cast, model=CannedReply(_fill(template, inputs[0])))
         turn = TurnHandle(new_id(), inputs, tuple(self.history), cast)
@@ -234,7 +245,8 @@ class Director:
             self.inbox.answered(event.author)
         if inputs[0].kind is InputKind.IDLE:
             self._last_idle = self.cast.clock.now()
-        self.history.append(ChatMessage("user", input_text(inputs)))
+        if kind != GREETING:  # a greeting answers nobody: the card's first message opens the chat
+            self.history.append(ChatMessage("user", input_text(inputs)))
         if record.spoken_text:
             self.history.append(ChatMessage("assistant", record.spoken_text))
         log.info(

@@ -247,6 +247,9 @@ class TurnRecord:
 
 
 VIEWER_CHAT = "[viewer chat]"
+# meta["event"] of a line typed by the person the character talks with (the terminal, the companion
+# page): a conversation, answered in order and never dropped, unlike a stream's chat
+TYPED = "typed"
 
 
 def input_text(inputs: tuple[InputEvent, ...] | list[InputEvent]) -> str:

@@ -5,6 +5,10 @@ redemptions rank higher, viewers answered recently rank lower, and older chat sl
 newer. Copy-pasted spam is merged into one entry; each kind of input has a maximum age after
 which it is dropped instead of answered late; one viewer cannot fill the backlog. Control jumps
 the queue.
+
+Lines typed by the person at the terminal or in the companion page (event "typed") are a
+conversation, not chat: they rank above chat, are answered in the order typed, and are never
+dropped for age, merged or capped.
 """
 
 from __future__ import annotations
@@ -18,14 +22,15 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from runtime.events import InputEvent, InputKind, Priority
+from runtime.events import TYPED, InputEvent, InputKind, Priority
 from runtime.moderation import normalize
 from runtime.ports import Clock
 
 # Within a priority: the streamer's own speech, then a game's demands, then channel events, then chat.
-DEFAULT_WEIGHTS = {"transcript": 8.0, "game_force": 6.0, "message": 0.0, "cheer": 4.0,
+DEFAULT_WEIGHTS = {"transcript": 8.0, "typed": 7.0, "game_force": 6.0, "message": 0.0, "cheer": 4.0,
                    "subscription": 4.0, "gift": 4.0, "redemption": 5.0, "raid": 5.0, "follow": 1.0}
-DEFAULT_MAX_AGE = {"chat": 120.0, "message": 120.0, "follow": 60.0, "idle": 30.0, "game_context": 30.0}
+DEFAULT_MAX_AGE = {"chat": 120.0, "message": 120.0, "typed": math.inf, "follow": 60.0, "idle": 30.0,
+                   "game_context": 30.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +95,7 @@ class Inbox:
                         entry.authors.append(event.author)
                     self.merged += 1
                     return True
-        if event.author and self.scoring.per_viewer > 0:
+        if event.author and self.scoring.per_viewer > 0 and event_type(event) != TYPED:
             theirs = [e for e in self._entries if e.event.author == event.author]
             if len(theirs) >= self.scoring.per_viewer:
                 self._entries.remove(theirs[0])
@@ -122,7 +127,7 @@ class Inbox:
     def _entry(self, event: InputEvent, key: str) -> _Entry:
         s = self.scoring
         base = 100.0 * int(event.priority) + s.weights.get(event_type(event), 0.0)
-        if event.kind is InputKind.CHAT:
+        if event.kind is InputKind.CHAT and event_type(event) != TYPED:
             text = normalize(event.text)
             if any(p.search(text) for p in self._names):
                 base += s.mention_bonus
@@ -133,6 +138,8 @@ class Inbox:
     def score(self, entry: _Entry, now: float) -> float:
         e, s = entry.event, self.scoring
         score = entry.base
+        if event_type(e) == TYPED:  # the order typed: the older first (ties go to the older)
+            return score
         if e.kind is InputKind.CHAT:
             score -= s.age_penalty_per_min * max(0.0, now - e.received_at) / 60.0
         last = self._answered.get(e.author or "")

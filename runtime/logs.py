@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
+from pathlib import Path
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 _SECRET_WORDS = ("token", "secret", "password", "oauth")
@@ -41,12 +43,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str, ensure_ascii=False)
 
 
-def setup(level: str = "info", fmt: str = "text") -> None:
-    """Logs go to stderr, so the terminal chat on stdout stays clean."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+def setup(level: str = "info", fmt: str = "text", file: Path | None = None, terminal: str | None = None) -> None:
+    """Logs go to stderr (at `terminal`, default `level`), so the terminal chat on stdout stays
+    clean, and to `file` if given (at `level`; 10 MB, then rotated, three kept)."""
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    handler.setLevel((terminal or level).upper())
+    handlers = [handler]
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.handlers.RotatingFileHandler(file, maxBytes=10 << 20, backupCount=3, encoding="utf-8")
+        to_file.setFormatter(formatter)
+        handlers.append(to_file)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    for old in root.handlers:
+        old.close()
+    root.handlers[:] = handlers
     root.setLevel(level.upper())
     logging.getLogger("twitchio.client").addFilter(
         lambda r: "StarletteAdapter" not in r.getMessage())  # an optional extra we do not use
