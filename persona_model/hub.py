@@ -73,9 +73,10 @@ def _message(model_id: str, looked: list[str], why: str) -> str:
         f"model {model_id!r} is not on disk and {why}.\n"
         f"Looked in: {'; '.join(looked)}.\n"
         "Ways out:\n"
-        "  1. point the config at a local model folder: model.id = \"/path/to/model\""
+        "  1. the model that comes with Omoide: model.id = \"bundled\" (or OMOIDE_MODEL__ID=bundled)\n"
+        "  2. point the config at a local model folder: model.id = \"/path/to/model\""
         " (or OMOIDE_MODEL__ID=/path/to/model), or fetch it where there is a network:"
         f" omoide models pull {model_id}\n"
-        "  2. for an offline smoke run, build a tiny model:"
-        " omoide model tiny models/tiny && OMOIDE_MODEL__ID=models/tiny omoide chat"
+        "  3. run the model on a server (llama.cpp, Ollama, vLLM): model.backend = \"server\" and [server] url"
+        " (README: Running the model on a server)"
     )

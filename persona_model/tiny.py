@@ -14,6 +14,7 @@ import pathlib
 import random
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,10 @@ def build_tokenizer(lines: list[str], vocab_size: int = 1000) -> PreTrainedToken
                                    pad_token="<|endoftext|>", chat_template=CHATML)
 
 
-def build(out: Path | str, like: str = "tiny", train_steps: int = 120, seed: int = 0) -> Path:
-    """Write a model folder loadable by `AutoModelForCausalLM` / `AutoTokenizer`."""
+def build(out: Path | str, like: str = "tiny", train_steps: int = 120, seed: int = 0,
+          progress: Callable[[int], object] | None = None) -> Path:
+    """Write a model folder loadable by `AutoModelForCausalLM` / `AutoTokenizer`. `progress` is
+    called with 1 after each training step."""
     if like not in SHAPES:
         raise ValueError(f"unknown shape {like!r}; choose one of: {', '.join(SHAPES)}")
     out = Path(out)
@@ -101,7 +104,7 @@ def build(out: Path | str, like: str = "tiny", train_steps: int = 120, seed: int
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=None, **shape)
     model = LlamaForCausalLM(config)
     if like in ("tiny", "learner") and train_steps:
-        _teach(model, tokenizer, train_steps)
+        _teach(model, tokenizer, train_steps, progress)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -114,8 +117,10 @@ def build(out: Path | str, like: str = "tiny", train_steps: int = 120, seed: int
     return out
 
 
-def _teach(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, steps: int) -> None:
-    """A few seconds of training on chat-shaped replies: enough for words and sentence ends."""
+def _teach(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, steps: int,
+           progress: Callable[[int], object] | None = None) -> None:
+    """A few seconds of training on chat-shaped replies: enough for words and sentence ends. It
+    learns its ten lines and babbles past them: a model for plumbing, not for conversation."""
     texts = [
         tokenizer.apply_chat_template(
             [{"role": "system", "content": DEFAULT_SYSTEM.format(name="Tiny")},
@@ -134,4 +139,6 @@ def _teach(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, steps: i
         loss.backward()
         opt.step()
         opt.zero_grad()
+        if progress is not None:
+            progress(1)
     model.eval()

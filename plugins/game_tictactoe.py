@@ -20,7 +20,10 @@ LINES = [(0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4
 
 class TicTacToe:
     def __init__(self, url: str | None = None, seed: int | None = None,
-                 show: Callable[[str], None] | None = None) -> None:
+                 show: Callable[[str], None] | None = None, opponent: str = "blocker") -> None:
+        if opponent not in ("blocker", "random"):
+            raise ValueError(f"opponent {opponent!r}: blocker (wins when it can, blocks when it must) or random")
+        self.opponent_kind = opponent
         self.board = [" "] * 9
         self.moves: list[tuple[str, int]] = []
         self.rng = random.Random(seed)
@@ -69,6 +72,8 @@ class TicTacToe:
 
     def opponent(self) -> int:
         free = self.free()
+        if self.opponent_kind == "random":
+            return self.rng.choice(free)
         for who in ("O", "X"):  # win if it can, else block
             for a, b, c in LINES:
                 cells = [self.board[a], self.board[b], self.board[c]]

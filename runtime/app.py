@@ -638,15 +638,19 @@ def recall_settings(config: Config) -> RecallSettings:
                           m.min_similarity)
 
 
-async def play(config: Config, seed: int | None = None, show: Callable[[str], None] = print) -> str:
+async def play(config: Config, seed: int | None = None, show: Callable[[str], None] = print,
+               opponent: str = "blocker", **kwargs: object) -> str:
     """`omoide play tictactoe`: the character with its game API on, and the example game connected
-    to it, played to the end. Returns the winner ("X" is the character)."""
-    app = await build(config, console=True, stdin=io.StringIO())  # subtitles; nothing to read
+    to it, played to the end. Returns the winner ("X" is the character). `kwargs` go to build()."""
+    kwargs = {"console": True, "stdin": io.StringIO(), **kwargs}  # subtitles; nothing to read
+    app = await build(config, **kwargs)  # type: ignore[arg-type]
     assert app.games is not None
+    show(f"{app.director.cast.persona.name} plays X and moves first; the opponent plays O"
+         f" ({'at random' if opponent == 'random' else 'it wins when it can and blocks when it must'})")
     task = asyncio.create_task(app.director.run(), name="director")
     try:
         token = f"?token={config.game.token}" if config.game.token else ""
-        game = TicTacToe(f"ws://127.0.0.1:{app.games.port}/{token}", seed=seed, show=show)
+        game = TicTacToe(f"ws://127.0.0.1:{app.games.port}/{token}", seed=seed, show=show, opponent=opponent)
         winner = await game.run()
         while app.director.busy:  # the last words about the game
             await asyncio.sleep(0.1)
@@ -661,6 +665,14 @@ async def run(config: Config, on_ready: Callable[[App], None] | None = None, **k
     """Build the character and run it until it is stopped (Ctrl-C, SIGTERM, /quit)."""
     app = await build(config, **kwargs)  # type: ignore[arg-type]
     await serve(app, on_ready)
+
+
+def say_overlay(app: App) -> None:
+    """`omoide run`: where the overlay is, for OBS."""
+    if app.avatar is not None:
+        host = app.config.avatar.host if app.config.avatar.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        token = f"?token={urllib.parse.quote(app.config.avatar.token)}" if app.config.avatar.token else ""
+        print(f"overlay (an OBS browser source): http://{host}:{app.avatar.port}/overlay{token}", flush=True)
 
 
 async def serve(app: App, on_ready: Callable[[App], None] | None = None) -> None:
@@ -698,7 +710,8 @@ async def companion(config: Config, open_page: Callable[[str], object] = webbrow
         url = f"http://127.0.0.1:{app.avatar.port}/overlay?companion=1" + ("&audio=1" if page_audio else "")
         if config.avatar.token:
             url += "&token=" + urllib.parse.quote(config.avatar.token)
-        print(f"companion page: {url}" + (" (no speakers here: the page plays the voice)" if page_audio else ""))
+        print(f"companion page: {url}" + (" (no speakers here: the page plays the voice)" if page_audio else ""),
+              flush=True)
         threading.Thread(target=open_page, args=(url,), name="open-page", daemon=True).start()
 
     await serve(app, ready)

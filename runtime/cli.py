@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import os
+import re
+import shutil
 import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
 from websockets.exceptions import InvalidHandshake, InvalidURI
 
 from memory import admin as memory_admin
@@ -30,6 +34,26 @@ from runtime.config import Config, ConfigError, load
 
 EXIT_CONFIG = 2
 EXIT_MODEL = 3
+_OMOIDE = re.compile(r"(?<![\w/.-])omoide (?=[a-z])")
+
+
+@functools.cache
+def command() -> str:
+    """How to run `omoide` from here: the name where it is on PATH, else the path that works
+    (`.venv/bin/omoide` right after `make run`, before the venv is activated)."""
+    me = Path(sys.argv[0])
+    found = shutil.which("omoide")
+    if me.name == "omoide" and found and Path(found).resolve() == me.resolve():
+        return "omoide"
+    if me.name == "omoide":
+        return os.path.relpath(me) if not me.is_absolute() or Path.cwd() in me.parents else str(me)
+    return f"{os.path.relpath(sys.executable)} -m runtime.cli"  # python -m runtime.cli
+
+
+def as_typed(text: str) -> str:
+    """A message's `omoide ...` commands as they can be typed here."""
+    name = command()
+    return text if name == "omoide" else _OMOIDE.sub(name + " ", text)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -63,8 +87,8 @@ def cmd_run(args: argparse.Namespace, chat: bool = False, companion: bool = Fals
         if companion:
             asyncio.run(app.companion(config))
             return 0
-        asyncio.run(app.run(config, console=True if chat else None, exit_when_sources_end=chat,
-                            background=[schedule.run] if schedule else []))
+        asyncio.run(app.run(config, on_ready=app.say_overlay, console=True if chat else None,
+                            exit_when_sources_end=chat, background=[schedule.run] if schedule else []))
     except KeyboardInterrupt:
         pass
     return 0
@@ -74,28 +98,35 @@ def cmd_play(args: argparse.Namespace) -> int:
     config = _config(args)
     config = config.model_copy(update={"game": config.game.model_copy(update={"enabled": True})})
     setup_logs(config, chatting=False)
-    winner = asyncio.run(app.play(config, seed=args.seed))
-    print({"X": "the character won", "O": "the opponent won", "draw": "a draw"}[winner])
+    winner = asyncio.run(app.play(config, seed=args.seed, opponent=args.opponent))
+    name = app.persona_from(config)[0].name
+    print({"X": f"{name} won", "O": "the opponent won", "draw": "a draw"}[winner])
     return 0
 
 
 def cmd_model_tiny(args: argparse.Namespace) -> int:
-    out = tiny.build(args.dir, like=args.like, train_steps=args.train_steps)
+    steps = args.train_steps if args.like in ("tiny", "learner") else 0
+    with tqdm(total=steps, desc=f"teaching the {args.like} model", unit="step", disable=not steps) as bar:
+        out = tiny.build(args.dir, like=args.like, train_steps=steps, progress=bar.update)
     print(f"built a {args.like} Llama-architecture model in {out}")
-    print(f"use it with: OMOIDE_MODEL__ID={out} omoide chat")
+    if args.like in ("tiny", "learner"):
+        print("it is for tests of the plumbing: it knows ten lines and babbles; the bundled model"
+              " (model.id = \"bundled\") is the one that holds a conversation")
+    print(as_typed(f"use it with: OMOIDE_MODEL__ID={out} omoide chat"))
     return 0
 
 
 def cmd_model_tiny_whisper(args: argparse.Namespace) -> int:
     out = tiny_whisper.build_whisper(args.dir, like=args.like)
-    print(f"built a {args.like}-sized random Whisper for faster-whisper in {out}")
+    print(f"built a {args.like}-sized random Whisper for faster-whisper in {out} (it only ever hears \"hello there\";"
+          " the bundled tiny.en, stt.model = \"bundled\", really listens)")
     print(f"use it with: OMOIDE_STT__MODEL={out}")
     return 0
 
 
 def cmd_model_tiny_voice(args: argparse.Namespace) -> int:
     out = tiny_piper.build_voice(args.dir)
-    print(f"built a tiny Piper voice in {out}")
+    print(f"built a tiny Piper voice in {out} (it buzzes; tts.piper.voice = \"bundled\" really speaks)")
     print(f"use it with: OMOIDE_TTS__ENGINE=piper OMOIDE_TTS__PIPER__VOICE={out}")
     return 0
 
@@ -315,6 +346,8 @@ def parser() -> argparse.ArgumentParser:
     pg = sub.add_parser("play", help="the character plays the example game over its game API, start to finish")
     pg.add_argument("game", choices=["tictactoe"])
     pg.add_argument("--seed", type=int, help="the opponent's seed (default: random)")
+    pg.add_argument("--opponent", choices=["blocker", "random"], default="blocker",
+                    help="blocker wins when it can and blocks when it must (default); random plays any free cell")
     pg.set_defaults(func=cmd_play)
 
     model = sub.add_parser("model", aliases=["models"], help="build or download models")
@@ -416,11 +449,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # `omoide ... | head` stopped reading: not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the exit's flush does not raise again
+        return 0
     except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+        print(as_typed(str(exc)), file=sys.stderr)
         return EXIT_CONFIG
     except app.StartupError as exc:
-        print(f"cannot start: {exc}", file=sys.stderr)
+        print(as_typed(f"cannot start: {exc}"), file=sys.stderr)
         return EXIT_CONFIG
     except SchemaError as exc:
         print(f"memory database: {exc}", file=sys.stderr)
@@ -429,10 +466,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 1
     except TwitchError as exc:
-        print(f"twitch: {exc}", file=sys.stderr)
+        print(as_typed(f"twitch: {exc}"), file=sys.stderr)
         return EXIT_CONFIG
     except (ModelNotFound, BundledError) as exc:
-        print(f"cannot start: {exc}", file=sys.stderr)
+        print(as_typed(f"cannot start: {exc}"), file=sys.stderr)
         return EXIT_MODEL
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -23,8 +23,10 @@ from neuro_api.trio_ws import TrioNeuroAPI
 
 from plugins.game_neuro import ProtocolError, check_schema
 from plugins.game_tictactoe import TicTacToe
+from runtime.app import play
+from runtime.config import load
 from runtime.events import InputEvent, InputKind, Prompt, PromptContext, TurnStatus
-from tests.conftest import running, write_config
+from tests.conftest import FastClock, running, write_config
 from tests.fakes import ScriptedModel
 
 pytestmark = pytest.mark.model
@@ -124,6 +126,15 @@ async def test_the_example_game_is_played_to_the_end_with_every_move_valid(tmp_p
     assert [json.loads(a)[0]["name"] for (a,) in rows] == ["play"] * len(xs)  # logged for training
     kinds = [k for (k,) in sqlite3.connect(tmp_path / "omoide.db").execute("SELECT kind FROM inputs")]
     assert kinds.count("game_force") == len(xs) and kinds.count("game_context") == 2
+
+
+async def test_omoide_play_says_who_plays_which_side_and_plays_to_the_end(tmp_path, tiny_model):
+    config = load(write_config(tmp_path, game={"enabled": True, "port": 0}, model={"max_new_tokens": 12}), env={})
+    shown: list[str] = []
+    winner = await asyncio.wait_for(play(config, seed=1, show=shown.append, opponent="random", model=tiny_model,
+                                         clock=FastClock(50)), 240)
+    assert shown[0] == "Testa plays X and moves first; the opponent plays O (at random)"
+    assert winner in ("X", "O", "draw") and any("X plays" in line for line in shown)
 
 
 async def test_every_message_in_both_directions(tmp_path, tiny_model):

@@ -66,15 +66,18 @@ def test_a_process_killed_mid_reply_keeps_the_input(tmp_path, tiny_model_dir):
 def test_a_missing_model_exits_within_seconds_naming_it_and_the_ways_out(tmp_path):
     config = write_config(tmp_path, model={"id": "nonexistent-org/no-such-model", "download": True,
                                            "models_dir": str(tmp_path / "models")})
+    script = Path(sys.executable).parent / "omoide"  # as `make run` leaves it: not on PATH
     t = time.monotonic()
-    proc = omoide(config, "run")
-    _, err = proc.communicate(timeout=120)
+    proc = subprocess.run([str(script), "--config", str(config), "run"], cwd=ROOT, capture_output=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "0", "PATH": "/usr/bin:/bin"}, timeout=120)
     elapsed = time.monotonic() - t
-    text = err.decode()
+    text = proc.stderr.decode()
     assert proc.returncode == 3, text
     assert "nonexistent-org/no-such-model" in text
     assert str(tmp_path / "models") in text  # where it looked
-    assert "omoide model tiny" in text and "model.id" in text  # the two ways out
+    assert 'model.id = "bundled"' in text and 'model.backend = "server"' in text  # the ways out
+    typed = os.path.relpath(script, ROOT) if ROOT in script.parents else str(script)
+    assert f" {typed} models pull nonexistent-org/no-such-model" in text  # a command that works as typed
     assert elapsed < 30, f"took {elapsed:.1f}s to give up"
 
 
@@ -207,3 +210,14 @@ def test_memory_freed_inside_the_heap_goes_back_to_the_system():
     trimmed, held, after = out[0], int(out[1]), int(out[2])
     assert trimmed == "True"
     assert held - after > 150, f"RSS {held} MB before the trim, {after} MB after"
+
+
+def test_output_piped_into_a_reader_that_stops_ends_quietly(tmp_path):
+    """`omoide ... | head`: the reader goes away; the command ends without a traceback."""
+    config = write_config(tmp_path)
+    read, write = os.pipe()
+    os.close(read)  # a reader that has already stopped reading
+    proc = subprocess.run([sys.executable, "-m", "runtime.cli", "--config", str(config), "config", "check"],
+                          cwd=ROOT, stdout=write, stderr=subprocess.PIPE, timeout=120)
+    os.close(write)
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr and b"BrokenPipe" not in proc.stderr, proc.stderr

@@ -134,6 +134,7 @@ def test_in_a_terminal_the_chat_shows_a_hint_and_logs_go_to_their_file(tmp_path,
         os.close(main)
     text = seen.decode(errors="replace")
     assert "Talking with Testa" in text and "Testa: " in text
+    assert "overlay (an OBS browser source): http://127.0.0.1:" in text
     assert " info " not in text  # no log lines between the lines of the conversation
     logged = (tmp_path / "training_logs" / "omoide.log").read_text()
     assert " info " in logged and "character ready" in logged  # kept in the file instead
