@@ -212,7 +212,8 @@ class AvatarServer:
 
 
     def _page(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Plain HTTP on the same port: GET /overlay is the browser overlay (plugins/overlay/).
+        """Plain HTTP on the same port: GET /overlay is the browser overlay (plugins/overlay/); any
+        other request that asks for no WebSocket upgrade (a browser's /favicon.ico, /) is a 404.
         Every request, page or WebSocket, shows the token if one is set; a browser's must come
         from our own page or an allowed origin."""
         if not token_ok(request, self.token):
@@ -222,8 +223,11 @@ class AvatarServer:
             log.warning("avatar channel: a web page not in avatar.allowed_origins was refused",
                         extra={"origin": short(request.headers.get("Origin"))})
             return refuse(HTTPStatus.FORBIDDEN, "this page's origin is not in avatar.allowed_origins")
+        if "Upgrade" in request.headers:
+            return None  # a WebSocket handshake, on any path (websockets answers a malformed one)
         if urlsplit(request.path).path.rstrip("/") not in ("/overlay", "/overlay/index.html"):
-            return None  # a WebSocket handshake (or a 4xx from websockets for anything else)
+            return refuse(HTTPStatus.NOT_FOUND, "not found: the overlay page is /overlay;"
+                                                " WebSocket clients connect to any path")
         body = OVERLAY.read_bytes()
         return Response(200, "OK", Headers([("Content-Type", "text/html; charset=utf-8"),
                                              ("Content-Length", str(len(body))), ("Cache-Control", "no-store")]), body)
