@@ -187,6 +187,12 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_path(args: argparse.Namespace) -> int:
+    """Where a bundled model's file is: `llama-server -m "$(omoide models path llm)"`."""
+    print(bundled.locate(args.kind))
+    return 0
+
+
 def configured_models(config: Config, models_dir: Path) -> list[tuple[str, str, str]]:
     """(kind, name, whether it is here) for each model the configuration uses."""
     def here(ok: bool) -> str:
@@ -376,6 +382,9 @@ def parser() -> argparse.ArgumentParser:
     ls = msub.add_parser("list", help="show the models on disk and whether the configured ones are there")
     ls.add_argument("--dir", help="models folder (default: model.models_dir)")
     ls.set_defaults(func=cmd_models_list)
+    mp = msub.add_parser("path", help="print where a bundled model's file is (the GGUF for llama.cpp: path llm)")
+    mp.add_argument("kind", choices=sorted(bundled.MODELS))
+    mp.set_defaults(func=cmd_models_path)
 
     lg = sub.add_parser("logs", help="the interaction log")
     lsub = lg.add_subparsers(dest="logs_command", required=True)

@@ -28,6 +28,7 @@ from runtime.ports import ModelUnavailable  # noqa: E402
 from tests.conftest import running, write_config  # noqa: E402
 
 pytestmark = pytest.mark.model
+CARD = Path(__file__).resolve().parent.parent / "persona_model" / "characters" / "komorebi.json"
 GREEDY = Sampling(max_new_tokens=40, temperature=0.0, repetition_penalty=1.0)
 NO_PENALTY = {"repeat_penalty": 1.0}  # llama-cpp-python's default is 1.1; OpenAI's API has no such field
 SCHEMA = {"type": "object", "required": ["move", "taunt"],
@@ -160,3 +161,36 @@ async def test_a_character_answers_chat_through_llamacpp(llama, tmp_path):
     record = records[0]
     assert record.status == "complete" and record.generated_text and record.model.endswith("tiny.gguf")
     assert record.messages[-1].content.endswith("hi, who are you?")
+
+
+@pytest.mark.real
+async def test_the_bundled_gguf_served_by_llamacpp_answers_as_the_character(tmp_path, bundled_model_dir):
+    """The README's way to a faster CPU model: llama.cpp serving the same bundled GGUF file."""
+    from runtime import bundled
+    from runtime.app import server_model_from
+    from runtime.config import load
+    from tests.quality import english_share, english_words
+
+    try:
+        english_words()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    gguf = bundled.locate("llm")
+    server = await asyncio.to_thread(LlamaServer, gguf, free_port(), tmp_path / "server.log")
+    try:
+        card = CARD
+        path = write_config(tmp_path, model={"backend": "server", "seed": 1, "max_new_tokens": 60},
+                            server={"url": server.url, "tokenizer": str(bundled_model_dir)},
+                            character={"card": str(card), "greet": False})
+        async with running(path, server_model_from(load(path, env={}))) as (app, records):
+            app.director.submit(InputEvent(InputKind.CHAT, "Hi! What are you playing today?", "test",
+                                           app.director.cast.clock.now(), "ann"))
+            async with asyncio.timeout(120):
+                while not records:
+                    await asyncio.sleep(0.05)
+    finally:
+        server.stop()
+    [record] = records
+    assert record.status == "complete" and record.model.endswith(gguf.name)
+    assert len(record.spoken_text.split()) >= 5 and english_share(record.spoken_text) >= 0.8, record.spoken_text
+    assert "<|im_start|>system\nYou are Komorebi" in record.prompt  # rendered with the model's own template
