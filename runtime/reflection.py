@@ -27,6 +27,7 @@ from runtime.events import (
     PromptContext,
 )
 from runtime.ports import Clock, PersonaModel
+from runtime.sentences import looping
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +61,23 @@ class ReflectionSettings:
     poll_s: float = 5.0  # how often to look whether it is due, and whether the director is free
 
 
+LOOSE_MAX = 300  # characters of output that follows no format still kept, as one episode
+
+
 def parse(text: str, turns: Sequence[LoggedTurn]) -> list[NewMemory]:
-    """The memories in a reflection. Output that follows no format becomes one episode."""
+    """The memories in a reflection. Short output that follows no format becomes one episode;
+    text that loops on its own words is no memory (a small model's runaway would be recalled into
+    every prompt after it)."""
     sources = tuple(t.turn_id for t in turns)
     found = []
     for label, body in _LINE.findall(text):
         kind, importance = _KINDS[label.lower()]
         body = " ".join(body.split())[:500]
-        if len(body) >= 3:
+        if len(body) >= 3 and not looping(body):
             found.append(NewMemory(body, kind, importance, None, sources))
-    if not found and text.strip():
-        found.append(NewMemory(" ".join(text.split())[:500], "episode", 0.5, None, sources))
+    loose = " ".join(text.split())
+    if not _LINE.search(text) and loose and len(loose) <= LOOSE_MAX and not looping(loose):
+        found.append(NewMemory(loose, "episode", 0.5, None, sources))
     return list({m.text: m for m in found}.values())  # once each
 
 
@@ -156,7 +163,7 @@ class Reflector:
             return False
         writing.result()  # a model error ends this reflection (logged by run)
         memories = parse("".join(pieces), turns)
-        await self.log.reflected(turns[-1], memories)
+        await self.log.reflected(turns[-1], memories)  # marked reflected even with nothing kept
         self.done += 1
         log.info("reflected", extra={"turns": len(turns), "memories": len(memories)})
         return True

@@ -8,6 +8,7 @@ opening the reply ("Komorebi: ...") is dropped.
 from __future__ import annotations
 
 import re
+import zlib
 
 from runtime.events import Sentence
 
@@ -99,6 +100,15 @@ class SentenceCutter:
         sentence = Sentence(self.turn_id, self._seq, text, tuple(dict.fromkeys(tags)))
         self._seq += 1
         return sentence
+
+
+def looping(text: str, min_chars: int = 80, ratio: float = 2.2) -> bool:
+    """True when text goes round in circles ("I'm thinking about myself again, and I'm thinking
+    about myself again, and ..."), as small models' runaway output does: it compresses more than
+    `ratio` to one, as Whisper judges its own runaway transcripts (ordinary speech: 1.2-1.8).
+    Short text never counts."""
+    data = text.encode()
+    return len(data) >= min_chars and len(data) / len(zlib.compress(data)) > ratio
 
 
 def split_tags(text: str) -> tuple[str, tuple[str, ...]]:

@@ -35,7 +35,7 @@ from runtime.events import (
 from runtime.game import GameSettings
 from runtime.moderation import Moderator, Verdict
 from runtime.ports import Clock, Games, MemoryStore, ModelUnavailable, OutputSink, PersonaModel, Synthesizer
-from runtime.sentences import SentenceCutter
+from runtime.sentences import SentenceCutter, looping
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +381,10 @@ class TurnHandle:
 
 
 def _repeats(sentence: Sentence, said: set[str]) -> bool:
-    """True if the sentence says again, word for word, one said before in this reply."""
+    """True if the sentence says again, word for word, one said before in this reply, or goes
+    round in circles itself."""
+    if looping(sentence.text):
+        return True
     words = " ".join(re.findall(r"\w+", sentence.text.lower()))
     if not words:
         return False

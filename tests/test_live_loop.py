@@ -195,6 +195,16 @@ async def test_a_model_saying_a_sentence_again_is_stopped_there(tmp_path):
     assert model.closed_early
 
 
+async def test_a_sentence_going_round_in_circles_ends_the_reply(tmp_path):
+    loop = ", ".join(["I'm thinking about myself again"] * 8)
+    model = ScriptedModel(f"Hello there, friend. {loop}. More after it.")
+    async with character(tmp_path, model) as (app, records):
+        say(app, "what are you thinking about?")
+        await until(lambda: records)
+    assert records[0].spoken_text == "Hello there, friend."
+    assert model.closed_early
+
+
 async def test_moderation_holds_back_a_blocked_sentence(tmp_path):
     model = ScriptedModel("Hello chat. Here is a forbidden word. Goodbye now.")
     async with character(tmp_path, model, moderation={"blocklist": ["forbidden"]}) as (app, records):

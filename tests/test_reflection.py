@@ -95,3 +95,15 @@ def test_reflections_that_follow_no_format_are_kept_as_one_episode():
     loose = parse("we had a lovely time singing together", [])
     assert [(m.kind, m.text) for m in loose] == [("episode", "we had a lovely time singing together")]
     assert parse("   ", []) == []
+
+
+def test_a_small_models_runaway_reflection_is_no_memory():
+    """What the bundled 135M model wrote once: recalled into every prompt after it, it poisoned them."""
+    runaway = ("I am an AI created by the creators of a small, cheerful AI VTB which makes fun messages. These are"
+               " some of the rules: 1. Responds to viewer questions using user inputted text. 2. Responds to visitor"
+               " messages using user inputted text. 3. Responds to visitor messages using user inputted text. 4."
+               " Responds to viewer inquiries using user inputted text. 5. Responds to viewer queries using user"
+               " inputted text. 6. Repeats same message/answer")
+    assert parse(runaway, []) == []  # no format, and too long to be an episode
+    looping = "Thought: " + "I keep thinking about myself again, and " * 6
+    assert [m.text for m in parse(f"Fact: Bo likes jazz.\n{looping}", [])] == ["Bo likes jazz."]
