@@ -9,7 +9,12 @@ off), all through the runtime's own PersonaModel classes (LocalPersonaModel, Ser
 what a turn sees. Both reuse the persona's unchanged start: our prefix cache, llama.cpp's prompt
 cache. The first turn fills those caches and is reported on its own.
 
+With --bundled, the bundled SmolLM2-135M-Instruct: its GGUF file as shipped (4-bit Q4_1) in
+llama.cpp, against the same file dequantized to float32 in torch, as each backend runs it by
+default.
+
     python bench/llamacpp_vs_local.py                      # smollm2-135m
+    python bench/llamacpp_vs_local.py --bundled
     python bench/llamacpp_vs_local.py --like tiny --tokens 64
 """
 
@@ -36,6 +41,8 @@ from persona_model import tiny  # noqa: E402
 from persona_model.gguf_export import write_gguf  # noqa: E402
 from persona_model.local import LocalPersonaModel, Sampling  # noqa: E402
 from persona_model.server import ServerPersonaModel, ServerSettings  # noqa: E402
+from runtime import bundled  # noqa: E402
+from runtime.app import bundled_llm  # noqa: E402
 from runtime.events import InputEvent, InputKind, Persona, PromptContext  # noqa: E402
 
 
@@ -84,12 +91,18 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=6)
     ap.add_argument("--tokens", type=int, default=48, help="new tokens per reply")
     ap.add_argument("--prompt-tokens", type=int, default=1500)
+    ap.add_argument("--bundled", action="store_true", help="the bundled model: its Q4_1 GGUF against torch float32")
     args = ap.parse_args()
     threads = torch.get_num_threads()
     greedy = Sampling(max_new_tokens=args.tokens, temperature=0.0, repetition_penalty=1.0)
     with tempfile.TemporaryDirectory() as tmp:
-        base = tiny.build(Path(tmp) / args.like, like=args.like, train_steps=0)
-        gguf = write_gguf(base, Path(tmp) / f"{args.like}.gguf")
+        if args.bundled:
+            args.like = "bundled SmolLM2-135M-Instruct (llama.cpp: Q4_1 as shipped; torch: float32)"
+            base = bundled_llm(Path("~/.cache/omoide/models").expanduser())
+            gguf = bundled.locate("llm")
+        else:
+            base = tiny.build(Path(tmp) / args.like, like=args.like, train_steps=0)
+            gguf = write_gguf(base, Path(tmp) / f"{args.like}.gguf")
         local = LocalPersonaModel.load(base, sampling=greedy, prefix_cache=True, max_prompt_tokens=4096)
         local.model.generation_config.min_new_tokens = args.tokens  # the end token is held off
         eos = int(local.tokenizer.eos_token_id)

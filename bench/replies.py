@@ -91,6 +91,8 @@ def main() -> None:
             "audio": config.audio.model_copy(update={"output": "silent"}),
             "avatar": config.avatar.model_copy(update={"enabled": False}),
             "learning": config.learning.model_copy(update={"adapters": str(Path(tmp) / "adapters")}),
+            "character": config.character.model_copy(update={"greet": False}),  # a reply to each line
+            "log": config.log.model_copy(update={"file": ""}),
         })
         started = time.monotonic()
         records = asyncio.run(conversation(config, lines))

@@ -52,7 +52,7 @@ class ModelConfig(_Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     threads: int = Field(0, ge=0)
-    max_prompt_tokens: int = Field(2048, ge=64)
+    max_prompt_tokens: int = Field(1024, ge=64)
     max_new_tokens: int = Field(160, ge=1, le=4096)
     temperature: float = Field(0.6, ge=0.0, le=5.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
