@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH_INDEX := $(if $(shell command -v nvidia-smi 2>/dev/null),,--extra-index-url https://download.pytorch.org/whl/cpu)
 APT_PACKAGES := espeak-ng libportaudio2
 
-.PHONY: run chat test test-all lint bench system-deps test-deps install
+.PHONY: run chat test test-slow test-all lint bench system-deps test-deps install
 
 run: install
 	$(VENV)/bin/omoide run
@@ -18,6 +18,10 @@ chat: install
 
 test: install test-deps
 	$(PY) -m pytest -q
+
+# the long end-to-end learning and recall tests (several minutes); .ci/run runs them after make test
+test-slow: install test-deps
+	$(PY) -m pytest -q -m slow
 
 test-all: install test-deps
 	$(PY) -m pytest -q -m ''
@@ -31,6 +35,8 @@ bench: install
 	$(PY) bench/voice_latency.py --engine espeak
 	$(PY) bench/voice_latency.py --engine piper
 	$(PY) bench/chat_flood.py
+	$(PY) bench/real_latency.py
+	$(PY) bench/replies.py
 
 install: system-deps $(VENV)/.installed
 

@@ -22,6 +22,7 @@ NAMES = ["Ada", "Bo", "Cy", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kai
 PETS = ["Miso", "Tofu", "Biscuit", "Pixel", "Mochi", "Yuzu", "Pepper", "Clover"]
 
 
+@pytest.mark.slow  # about 90 s: `make test-slow`, which CI runs too
 def test_a_lora_on_the_learner_recalls_viewers_facts_closed_book(tmp_path):
     base = tiny.build(tmp_path / "learner", like="learner")
     rng = random.Random(0)

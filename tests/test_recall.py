@@ -105,6 +105,7 @@ def test_past_a_size_the_index_becomes_an_inverted_file_that_still_finds_the_nea
 
 
 @pytest.mark.model
+@pytest.mark.slow  # about 75 s: `make test-slow`, which CI runs too
 async def test_recall_at_5_on_200_viewers_and_2000_facts_asked_in_other_words(tmp_path, embedder):
     cases = generate(viewers=200, per_viewer=10)
     assert len({c.viewer for c in cases}) == 200 and len({c.fact for c in cases}) == 2000

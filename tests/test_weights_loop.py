@@ -86,6 +86,7 @@ def row(report: dict[str, Any], metric: str) -> dict[str, Any]:
     return next(r for r in report["rows"] if r["metric"] == metric)
 
 
+@pytest.mark.slow  # two to four minutes: `make test-slow`, which CI runs too
 async def test_train_gate_activate_reject_rollback_and_swap_live(tmp_path, capsys):
     base = tiny.build(tmp_path / "learner", like="learner")
     config = write_config(
