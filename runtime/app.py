@@ -158,7 +158,8 @@ def persona_from(config: Config) -> tuple[Persona, tuple[str, ...]]:
 def greeting(persona: Persona) -> str:
     """The card's first message, said when the character starts ({{user}} is chat: nobody has
     spoken yet)."""
-    return re.sub(r"\{\{user\}\}|<user>", "chat", persona.first_message, flags=re.IGNORECASE).strip()
+    text = re.sub(r"\{\{user\}\}|<user>", "chat", persona.first_message, flags=re.IGNORECASE)
+    return re.sub(r"\{\{char\}\}|<bot>", persona.name, text, flags=re.IGNORECASE).strip()
 
 
 def _list_files(config: Config, key: str, value: str | list[str]) -> list[Path]:
@@ -346,8 +347,8 @@ def model_from(config: Config) -> LocalPersonaModel:
         if active is not None:
             adapter, name = registry.path(active.version), active.version
     return LocalPersonaModel.load(
-        path, name=BUNDLED_NAME if m.id == BUNDLED else m.id, adapter_path=adapter, adapter_name=name, device=m.device, dtype=m.dtype,
-        threads=m.threads, sampling=sampling_from(config),
+        path, name=BUNDLED_NAME if m.id == BUNDLED else m.id, adapter_path=adapter, adapter_name=name,
+        device=m.device, dtype=m.dtype, threads=m.threads, sampling=sampling_from(config),
         max_prompt_tokens=m.max_prompt_tokens, memory_share=config.memory.prompt_share,
         prefix_cache=m.prefix_cache,
     )

@@ -71,9 +71,9 @@ async def test_help_and_unknown_commands_are_answered_here_not_by_the_model(tmp_
 
 
 async def test_the_greeting_is_said_first_and_opens_the_history(tmp_path):
-    persona = {"name": "Testa", "first_message": "[happy] Welcome, {{user}}! Sit with me."}
+    persona = {"name": "Testa", "first_message": "[happy] Welcome, {{user}}! {{char}} saved you a seat."}
     out, app = await chat(tmp_path, "hello\n", persona=persona)
-    assert [line.strip() for line in out.splitlines()] == ["Testa: Welcome, chat! Sit with me.",
+    assert [line.strip() for line in out.splitlines()] == ["Testa: Welcome, chat! Testa saved you a seat.",
                                                            "Testa: You said hello."]
     history = list(app.director.history)
     assert [m.role for m in history[:2]] == ["assistant", "user"]  # no invented user line before it
