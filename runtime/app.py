@@ -59,6 +59,7 @@ from runtime.inbox import DEFAULT_MAX_AGE, DEFAULT_WEIGHTS, Inbox, Scoring
 from runtime.moderation import ChatFilter, Moderator
 from runtime.ports import Clock, MonotonicClock, OutputSink, PersonaModel, Source, Synthesizer
 from runtime.reflection import ReflectionSettings, Reflector
+from runtime.sentences import EXPRESSIONS, TAG, tag_name
 from runtime.turn import Cast, TurnSettings
 from runtime.voices import FallbackSynthesizer
 
@@ -160,6 +161,15 @@ def greeting(persona: Persona) -> str:
     spoken yet)."""
     text = re.sub(r"\{\{user\}\}|<user>", "chat", persona.first_message, flags=re.IGNORECASE)
     return re.sub(r"\{\{char\}\}|<bot>", persona.name, text, flags=re.IGNORECASE).strip()
+
+
+def expressions(persona: Persona, config: Config) -> frozenset[str]:
+    """The expression tags the character has: the common ones, those its card's text shows
+    ("[happy]"), and those mapped to VTube Studio hotkeys. Other bracketed words in a reply are a
+    template's placeholders."""
+    text = " ".join((persona.system_prompt, persona.description, persona.personality, persona.scenario,
+                     persona.examples, persona.first_message, persona.post_history_instructions))
+    return EXPRESSIONS | {tag_name(m) for m in TAG.finditer(text)} | {"_".join(tag.lower().split()) for tag in config.vts.hotkeys}
 
 
 def _list_files(config: Config, key: str, value: str | list[str]) -> list[Path]:
@@ -499,7 +509,7 @@ async def build(
     cast = Cast(
         persona=persona, model=model, synthesizer=synthesizer, playout=playout, memory=memory,
         moderator=moderator, clock=clock, observers=tuple(observers),
-        settings=TurnSettings(**t.model_dump(exclude={"history_messages"})),
+        settings=TurnSettings(**t.model_dump(exclude={"history_messages"}), expressions=expressions(persona, config)),
         games=games, game_settings=GameSettings(g.retries, g.speak, g.max_json_tokens, g.context_lines),
     )
     director = Director(

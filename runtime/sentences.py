@@ -1,8 +1,10 @@
 """Cut a stream of generated text into speakable sentences, the first one early.
 
 Expression tags such as `[happy]` are taken out of the spoken text and attached to the sentence
-they were found in, so the avatar can show them while that sentence is heard. A speaker's label
-opening the reply ("Komorebi: ...") is dropped.
+they were found in, so the avatar can show them while that sentence is heard. Given the set of
+expressions the character has, any other bracketed word is a template's placeholder ("my name is
+[name]", as small models write): a sentence holding one is not said. A speaker's label opening the
+reply ("Komorebi: ...") is dropped.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ ABBREVIATIONS = frozenset(
     "mr mrs ms dr st sr jr vs etc e.g i.e prof mt no fig approx ca".split()
 )
 SPEAKABLE = re.compile(r"\w")
+_BEFORE_PUNCTUATION = re.compile(r"\s+([.,!?…;:])")
+# expressions a character has unless its card names others (runtime/app.py adds the card's and VTube Studio's)
+EXPRESSIONS = frozenset({"happy", "sad", "surprised", "thinking", "angry", "neutral", "excited", "laughing", "laugh",
+                         "smile", "smiling", "blush", "blushing", "shy", "confused", "scared", "cry", "crying",
+                         "wink", "love", "sleepy", "smug", "pout", "giggle", "nervous", "annoyed", "proud"})
 # a speaker's label opening a reply ("Komorebi:", "Pixel Fox:", "tea_time:"): small models write one,
 # copying the chat's "name: text" lines; it is not speech. Words that are capitalised or look like a
 # username, so "Fun fact:" or "here's the thing:" stay.
@@ -37,8 +44,11 @@ class SentenceCutter:
     length limit): what a reply's sentence cap counts.
     """
 
-    def __init__(self, turn_id: str, first_min_chars: int = 30, max_chars: int = 220) -> None:
+    def __init__(self, turn_id: str, first_min_chars: int = 30, max_chars: int = 220,
+                 expressions: frozenset[str] | None = None) -> None:
         self.turn_id = turn_id
+        self.expressions = expressions  # None: every bracketed word is an expression tag
+        self.placeholders: list[str] = []  # sentences not said: they held a template's placeholder
         self.first_min_chars = first_min_chars
         self.max_chars = max_chars
         self._buf = ""
@@ -81,8 +91,12 @@ class SentenceCutter:
         return None
 
     def _make(self, piece: str, last: bool = False) -> Sentence | None:
-        tags = self._pending_tags + [_tag_name(m) for m in TAG.finditer(piece)]
-        text = " ".join(TAG.sub(" ", piece).split())
+        found = [tag_name(m) for m in TAG.finditer(piece)]
+        if self.expressions is not None and any(t not in self.expressions for t in found):
+            self.placeholders.append(" ".join(piece.split()))
+            return None
+        tags = self._pending_tags + found
+        text = _BEFORE_PUNCTUATION.sub(r"\1", " ".join(TAG.sub(" ", piece).split()))  # "Bye [wave]!": "Bye!"
         if self._seq == 0:
             text = LABEL.sub("", text).lstrip()
         if last:
@@ -113,11 +127,11 @@ def looping(text: str, min_chars: int = 80, ratio: float = 2.2) -> bool:
 
 def split_tags(text: str) -> tuple[str, tuple[str, ...]]:
     """Text without its expression tags, and the tags in order of first appearance."""
-    tags = tuple(dict.fromkeys(_tag_name(m) for m in TAG.finditer(text)))
+    tags = tuple(dict.fromkeys(tag_name(m) for m in TAG.finditer(text)))
     return " ".join(TAG.sub(" ", text).split()), tags
 
 
-def _tag_name(m: re.Match[str]) -> str:
+def tag_name(m: re.Match[str]) -> str:
     return "_".join(m.group(1).lower().split())
 
 

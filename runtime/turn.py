@@ -46,6 +46,7 @@ class TurnSettings:
     max_sentence_chars: int = 220
     sentences_ahead: int = 2  # how many cut sentences may wait for the synthesizer
     max_sentences: int = 3  # a reply ends after this many whole sentences (0: when the model stops)
+    expressions: frozenset[str] | None = None  # the character's expression tags (None: any bracketed word)
     recall_k: int = 3
     model_stall_s: float = 30.0  # no text from the model for this long: the reply is given up
     tts_stall_s: float = 15.0  # no audio from the voice for this long: the sentence goes unvoiced
@@ -249,7 +250,8 @@ class TurnHandle:
 
     async def _generate(self, prompt: Prompt, out: asyncio.Queue[Sentence | None]) -> None:
         cutter = SentenceCutter(
-            self.turn_id, self.settings.first_sentence_min_chars, self.settings.max_sentence_chars
+            self.turn_id, self.settings.first_sentence_min_chars, self.settings.max_sentence_chars,
+            self.settings.expressions,
         )
         said: set[str] = set()  # the sentences so far, as words: a repeat means the model is looping
         try:
@@ -285,6 +287,9 @@ class TurnHandle:
                             extra={"turn_id": self.turn_id, "error": self._failure})
             rest = cutter.flush()
             await self._pass_on([*rest, *cutter.feed(line), *cutter.flush()], out)
+        if cutter.placeholders:
+            log.info("sentences with a template's placeholder not said",
+                     extra={"turn_id": self.turn_id, "sentences": cutter.placeholders})
         await out.put(None)
 
     async def _pass_on(self, cut: list[Sentence], out: asyncio.Queue[Sentence | None]) -> bool:

@@ -82,3 +82,16 @@ def test_unreadable_cards(tmp_path):
     (tmp_path / "y.png").write_bytes(bad)
     with pytest.raises(CardError):
         load_card(tmp_path / "y.png")
+
+
+def test_the_characters_expressions_come_from_her_card_and_vtube_studio(tmp_path):
+    from runtime.app import expressions, persona_from
+    from runtime.config import load
+    from tests.conftest import write_config
+
+    card = Path(__file__).resolve().parent.parent / "persona_model" / "characters" / "komorebi.json"
+    config = load(write_config(tmp_path, character={"card": str(card)}, vts={"hotkeys": {"Big Grin": "Smile"}}),
+                  env={})
+    tags = expressions(persona_from(config)[0], config)
+    assert {"happy", "sad", "surprised", "thinking", "angry", "big_grin"} <= tags
+    assert "name" not in tags and "game_name" not in tags

@@ -78,3 +78,15 @@ def test_whole_sentences_are_counted_apart_from_early_cuts():
     assert texts(out) == ["Well, this first sentence is cut early,", "at a comma.", "Two!"]
     assert c.ended == 2  # the early cut is half a sentence
     assert texts(c.feed("ee? ")) == ["Three?"] and c.ended == 3
+
+
+def test_a_templates_placeholders_are_not_said_but_the_characters_expressions_are_shown():
+    """What the bundled model said once: "Hey, my name is [name]. I'm playing a game called [game_name]." """
+    out = cut(["[happy] Hi chat! My name is [name]. I play [game_name] all day. Bye [wave]!"],
+              first_min_chars=1000, expressions=frozenset({"happy", "wave"}))
+    assert [(s.text, s.expressions) for s in out] == [("Hi chat!", ("happy",)), ("Bye!", ("wave",))]
+    c = SentenceCutter("t", expressions=frozenset({"happy"}))
+    c.feed("My name is [name]. ")
+    assert c.placeholders == ["My name is [name]."] and c.ended == 0
+    # without a set of expressions, every bracketed word is one (for avatars that take any)
+    assert texts(cut(["My name is [name]."])) == ["My name is."]
