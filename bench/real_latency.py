@@ -44,12 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from first_audio import TimedModel, TimedSynth, model_time_to_first_sentence, stats_ms  # noqa: E402
-from replies import NAMES, conversation, viewer_lines  # noqa: E402
+from replies import NAMES, bench_config, conversation, viewer_lines  # noqa: E402
 
 from persona_model.local import GenerationStats, LocalPersonaModel  # noqa: E402
 from plugins.mic_file import FileMicrophone  # noqa: E402
 from runtime.app import App, build, model_from  # noqa: E402
-from runtime.config import Config, load  # noqa: E402
+from runtime.config import Config  # noqa: E402
 from runtime.events import TYPED, InputEvent, InputKind, Priority, Sentence, Stage, TurnRecord  # noqa: E402
 from runtime.ports import MonotonicClock  # noqa: E402
 from tests.test_real_stack import piper_wavs  # noqa: E402
@@ -82,19 +82,6 @@ class TimedRecall:
             return await self.inner(text, k, viewer)
         finally:
             self.seconds.append(time.perf_counter() - t)
-
-
-def bench_config(path: Path, work: Path) -> Config:
-    config = load(path, env={})
-    return config.model_copy(update={
-        "memory": config.memory.model_copy(update={"database": str(work / "bench.db")}),
-        "audio": config.audio.model_copy(update={"output": "silent"}),
-        "avatar": config.avatar.model_copy(update={"port": 0}),
-        "chat": config.chat.model_copy(update={"console": config.chat.console.model_copy(update={"enabled": False})}),
-        "learning": config.learning.model_copy(update={"adapters": str(work / "adapters")}),
-        "log": config.log.model_copy(update={"file": ""}),
-        "character": config.character.model_copy(update={"greet": False}),
-    })
 
 
 def whole_reply(model: LocalPersonaModel, prompt_text: str, tokens: int) -> float:
@@ -231,7 +218,7 @@ async def main() -> None:
     ap.add_argument("--skip-spoken", action="store_true")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="omoide-real-bench-"))
-    config = bench_config(Path(args.config), work)
+    config = bench_config(args.config, work, avatar={"enabled": True, "port": 0})
     t = time.perf_counter()
     model = await asyncio.to_thread(model_from, config)
     print(f"model {model.name} loaded in {time.perf_counter() - t:.1f} s; {torch.get_num_threads()} torch threads")

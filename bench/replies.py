@@ -38,6 +38,21 @@ ROOT = Path(__file__).resolve().parent.parent
 NAMES = ["mika", "juno_", "pixelfox", "tea_time", "ravenclaw99", "bun", "orbit", "leafy"]
 
 
+def bench_config(path: str | Path, work: Path, **sections: dict[str, object]) -> Config:
+    """config.toml as a user has it, but for what must differ on a bench: a fresh database and
+    adapter registry in `work`, silent speakers (they keep real-time pace), no greeting (each
+    input gets its reply), no log file; `sections` change more, e.g. game={"enabled": True}."""
+    config = load(path)
+    changes: dict[str, dict[str, object]] = {
+        "memory": {"database": str(work / "bench.db")}, "audio": {"output": "silent"},
+        "learning": {"adapters": str(work / "adapters")}, "character": {"greet": False}, "log": {"file": ""},
+        "avatar": {"enabled": False}}
+    for name, values in sections.items():
+        changes[name] = {**changes.get(name, {}), **values}
+    return config.model_copy(update={name: getattr(config, name).model_copy(update=values)
+                                     for name, values in changes.items()})
+
+
 def viewer_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
@@ -85,15 +100,7 @@ def main() -> None:
     args = p.parse_args()
     lines = viewer_lines(Path(args.lines))
     with tempfile.TemporaryDirectory() as tmp:
-        config = load(args.config)
-        config = config.model_copy(update={
-            "memory": config.memory.model_copy(update={"database": str(Path(tmp) / "replies.db")}),
-            "audio": config.audio.model_copy(update={"output": "silent"}),
-            "avatar": config.avatar.model_copy(update={"enabled": False}),
-            "learning": config.learning.model_copy(update={"adapters": str(Path(tmp) / "adapters")}),
-            "character": config.character.model_copy(update={"greet": False}),  # a reply to each line
-            "log": config.log.model_copy(update={"file": ""}),
-        })
+        config = bench_config(args.config, Path(tmp))
         started = time.monotonic()
         records = asyncio.run(conversation(config, lines))
         took = time.monotonic() - started
@@ -107,8 +114,7 @@ def main() -> None:
             tiny_dir = Path(tmp) / "tiny"
             tiny.build(tiny_dir)
             model = LocalPersonaModel.load(tiny_dir, name="tiny", sampling=Sampling(max_new_tokens=60, seed=1))
-            control_config = config.model_copy(update={"memory": config.memory.model_copy(
-                update={"database": str(Path(tmp) / "control.db")})})
+            control_config = bench_config(args.config, Path(tmp), memory={"database": str(Path(tmp) / "control.db")})
             control = [r.spoken_text for r in asyncio.run(conversation(control_config, lines, model))]
         embedder = Embedder(bundled.locate("embedding"))
         own, shuffled = on_topic(embedder, lines, replies)

@@ -24,10 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from replies import bench_config  # noqa: E402
 
 from plugins.game_tictactoe import LINES  # noqa: E402
 from runtime.app import model_from, play  # noqa: E402
-from runtime.config import load  # noqa: E402
 from tests.conftest import FastClock  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,16 +67,7 @@ async def main() -> None:
     ap.add_argument("--games", type=int, default=20)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="omoide-ttt-"))
-    config = load(args.config, env={})
-    config = config.model_copy(update={
-        "memory": config.memory.model_copy(update={"database": str(work / "games.db")}),
-        "audio": config.audio.model_copy(update={"output": "silent"}),
-        "avatar": config.avatar.model_copy(update={"enabled": False}),
-        "game": config.game.model_copy(update={"enabled": True, "port": 0, "speak": False}),
-        "learning": config.learning.model_copy(update={"adapters": str(work / "adapters")}),
-        "character": config.character.model_copy(update={"greet": False}),
-        "log": config.log.model_copy(update={"file": ""}),
-    })
+    config = bench_config(args.config, work, game={"enabled": True, "port": 0, "speak": False})
     model = await asyncio.to_thread(model_from, config)
     results: Counter[str] = Counter()
     started = time.perf_counter()
@@ -82,7 +75,7 @@ async def main() -> None:
         results[await play(config, seed=game, show=lambda _: None, opponent="random", model=model,
                            clock=FastClock(50), console=False)] += 1
     took = time.perf_counter() - started
-    attempts = [a for (actions,) in sqlite3.connect(work / "games.db").execute("SELECT actions FROM turns")
+    attempts = [a for (actions,) in sqlite3.connect(work / "bench.db").execute("SELECT actions FROM turns")
                 for a in json.loads(actions)]
     moves, refused = len(attempts), sum(not a["success"] for a in attempts)
     print(f"{model.name} as X against a random O: {args.games} games, {moves} moves by the model"
