@@ -32,7 +32,8 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from persona_model import tiny  # noqa: E402
-from persona_model.local import LocalPersonaModel, Sampling  # noqa: E402
+from persona_model.generation import Sampling  # noqa: E402
+from persona_model.local import LocalPersonaModel  # noqa: E402
 from runtime.events import Prompt  # noqa: E402
 
 PROMPT = Prompt("<|im_start|>user\nhello there, how are you?<|im_end|>\n<|im_start|>assistant\n", (), 0)

@@ -42,7 +42,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from persona_model import tiny  # noqa: E402
-from persona_model.local import LocalPersonaModel, Sampling  # noqa: E402
+from persona_model.generation import Sampling  # noqa: E402
+from persona_model.local import LocalPersonaModel  # noqa: E402
 from runtime.app import build  # noqa: E402
 from runtime.config import load  # noqa: E402
 from runtime.events import InputEvent, InputKind, Prompt, PromptContext, Sentence, Stage  # noqa: E402

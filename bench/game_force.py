@@ -34,8 +34,10 @@ import websockets  # noqa: E402
 from transformers import LogitsProcessorList  # noqa: E402
 
 from persona_model import tiny  # noqa: E402
-from persona_model.constrained import SchemaProcessor, grammar, ll_tokenizer, tighten  # noqa: E402
-from persona_model.local import LocalPersonaModel, Sampling  # noqa: E402
+from persona_model.constrained import SchemaProcessor, ll_tokenizer  # noqa: E402
+from persona_model.generation import Sampling  # noqa: E402
+from persona_model.json_schema import grammar, tighten  # noqa: E402
+from persona_model.local import LocalPersonaModel  # noqa: E402
 from runtime.app import build  # noqa: E402
 from runtime.config import load  # noqa: E402
 from runtime.events import ActionSpec, InputEvent, InputKind, Persona, PromptContext  # noqa: E402

@@ -38,8 +38,9 @@ import torch  # noqa: E402
 
 from bench.prefix_cache import persona  # noqa: E402
 from persona_model import tiny  # noqa: E402
+from persona_model.generation import Sampling  # noqa: E402
 from persona_model.gguf_export import write_gguf  # noqa: E402
-from persona_model.local import LocalPersonaModel, Sampling  # noqa: E402
+from persona_model.local import LocalPersonaModel  # noqa: E402
 from persona_model.server import ServerPersonaModel, ServerSettings  # noqa: E402
 from runtime import bundled  # noqa: E402
 from runtime.app import bundled_llm  # noqa: E402

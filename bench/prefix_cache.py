@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from persona_model import tiny  # noqa: E402
-from persona_model.local import LocalPersonaModel, Sampling  # noqa: E402
+from persona_model.generation import Sampling  # noqa: E402
+from persona_model.local import LocalPersonaModel  # noqa: E402
 from runtime.events import InputEvent, InputKind, Persona, PromptContext  # noqa: E402
 
 LINES = [f"<START>\n{{{{user}}}}: Tell me about puzzle number {i}.\n{{{{char}}}}: Puzzle {i} is a sliding-tile one,"

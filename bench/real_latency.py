@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from first_audio import TimedModel, TimedSynth, model_time_to_first_sentence, stats_ms  # noqa: E402
 from replies import NAMES, bench_config, conversation, viewer_lines  # noqa: E402
 
-from persona_model.local import GenerationStats, LocalPersonaModel  # noqa: E402
+from persona_model.generation import GenerationStats  # noqa: E402
+from persona_model.local import LocalPersonaModel  # noqa: E402
 from plugins.mic_file import FileMicrophone  # noqa: E402
 from runtime.app import App, build, model_from  # noqa: E402
 from runtime.config import Config  # noqa: E402

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from memory.embed import Embedder  # noqa: E402
 from persona_model import tiny  # noqa: E402
-from persona_model.local import LocalPersonaModel, Sampling  # noqa: E402
+from persona_model.generation import Sampling  # noqa: E402
+from persona_model.local import LocalPersonaModel  # noqa: E402
 from runtime import bundled  # noqa: E402
 from runtime.app import build  # noqa: E402
 from runtime.config import Config, load  # noqa: E402

@@ -45,7 +45,8 @@ from first_audio import (  # noqa: E402
     stats_ms,
 )
 
-from persona_model.local import LocalPersonaModel, Sampling  # noqa: E402
+from persona_model.generation import Sampling  # noqa: E402
+from persona_model.local import LocalPersonaModel  # noqa: E402
 from plugins.mic_file import FileMicrophone  # noqa: E402
 from plugins.stt_whisper import WhisperListener  # noqa: E402
 from plugins.tiny_piper import build_voice  # noqa: E402

@@ -53,7 +53,7 @@ def fts_query(text: str) -> str:
 RESTATED = 0.95  # cosine at which a reflection says the same as an older memory
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RecallSettings:
     """How recall ranks memories: similarity to what was said, plus a bonus for recent ones,
     important ones and ones about the viewer who is speaking."""

@@ -11,7 +11,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,9 @@ from transformers import (
     TextStreamer,
 )
 
-from persona_model.constrained import SchemaProcessor, TruncatedJson, grammar, ll_tokenizer, tighten, validate
+from persona_model.constrained import SchemaProcessor, ll_tokenizer
+from persona_model.generation import GenerationStats, Sampling
+from persona_model.json_schema import TruncatedJson, grammar, tighten, validate
 from persona_model.prompt import PromptRenderer
 from runtime.events import Prompt, PromptContext
 from runtime.ports import Worker
@@ -36,27 +38,6 @@ from runtime.ports import Worker
 log = logging.getLogger(__name__)
 _END = object()
 MIN_REUSE = 16  # tokens a prompt must share with the last one for its cache to be reused
-
-
-@dataclass(frozen=True, slots=True)
-class Sampling:
-    max_new_tokens: int = 160
-    temperature: float = 0.8  # 0 means greedy
-    top_p: float = 0.95
-    repetition_penalty: float = 1.1
-    seed: int | None = None  # fix it for reproducible replies
-
-
-@dataclass(slots=True)
-class GenerationStats:
-    """What the last generation did, with monotonic timestamps of the model's own work."""
-
-    prompt_tokens: int = 0
-    cached_tokens: int = 0  # of the prompt, taken from the kept prefix cache instead of computed
-    new_tokens: int = 0
-    stopped_early: bool = False  # the stream was closed before the model finished
-    started_at: float = 0.0  # just before generate() was called, in the worker thread
-    pieces: list[tuple[float, str]] = field(default_factory=list)  # (when decoded, text)
 
 
 class _Stop(StoppingCriteria):
@@ -295,7 +276,7 @@ class LocalPersonaModel:
 
     async def json(self, prompt: Prompt, schema: dict[str, Any], max_new_tokens: int = 256) -> str:
         """A JSON document that validates against `schema`, decoded under its grammar
-        (persona_model/constrained.py). Raises SchemaError for a schema the engine cannot use and
+        (persona_model/constrained.py, persona_model/json_schema.py). Raises SchemaError for a schema the engine cannot use and
         TruncatedJson when the model ran out of tokens first."""
         processor = SchemaProcessor(ll_tokenizer(self.tokenizer, int(self.model.config.vocab_size)),
                                     grammar(tighten(schema)))

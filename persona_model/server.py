@@ -22,15 +22,15 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import httpx
 import jsonschema
 
-from persona_model.constrained import TruncatedJson, tighten, validate
-from persona_model.local import GenerationStats, Sampling
+from persona_model.generation import GenerationStats, Sampling
+from persona_model.json_schema import TruncatedJson, tighten, validate
 from persona_model.prompt import PromptRenderer
 from runtime.events import Prompt, PromptContext
 from runtime.ports import ModelUnavailable
@@ -44,6 +44,7 @@ AdapterApi = Literal["none", "vllm", "llamacpp"]
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     url: str  # the API's base, with its /v1
+    _: KW_ONLY
     model: str = ""  # the name the server knows the model by; "" is the first one it lists
     api_key: str | None = field(default=None, repr=False)  # never logged, never shown
     connect_timeout_s: float = 3.0

@@ -13,14 +13,11 @@ import numpy as np
 from faster_whisper.audio import decode_audio
 
 from plugins.audio import MIC_RATE, PlaybackLog
+from plugins.listening import MicrophoneError
 from plugins.vad_silero import FRAME
 from runtime.ports import Clock
 
 FRAME_S = FRAME / MIC_RATE
-
-
-class MicrophoneError(RuntimeError):
-    pass
 
 
 class FileMicrophone:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from plugins.audio import MIC_RATE
-from plugins.mic_file import MicrophoneError
+from plugins.listening import MicrophoneError
 from plugins.vad_silero import FRAME
 from runtime.ports import Clock
 

@@ -19,12 +19,13 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from faster_whisper import WhisperModel, download_model
 
 from plugins.audio import MIC_RATE, EchoGate, dbfs
+from plugins.listening import ListenerSettings, Microphone
 from plugins.vad_silero import FRAME, SileroVad
 from runtime.events import Control, InputEvent, InputKind, Priority
 from runtime.ports import Clock
@@ -40,27 +41,6 @@ HALLUCINATIONS = frozenset({
     "subtitles by the amara org community", "transcribed by", "thank you", "you", "bye",
     "so", "uh", "hmm",
 })
-
-
-class Microphone(Protocol):
-    def frames(self) -> AsyncIterator[tuple[float, np.ndarray]]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ListenerSettings:
-    author: str = "you"
-    language: str | None = "en"
-    vad_threshold: float = 0.5
-    onset_s: float = 0.096  # this much speech (3 frames) before it counts
-    end_of_speech_s: float = 0.4
-    min_utterance_s: float = 0.25  # shorter speech is a cough, not words
-    max_utterance_s: float = 30.0
-    speculate_after_s: float = 0.1  # silence after which a transcript is guessed ahead of the end
-    pre_roll_s: float = 0.2  # audio kept from before the onset
-    push_to_talk: bool = False
-    strict_filters: bool = True  # Whisper's no-speech / log-prob / compression checks
-    beam_size: int = 1  # 1 is greedy: fastest
-    drop_phrases: tuple[str, ...] = ()
 
 
 def normalize_phrase(text: str) -> str:

@@ -28,9 +28,10 @@ from memory.schema import SchemaError
 from memory.store import RecallSettings, SqliteMemory
 from persona_model.adapters import AdapterFollower, AdapterRegistry, RegistryError
 from persona_model.card import CardError, load_card
+from persona_model.generation import Sampling
 from persona_model.gguf_import import GgufError, convert_once
 from persona_model.hub import resolve
-from persona_model.local import LocalPersonaModel, Sampling
+from persona_model.local import LocalPersonaModel
 from persona_model.server import ServerPersonaModel, ServerSettings
 from plugins.audio import EchoGate, PlaybackLog, SynthesizerError
 from plugins.avatar_vts import VtsAvatar, VtsClient
@@ -40,17 +41,18 @@ from plugins.chat_twitch import TwitchChatSource, TwitchError, TwitchReplies, lo
 from plugins.game_neuro import GameServer
 from plugins.game_tictactoe import TicTacToe
 from plugins.guard import is_loopback
-from plugins.mic_file import FileMicrophone, MicrophoneError
+from plugins.listening import ListenerSettings, Microphone, MicrophoneError
+from plugins.mic_file import FileMicrophone
 from plugins.mic_sounddevice import SoundDeviceMicrophone
 from plugins.speakers_silent import SilentSpeakers
 from plugins.speakers_sounddevice import open_speakers
-from plugins.stt_whisper import ListenerSettings, Microphone, WhisperListener, load_whisper
+from plugins.stt_whisper import WhisperListener, load_whisper
 from plugins.tts_coqui import CoquiSynthesizer
 from plugins.tts_espeak import EspeakSynthesizer
 from plugins.tts_piper import PiperSynthesizer, piper_voice_path
 from runtime import bundled
 from runtime.bundled import BUNDLED, BundledError
-from runtime.config import Config
+from runtime.config import Config, settings
 from runtime.director import Director, DirectorSettings
 from runtime.events import TYPED, Control, InputEvent, InputKind, Persona, Priority
 from runtime.fallback import FallbackModel
@@ -194,12 +196,8 @@ def chat_filter_from(config: Config) -> ChatFilter:
 
 def inbox_from(config: Config, clock: Clock, persona: Persona) -> Inbox:
     i = config.inbox
-    scoring = Scoring(
-        mention_bonus=i.mention_bonus, question_bonus=i.question_bonus, cooldown_s=i.cooldown_s,
-        cooldown_penalty=i.cooldown_penalty, age_penalty_per_min=i.age_penalty_per_min,
-        per_viewer=i.per_viewer, weights={**DEFAULT_WEIGHTS, **i.weights},
-        max_age_s={**DEFAULT_MAX_AGE, "chat": i.max_chat_age_s, "message": i.max_chat_age_s, **i.max_age_s},
-    )
+    scoring = settings(Scoring, i, weights={**DEFAULT_WEIGHTS, **i.weights}, max_age_s={
+        **DEFAULT_MAX_AGE, "chat": i.max_chat_age_s, "message": i.max_chat_age_s, **i.max_age_s})
     return Inbox(clock, i.capacity, scoring=scoring, names=(persona.name,))
 
 
@@ -249,12 +247,9 @@ def listener_from(config: Config, clock: Clock, playback: PlaybackLog | None,
             f"stt.model {c.model!r} cannot be loaded ({type(exc).__name__}: {exc}); fetch it with"
             " `omoide models pull`, or set stt.model to a local CTranslate2 folder"
             " (`omoide model tiny-whisper DIR` builds one offline)") from None
-    settings = ListenerSettings(
-        author=c.name, language=c.language or None, vad_threshold=c.vad_threshold,
-        end_of_speech_s=c.end_of_speech_s, min_utterance_s=c.min_utterance_s,
-        push_to_talk=c.push_to_talk, strict_filters=c.strict_filters, beam_size=c.beam_size,
-        drop_phrases=tuple(c.drop_phrases))
-    return WhisperListener(mic, model, clock, settings, gate)
+    heard = settings(ListenerSettings, c, author=c.name, language=c.language or None,
+                     drop_phrases=tuple(c.drop_phrases))
+    return WhisperListener(mic, model, clock, heard, gate)
 
 
 def model_path(config: Config) -> Path:
@@ -310,8 +305,7 @@ def adapter_registry(config: Config) -> AdapterRegistry:
 
 
 def sampling_from(config: Config) -> Sampling:
-    m = config.model
-    return Sampling(m.max_new_tokens, m.temperature, m.top_p, m.repetition_penalty, m.seed)
+    return settings(Sampling, config.model)
 
 
 def persona_model_from(config: Config) -> PersonaModel:
@@ -331,13 +325,9 @@ def server_model_from(config: Config) -> ServerPersonaModel:
             tokenizer = AutoTokenizer.from_pretrained(config.path(s.tokenizer))
         except (OSError, ValueError) as exc:
             raise StartupError(f"server.tokenizer {s.tokenizer!r} is not a tokenizer folder ({exc})") from None
-    return ServerPersonaModel(ServerSettings(
-        url=s.url, model=s.model, api_key=os.environ.get(s.api_key_env) or None,
-        connect_timeout_s=s.connect_timeout_s, first_token_timeout_s=s.first_token_timeout_s,
-        read_timeout_s=s.read_timeout_s, retry_min_s=s.retry_min_s, retry_max_s=s.retry_max_s,
-        structured=s.structured, adapters=s.adapters, adapter_root=s.adapter_root, extra=dict(s.extra),
-        max_prompt_tokens=s.max_prompt_tokens, memory_share=config.memory.prompt_share,
-        sampling=sampling_from(config)), tokenizer=tokenizer)
+    return ServerPersonaModel(settings(
+        ServerSettings, s, api_key=os.environ.get(s.api_key_env) or None, extra=dict(s.extra),
+        memory_share=config.memory.prompt_share, sampling=sampling_from(config)), tokenizer=tokenizer)
 
 
 def model_from(config: Config) -> LocalPersonaModel:
@@ -505,19 +495,19 @@ async def build(
         observers.append(ConsoleSubtitles(persona.name, stdout))
 
     t = config.turn
-    g = config.game
     cast = Cast(
         persona=persona, model=model, synthesizer=synthesizer, playout=playout, memory=memory,
         moderator=moderator, clock=clock, observers=tuple(observers),
-        settings=TurnSettings(**t.model_dump(exclude={"history_messages"}), expressions=expressions(persona, config)),
-        games=games, game_settings=GameSettings(g.retries, g.speak, g.max_json_tokens, g.context_lines),
+        settings=settings(TurnSettings, t, expressions=expressions(persona, config)),
+        games=games, game_settings=settings(GameSettings, config.game),
     )
     director = Director(
         cast,
         inbox_from(config, clock, persona),
         sources,
-        DirectorSettings(
-            t.history_messages, exit_when_sources_end, config.barge_in.mode, config.barge_in.min_dbfs,
+        settings(
+            DirectorSettings, t, exit_when_sources_end=exit_when_sources_end, barge_in=config.barge_in.mode,
+            barge_in_min_dbfs=config.barge_in.min_dbfs,
             idle_after_s=config.idle.after_s, idle_min_interval_s=config.idle.min_interval_s,
             thanks=dict(config.chat.thanks),
             greeting=greeting(persona) if config.character.greet else "",
@@ -530,7 +520,7 @@ async def build(
     if config.memory.reflection.enabled:
         r = config.memory.reflection
         reflector = Reflector(model, memory, persona, clock, lambda: director.busy,
-                              ReflectionSettings(r.every_turns, r.every_minutes, r.max_turns))
+                              settings(ReflectionSettings, r))
         director.background += (reflector.run,)
     follower = None
     if config.learning.follow and not config.model.adapter:
@@ -644,9 +634,7 @@ def encoder_from(config: Config) -> Callable[[], Embedder] | None:
 
 
 def recall_settings(config: Config) -> RecallSettings:
-    m = config.memory
-    return RecallSettings(m.recency_weight, m.recency_half_life_days, m.importance_weight, m.viewer_weight,
-                          m.min_similarity)
+    return settings(RecallSettings, config.memory)
 
 
 async def play(config: Config, seed: int | None = None, show: Callable[[str], None] = print,

@@ -8,15 +8,34 @@ allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from memory.store import RecallSettings
+from persona_model.generation import Sampling
+from persona_model.server import ServerSettings
+from plugins.listening import ListenerSettings
+from runtime.director import DirectorSettings
+from runtime.game import GameSettings
+from runtime.inbox import Scoring
+from runtime.reflection import ReflectionSettings
+from runtime.turn import TurnSettings
+
 ENV_PREFIX = "OMOIDE_"
+S = TypeVar("S")
+
+# A setting the code reads through a settings object has its default there, beside the code that
+# uses it; the sections below take those defaults by name (and add types, bounds and the comment
+# that config.toml repeats). tests/test_config.py checks that the shipped config.toml says the same.
+_TURN, _DIRECTOR, _GAME, _REFLECTION = TurnSettings(), DirectorSettings(), GameSettings(), ReflectionSettings()
+_RECALL, _SAMPLING, _SCORING, _LISTENER = RecallSettings(), Sampling(), Scoring(), ListenerSettings()
+_SERVER = ServerSettings("http://127.0.0.1:8080/v1")
 
 
 class ConfigError(Exception):
@@ -53,53 +72,53 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     threads: int = Field(0, ge=0)
     max_prompt_tokens: int = Field(1024, ge=64)
-    max_new_tokens: int = Field(160, ge=1, le=4096)
-    temperature: float = Field(0.6, ge=0.0, le=5.0)
-    top_p: float = Field(0.9, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(1.1, ge=0.5, le=3.0)
-    seed: int | None = None
+    max_new_tokens: int = Field(_SAMPLING.max_new_tokens, ge=1, le=4096)
+    temperature: float = Field(_SAMPLING.temperature, ge=0.0, le=5.0)
+    top_p: float = Field(_SAMPLING.top_p, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(_SAMPLING.repetition_penalty, ge=0.5, le=3.0)
+    seed: int | None = _SAMPLING.seed
     prefix_cache: bool = True  # keep the last prompt's key/value cache; reuse what the next one shares
 
 
 class ServerConfig(_Section):
-    url: str = Field("http://127.0.0.1:8080/v1", pattern=r"^https?://[^\s/]+(/\S*)?$")
-    model: str = ""  # the name the server knows the model by ("" = the first it lists)
+    url: str = Field(_SERVER.url, pattern=r"^https?://[^\s/]+(/\S*)?$")
+    model: str = _SERVER.model  # the name the server knows the model by ("" = the first it lists)
     api_key_env: str = Field("OMOIDE_SERVER_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     tokenizer: str = ""  # a local folder with the model's tokenizer: exact prompt budgets
-    max_prompt_tokens: int = Field(4096, ge=64)
-    connect_timeout_s: float = Field(3.0, gt=0)
-    first_token_timeout_s: float = Field(20.0, gt=0)
-    read_timeout_s: float = Field(30.0, gt=0)
-    retry_min_s: float = Field(1.0, gt=0)
-    retry_max_s: float = Field(60.0, gt=0)
+    max_prompt_tokens: int = Field(_SERVER.max_prompt_tokens, ge=64)
+    connect_timeout_s: float = Field(_SERVER.connect_timeout_s, gt=0)
+    first_token_timeout_s: float = Field(_SERVER.first_token_timeout_s, gt=0)
+    read_timeout_s: float = Field(_SERVER.read_timeout_s, gt=0)
+    retry_min_s: float = Field(_SERVER.retry_min_s, gt=0)
+    retry_max_s: float = Field(_SERVER.retry_max_s, gt=0)
     fallback: Literal["none", "local"] = "none"
-    structured: Literal["auto", "json_schema", "json_object", "none"] = "auto"
-    adapters: Literal["none", "vllm", "llamacpp"] = "none"
-    adapter_root: str = ""  # learning.adapters as the server sees that folder ("" = the same path)
+    structured: Literal["auto", "json_schema", "json_object", "none"] = _SERVER.structured
+    adapters: Literal["none", "vllm", "llamacpp"] = _SERVER.adapters
+    adapter_root: str = _SERVER.adapter_root  # learning.adapters as the server sees that folder ("" = the same path)
     extra: dict[str, Any] = {}  # merged into every request, e.g. { repeat_penalty = 1.1 }
 
 
 class TurnConfig(_Section):
-    first_sentence_min_chars: int = Field(30, ge=1)
-    max_sentence_chars: int = Field(220, ge=20)
-    sentences_ahead: int = Field(2, ge=1, le=16)
-    max_sentences: int = Field(3, ge=0, le=100)  # a reply ends after this many sentences (0: no cap)
-    history_messages: int = Field(24, ge=0)
-    recall_k: int = Field(3, ge=0, le=50)
-    model_stall_s: float = Field(30.0, gt=0)  # no text from the model for this long: the reply is given up
-    tts_stall_s: float = Field(15.0, gt=0)  # no audio from the voice for this long: the sentence goes unvoiced
-    fallback_line: str = Field("Sorry, my thoughts got tangled. Ask me again?", max_length=500)
+    first_sentence_min_chars: int = Field(_TURN.first_sentence_min_chars, ge=1)
+    max_sentence_chars: int = Field(_TURN.max_sentence_chars, ge=20)
+    sentences_ahead: int = Field(_TURN.sentences_ahead, ge=1, le=16)
+    max_sentences: int = Field(_TURN.max_sentences, ge=0, le=100)  # a reply ends after this many sentences (0: no cap)
+    history_messages: int = Field(_DIRECTOR.history_messages, ge=0)
+    recall_k: int = Field(_TURN.recall_k, ge=0, le=50)
+    model_stall_s: float = Field(_TURN.model_stall_s, gt=0)  # no text from the model for this long: the reply is given up
+    tts_stall_s: float = Field(_TURN.tts_stall_s, gt=0)  # no audio from the voice for this long: the sentence goes unvoiced
+    fallback_line: str = Field(_TURN.fallback_line, max_length=500)
 
 
 class InboxConfig(_Section):
     capacity: int = Field(64, ge=1)
     max_chat_age_s: float = Field(120.0, gt=0)
-    mention_bonus: float = 3.0
-    question_bonus: float = 1.0
-    cooldown_s: float = Field(60.0, ge=0)
-    cooldown_penalty: float = 4.0
-    age_penalty_per_min: float = Field(1.0, ge=0)
-    per_viewer: int = Field(3, ge=0)
+    mention_bonus: float = _SCORING.mention_bonus
+    question_bonus: float = _SCORING.question_bonus
+    cooldown_s: float = Field(_SCORING.cooldown_s, ge=0)
+    cooldown_penalty: float = _SCORING.cooldown_penalty
+    age_penalty_per_min: float = Field(_SCORING.age_penalty_per_min, ge=0)
+    per_viewer: int = Field(_SCORING.per_viewer, ge=0)
     weights: dict[str, float] = {}
     max_age_s: dict[str, float] = {}
 
@@ -129,8 +148,8 @@ class TwitchConfig(_Section):
 
 
 class IdleConfig(_Section):
-    after_s: float = Field(0.0, ge=0)
-    min_interval_s: float = Field(300.0, ge=0)
+    after_s: float = Field(_DIRECTOR.idle_after_s, ge=0)
+    min_interval_s: float = Field(_DIRECTOR.idle_min_interval_s, ge=0)
     prompt: str = ""
 
 
@@ -166,26 +185,26 @@ class SttConfig(_Section):
     enabled: bool = False
     input: str | list[str] = "microphone"
     input_device: str = ""
-    name: str = Field("you", min_length=1)
+    name: str = Field(_LISTENER.author, min_length=1)
     model: str = Field("bundled", min_length=1)
-    language: str = "en"
+    language: str = _LISTENER.language or ""
     device: str = "auto"
     compute_type: str = "int8"
     threads: int = Field(0, ge=0)
-    vad_threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    end_of_speech_s: float = Field(0.4, ge=0.1, le=5.0)
-    min_utterance_s: float = Field(0.25, ge=0.0)
-    push_to_talk: bool = False
-    strict_filters: bool = True
-    beam_size: int = Field(1, ge=1, le=10)
+    vad_threshold: float = Field(_LISTENER.vad_threshold, gt=0.0, lt=1.0)
+    end_of_speech_s: float = Field(_LISTENER.end_of_speech_s, ge=0.1, le=5.0)
+    min_utterance_s: float = Field(_LISTENER.min_utterance_s, ge=0.0)
+    push_to_talk: bool = _LISTENER.push_to_talk
+    strict_filters: bool = _LISTENER.strict_filters
+    beam_size: int = Field(_LISTENER.beam_size, ge=1, le=10)
     drop_phrases: list[str] = []
     echo_gate: bool = True
     echo_threshold: float = Field(0.6, gt=0.0, le=1.0)
 
 
 class BargeInConfig(_Section):
-    mode: Literal["on", "off", "loud"] = "on"
-    min_dbfs: float = Field(-30.0, le=0.0)
+    mode: Literal["on", "off", "loud"] = _DIRECTOR.barge_in
+    min_dbfs: float = Field(_DIRECTOR.barge_in_min_dbfs, le=0.0)
 
 
 class AudioConfig(_Section):
@@ -220,11 +239,11 @@ class GameConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)  # the Neuro test servers' port: NEURO_SDK_WS_URL=ws://localhost:8000
     token: str = ""  # when set, games must connect with ?token=... (required to listen beyond this machine)
-    retries: int = Field(3, ge=0, le=20)  # tries after a game refuses an action
-    speak: bool = True  # say a line about each action taken
+    retries: int = Field(_GAME.retries, ge=0, le=20)  # tries after a game refuses an action
+    speak: bool = _GAME.speak  # say a line about each action taken
     result_timeout_s: float = Field(30.0, gt=0)  # wait this long for a game's action/result
-    max_json_tokens: int = Field(256, ge=16, le=4096)  # for the action's JSON
-    context_lines: int = Field(10, ge=0, le=100)  # the game's recent context messages in the prompt
+    max_json_tokens: int = Field(_GAME.max_json_tokens, ge=16, le=4096)  # for the action's JSON
+    context_lines: int = Field(_GAME.context_lines, ge=0, le=100)  # the game's recent context messages in the prompt
     allowed_origins: list[str] = []  # browser games' pages that may connect (other web pages may not)
     rate: float = Field(50.0, gt=0)  # messages a second per connection
 
@@ -242,20 +261,20 @@ class ChatConfig(_Section):
 
 class ReflectionConfig(_Section):
     enabled: bool = True
-    every_turns: int = Field(20, ge=1)  # reflect after this many finished turns ...
-    every_minutes: float = Field(15.0, gt=0)  # ... or this long after the first unreflected one
-    max_turns: int = Field(40, ge=1)  # turns looked back over at once
+    every_turns: int = Field(_REFLECTION.every_turns, ge=1)  # reflect after this many finished turns ...
+    every_minutes: float = Field(_REFLECTION.every_minutes, gt=0)  # ... or this long after the first unreflected one
+    max_turns: int = Field(_REFLECTION.max_turns, ge=1)  # turns looked back over at once
 
 
 class MemoryConfig(_Section):
     database: str = "training_logs/omoide.db"
     embedding_model: str = "bundled"  # bundled (all-MiniLM-L6-v2) | a folder | a hub id | none
     prompt_share: float = Field(0.25, gt=0, le=0.9)  # most of model.max_prompt_tokens memories may take
-    recency_weight: float = Field(0.1, ge=0)
-    recency_half_life_days: float = Field(30.0, gt=0)
-    importance_weight: float = Field(0.1, ge=0)
-    viewer_weight: float = Field(0.1, ge=0)
-    min_similarity: float = Field(0.3, ge=-1, le=1)
+    recency_weight: float = Field(_RECALL.recency_weight, ge=0)
+    recency_half_life_days: float = Field(_RECALL.recency_half_life_days, gt=0)
+    importance_weight: float = Field(_RECALL.importance_weight, ge=0)
+    viewer_weight: float = Field(_RECALL.viewer_weight, ge=0)
+    min_similarity: float = Field(_RECALL.min_similarity, ge=-1, le=1)
     reflection: ReflectionConfig = ReflectionConfig()
 
 
@@ -332,6 +351,14 @@ class Config(_Section):
         """A path from the config, relative to the config file's folder."""
         p = Path(value).expanduser()
         return p if p.is_absolute() else self.base_dir / p
+
+
+def settings(cls: type[S], section: BaseModel, **more: Any) -> S:
+    """A settings object built from a config section by name: every field of `cls` that the
+    section has, and `more` for the rest (fields named differently, or from another section)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    taken = {name: getattr(section, name) for name in names & type(section).model_fields.keys()}
+    return cls(**{**taken, **more})
 
 
 def load(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:

@@ -10,6 +10,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from runtime.events import (
     ChatMessage,
@@ -32,11 +33,11 @@ GREETING = "greeting"  # meta["event"] of the turn that says the greeting
 MICROPHONE_COMMANDS = {Control.MUTE, Control.UNMUTE, Control.TALK_START, Control.TALK_STOP}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DirectorSettings:
     history_messages: int = 24  # conversation messages kept for the prompt
     exit_when_sources_end: bool = False  # stop once every source has ended and all is answered
-    barge_in: str = "on"  # on | off | loud: does speech during a reply hold it?
+    barge_in: Literal["on", "off", "loud"] = "on"  # does speech during a reply hold it?
     barge_in_min_dbfs: float = -30.0  # with "loud": how loud the speech must be
     idle_after_s: float = 0.0  # talk on its own after this much quiet (0: never)
     idle_min_interval_s: float = 300.0  # and never more often than this

@@ -22,7 +22,7 @@ from runtime.ports import Games, PersonaModel
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GameSettings:
     retries: int = 3  # tries after the game refuses an action, before giving the force up
     speak: bool = True  # say a line in character about the action taken

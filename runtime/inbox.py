@@ -33,7 +33,7 @@ DEFAULT_MAX_AGE = {"chat": 120.0, "message": 120.0, "typed": math.inf, "follow":
                    "game_context": 30.0}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Scoring:
     mention_bonus: float = 3.0  # the character's name is in the message
     question_bonus: float = 1.0

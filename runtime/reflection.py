@@ -53,7 +53,7 @@ class ReflectionLog(Protocol):
     async def reflected(self, until: LoggedTurn, memories: Sequence[NewMemory]) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReflectionSettings:
     every_turns: int = 20
     every_minutes: float = 15.0

@@ -50,7 +50,7 @@ class TurnSettings:
     recall_k: int = 3
     model_stall_s: float = 30.0  # no text from the model for this long: the reply is given up
     tts_stall_s: float = 15.0  # no audio from the voice for this long: the sentence goes unvoiced
-    fallback_line: str = ""  # said when the model fails or stalls ("" : the turn just ends)
+    fallback_line: str = "Sorry, my thoughts got tangled. Ask me again?"  # said when the model fails or stalls ("": the turn just ends)
 
 
 class ModelStalled(RuntimeError):

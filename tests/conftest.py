@@ -41,9 +41,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path) -> Any:
-    from persona_model.local import LocalPersonaModel, Sampling
+    from persona_model.generation import Sampling
+    from persona_model.local import LocalPersonaModel
 
-    return LocalPersonaModel.load(tiny_model_dir, name="tiny", sampling=Sampling(max_new_tokens=60, seed=7))
+    # the plumbing tests' babbling model samples hotter than a character does (config.toml: 0.6, 0.9)
+    return LocalPersonaModel.load(tiny_model_dir, name="tiny", sampling=Sampling(
+        max_new_tokens=60, temperature=0.8, top_p=0.95, seed=7))
 
 
 @pytest.fixture(scope="session")
@@ -58,13 +61,10 @@ def bundled_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def real_model(bundled_model_dir: Path) -> Any:
     """The bundled model as the default configuration samples it."""
-    from persona_model.local import LocalPersonaModel, Sampling
-    from runtime.config import ModelConfig
+    from persona_model.generation import Sampling
+    from persona_model.local import LocalPersonaModel
 
-    m = ModelConfig()
-    return LocalPersonaModel.load(bundled_model_dir, name="bundled", sampling=Sampling(
-        max_new_tokens=m.max_new_tokens, temperature=m.temperature, top_p=m.top_p,
-        repetition_penalty=m.repetition_penalty, seed=3))
+    return LocalPersonaModel.load(bundled_model_dir, name="bundled", sampling=Sampling(seed=3))
 
 
 def write_config(tmp_path: Path, **sections: dict[str, Any]) -> Path:

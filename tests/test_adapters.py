@@ -17,7 +17,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from persona_model.adapters import AdapterRegistry, RegistryError, diff
-from persona_model.local import LocalPersonaModel, Sampling
+from persona_model.generation import Sampling
+from persona_model.local import LocalPersonaModel
 from runtime.config import ScheduleConfig
 from runtime.events import Prompt
 from runtime.learning import TrainingSchedule

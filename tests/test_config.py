@@ -1,10 +1,20 @@
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from runtime.config import ConfigError, load
+from memory.store import RecallSettings
+from persona_model.generation import Sampling
+from persona_model.server import ServerSettings
+from plugins.listening import ListenerSettings
+from runtime.config import Config, ConfigError, load, settings
+from runtime.director import DirectorSettings
+from runtime.game import GameSettings
+from runtime.inbox import Scoring
+from runtime.reflection import ReflectionSettings
+from runtime.turn import TurnSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,6 +27,55 @@ def test_the_shipped_config_is_valid_and_every_key_is_commented():
     for before, line in zip(["#"] + lines, lines, strict=False):
         if "=" in line and not line.lstrip().startswith("#"):
             assert "#" in line or before.startswith("#"), f"config.toml key without a comment: {line}"
+
+
+# where the shipped file deliberately differs from a bare Config(): it starts the example character
+SHIPPED_CHOICES = {("character", "card")}
+
+
+def leaves(table: dict, path: tuple[str, ...] = ()):
+    for key, value in table.items():
+        if isinstance(value, dict) and key not in ("weights", "max_age_s", "hotkeys", "extra", "thanks"):
+            yield from leaves(value, (*path, key))
+        else:
+            yield (*path, key), value
+
+
+def test_every_value_in_the_shipped_config_is_the_default_it_documents():
+    shipped = tomllib.loads((ROOT / "config.toml").read_text())
+    defaults = Config()
+    checked = 0
+    for path, value in leaves(shipped):
+        if path in SHIPPED_CHOICES:
+            continue
+        default = defaults
+        for key in path:
+            default = getattr(default, key)
+        assert value == default, f"config.toml says {'.'.join(path)} = {value!r}; the code's default is {default!r}"
+        checked += 1
+    assert checked > 150  # every section was walked
+
+
+@pytest.mark.parametrize("cls, section", [
+    (TurnSettings, "turn"), (DirectorSettings, "turn"), (GameSettings, "game"), (Scoring, "inbox"),
+    (ReflectionSettings, "memory.reflection"), (RecallSettings, "memory"), (Sampling, "model"),
+    (ListenerSettings, "stt"),
+])
+def test_a_settings_object_built_from_the_default_config_is_the_codes_default(cls, section):
+    part = Config()
+    for key in section.split("."):
+        part = getattr(part, key)
+    built = settings(cls, part)
+    additions = {"weights", "max_age_s"}  # [inbox] tables add to the inbox's own (runtime/inbox.py)
+    for name in (type(part).model_fields.keys() & set(cls.__dataclass_fields__)) - additions:
+        want = getattr(cls(), name)
+        got = getattr(built, name)
+        assert got == want or (isinstance(want, tuple) and tuple(got) == want), (cls.__name__, name)
+
+
+def test_server_settings_take_the_servers_section_by_name():
+    built = settings(ServerSettings, Config().server, extra={})
+    assert built == ServerSettings(Config().server.url)
 
 
 def test_environment_overrides_any_key(tmp_path):

@@ -27,7 +27,7 @@ from persona_model.card import (
     parse_card_bytes,
     png_with_card,
 )
-from persona_model.constrained import SchemaError, grammar, tighten
+from persona_model.json_schema import SchemaError, grammar, tighten
 from plugins.avatar_ws import AvatarServer
 from plugins.chat_twitch import TwitchEvents
 from plugins.game_neuro import GameServer, ProtocolError, check_schema
@@ -306,7 +306,7 @@ def test_the_shipped_card_survives_a_round_trip_through_png(tmp_path):
 def test_a_game_pattern_that_backtracks_for_ever_fails_the_match_instead_of_freezing():
     import jsonschema
 
-    from persona_model.constrained import validate
+    from persona_model.json_schema import validate
 
     schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(x+x+)+y$"}}}
     with pytest.raises(jsonschema.ValidationError, match="took too long to match"):

@@ -20,8 +20,9 @@ import pytest
 
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed (make test-deps)")
 
+from persona_model.generation import Sampling  # noqa: E402
 from persona_model.gguf_export import write_gguf  # noqa: E402
-from persona_model.local import LocalPersonaModel, Sampling  # noqa: E402
+from persona_model.local import LocalPersonaModel  # noqa: E402
 from persona_model.server import ServerPersonaModel, ServerSettings  # noqa: E402
 from runtime.events import InputEvent, InputKind, Persona, Prompt, PromptContext  # noqa: E402
 from runtime.ports import ModelUnavailable  # noqa: E402

@@ -9,7 +9,8 @@ import pytest
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 
-from persona_model.local import LocalPersonaModel, Sampling
+from persona_model.generation import Sampling
+from persona_model.local import LocalPersonaModel
 from persona_model.prompt import PromptRenderer, memory_text
 from runtime.events import ChatMessage, InputEvent, InputKind, Memory, Persona, PromptContext
 from tests.test_adapters import fake_adapter

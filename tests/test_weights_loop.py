@@ -18,7 +18,8 @@ import pytest
 
 from persona_model import tiny
 from persona_model.adapters import AdapterRegistry
-from persona_model.local import LocalPersonaModel, Sampling
+from persona_model.generation import Sampling
+from persona_model.local import LocalPersonaModel
 from runtime.app import App
 from runtime.cli import main
 from runtime.events import ChatMessage, InputEvent, InputKind, Prompt, PromptContext, TurnRecord, input_text

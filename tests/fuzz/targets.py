@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_model.card import CardError, parse_card_bytes
-from persona_model.constrained import SchemaError, grammar, tighten
+from persona_model.json_schema import SchemaError, grammar, tighten
 from plugins.game_neuro import (
     MAX_ACTIONS,
     MAX_GAMES,
