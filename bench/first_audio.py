@@ -66,6 +66,9 @@ class TimedModel:
         self.render_s = time.perf_counter() - t
         return prompt
 
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
     def stream(self, prompt: Prompt):  # noqa: ANN201
         return self.inner.stream(prompt)
 

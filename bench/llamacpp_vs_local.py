@@ -43,8 +43,8 @@ from persona_model.gguf_export import write_gguf  # noqa: E402
 from persona_model.local import LocalPersonaModel  # noqa: E402
 from persona_model.server import ServerPersonaModel, ServerSettings  # noqa: E402
 from runtime import bundled  # noqa: E402
-from runtime.app import bundled_llm  # noqa: E402
 from runtime.events import InputEvent, InputKind, Persona, PromptContext  # noqa: E402
+from runtime.models import bundled_llm  # noqa: E402
 
 
 def start_server(gguf: Path, threads: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from persona_model import tiny  # noqa: E402
-from runtime.app import bundled_llm  # noqa: E402
+from runtime.models import bundled_llm  # noqa: E402
 
 SMOLLM2_1_7B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
                     num_key_value_heads=32, vocab_size=49152, tie_word_embeddings=True, rope_theta=130000.0,

@@ -49,9 +49,10 @@ from replies import NAMES, bench_config, conversation, viewer_lines  # noqa: E40
 from persona_model.generation import GenerationStats  # noqa: E402
 from persona_model.local import LocalPersonaModel  # noqa: E402
 from plugins.mic_file import FileMicrophone  # noqa: E402
-from runtime.app import App, build, model_from  # noqa: E402
+from runtime.app import App, build  # noqa: E402
 from runtime.config import Config  # noqa: E402
 from runtime.events import TYPED, InputEvent, InputKind, Priority, Sentence, Stage, TurnRecord  # noqa: E402
+from runtime.models import model_from  # noqa: E402
 from runtime.ports import MonotonicClock  # noqa: E402
 from tests.test_real_stack import piper_wavs  # noqa: E402
 

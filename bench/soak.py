@@ -49,9 +49,10 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 from persona_model import tiny  # noqa: E402
 from persona_model.adapters import AdapterRegistry  # noqa: E402
 from plugins.game_sdk import Game  # noqa: E402
-from runtime.app import build, cap_malloc_arenas, heap_bytes, keep_heap_trimmed, trim_heap  # noqa: E402
+from runtime.app import build  # noqa: E402
 from runtime.config import load  # noqa: E402
 from runtime.events import InputEvent, InputKind, Stage, TurnRecord  # noqa: E402
+from runtime.heap import cap_malloc_arenas, heap_bytes, keep_heap_trimmed, trim_heap  # noqa: E402
 
 
 class Errors(logging.Handler):

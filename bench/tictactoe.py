@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from replies import bench_config  # noqa: E402
 
 from plugins.game_tictactoe import LINES  # noqa: E402
-from runtime.app import model_from, play  # noqa: E402
+from runtime.app import play  # noqa: E402
+from runtime.models import model_from  # noqa: E402
 from tests.conftest import FastClock  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
 
@@ -169,12 +169,31 @@ def diff(a: AdapterVersion, b: AdapterVersion) -> list[tuple[str, Any, Any]]:
     return rows
 
 
+@runtime_checkable
+class AdapterTarget(Protocol):
+    """A model that can take a new adapter version while it runs (the local model, a model server)."""
+
+    @property
+    def adapter(self) -> str | None:
+        """The version serving now (None: the base model)."""
+        ...
+
+    def stage_adapter(self, path: Path | None, version: str | None) -> None:
+        """Load `version` from `path` beside the one serving (None: back to the base); blocking."""
+        ...
+
+    async def swap_when_free(self) -> float | None:
+        """Swap the staged version in if no generation is running: the seconds it took, or None
+        when it was left for the next generation to do first."""
+        ...
+
+
 class AdapterFollower:
     """Keeps a running model on the registry's active version: polls registry.json, loads a newly
     activated adapter beside the running one, and swaps it in between turns (the model's
     `swap_when_free`). A model started on a pinned `model.adapter` does not follow."""
 
-    def __init__(self, registry: AdapterRegistry, model: Any, poll_s: float = 1.0) -> None:
+    def __init__(self, registry: AdapterRegistry, model: AdapterTarget, poll_s: float = 1.0) -> None:
         self.registry = registry
         self.model = model
         self.poll_s = poll_s

@@ -265,6 +265,10 @@ class LocalPersonaModel:
     def render(self, context: PromptContext) -> Prompt:
         return self.renderer.render(context)
 
+    async def aclose(self) -> None:
+        """Nothing to let go of: the weights stay with whoever holds this object (tests and benches
+        share one across characters), and the generation thread ends with the process."""
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the last generation to end; True if none is running."""
         return self._worker.idle(timeout)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,15 +20,10 @@ from transformers import (
     WhisperTokenizer,
 )
 
+from plugins.whisper_shapes import SHAPES
+
 SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>",
             "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-SHAPES: dict[str, dict[str, Any]] = {
-    "tiny": dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-                 decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128),
-    # Whisper base's shape (vocabulary aside: ours is small and made on the spot)
-    "base": dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
-                 decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048),
-}
 SAYS = "hello there"  # what the taught model transcribes, whatever it hears
 _TEXT = ("hello how are you what is your name do you like games tell me a story about the weather "
          "thank you for watching please subscribe the quick brown fox jumps over the lazy dog").split()

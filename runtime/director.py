@@ -33,6 +33,18 @@ GREETING = "greeting"  # meta["event"] of the turn that says the greeting
 MICROPHONE_COMMANDS = {Control.MUTE, Control.UNMUTE, Control.TALK_START, Control.TALK_STOP}
 
 
+class Activity:
+    """Whether the character is busy: a turn is running, or an input waits for one. The director
+    keeps it; what runs beside the turns (reflection) reads it so as never to hold a turn up."""
+
+    def __init__(self, inbox: Inbox) -> None:
+        self.inbox = inbox
+        self.in_turn = False  # from taking an input until its turn is done, even before it has a handle
+
+    def busy(self) -> bool:
+        return self.in_turn or len(self.inbox) > 0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DirectorSettings:
     history_messages: int = 24  # conversation messages kept for the prompt
@@ -57,6 +69,7 @@ class Director:
         on_turn: Callable[[TurnRecord], None] | None = None,
         chat_filter: ChatFilter | None = None,
         background: Sequence[Callable[[], Coroutine[None, None, None]]] = (),
+        activity: Activity | None = None,
     ) -> None:
         self.cast = cast
         self.background = tuple(background)  # run beside the turns (reflection), stopped with them
@@ -71,7 +84,7 @@ class Director:
         self._committed: dict[str, Awaitable[None]] = {}
         self._stop = asyncio.Event()
         self._sources_live = len(self.sources)
-        self._busy = False
+        self.activity = activity or Activity(inbox)
         self._last_idle = -math.inf
 
     def submit(self, event: InputEvent) -> bool:
@@ -140,7 +153,7 @@ class Director:
     @property
     def busy(self) -> bool:
         """A turn is running or an input is waiting for one."""
-        return self._busy or len(self.inbox) > 0
+        return self.activity.busy()
 
     async def run(self) -> None:
         """Run until stop() (or, if configured, until every source has ended)."""
@@ -192,11 +205,11 @@ class Director:
             if not len(self.inbox):
                 self._check_done()
             event = await self._next()
-            self._busy = True  # from here until the turn is done, even before it has a handle
+            self.activity.in_turn = True
             try:
                 await self._run_turn((event,))
             finally:
-                self._busy = False
+                self.activity.in_turn = False
 
     async def _next(self) -> InputEvent:
         """The next input; after a quiet spell (if configured), a turn of the character's own."""
@@ -262,7 +275,7 @@ class Director:
             self.settings.exit_when_sources_end
             and self.sources
             and self._sources_live <= 0
-            and not self._busy
+            and not self.activity.in_turn
             and not len(self.inbox)
         ):
             self.stop()

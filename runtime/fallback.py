@@ -82,3 +82,9 @@ class FallbackModel:
                 self._unavailable(exc)
         self._serving = self.fallback
         return await self.fallback.json(await self._for_fallback(prompt), schema, max_new_tokens)
+
+    async def aclose(self) -> None:
+        try:
+            await self.primary.aclose()
+        finally:
+            await self.fallback.aclose()

@@ -1,6 +1,7 @@
 """The learning loop's commands and schedule (docs/learning.md): `omoide dataset build`,
 `omoide train` (curate -> train -> gate -> register -> activate), `omoide adapters ...`, and the
-running character's schedule that starts `omoide train` in its own process.
+running character's schedule that starts `omoide train` in its own process. runtime/cli.py holds
+their arguments.
 
 Like cli.py, this is wiring (layer 3): it reads the configuration and picks the concrete pieces.
 """
@@ -26,7 +27,8 @@ from persona_model.train.curate import CurationSettings, Window, curate
 from persona_model.train.gate import GateSettings, evaluate_gate
 from persona_model.train.sft import SftSettings
 from persona_model.train.sft import train as train_sft
-from runtime import app
+from runtime import models, parts
+from runtime.cli_common import config_from
 from runtime.config import Config, ScheduleConfig
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ def build_window(config: Config) -> tuple[Path, Window]:
         export_jsonl(database, out, since=since, scrub=config.learning.scrub_viewers)
     with open(folder / "memories.jsonl", "w", encoding="utf-8") as out:
         export_memories(database, out, since=since, scrub=config.learning.scrub_viewers)
-    persona, _ = app.persona_from(config)
+    persona, _ = parts.persona_from(config)
     lc = config.learning
     window = curate(
         folder, folder / "turns.jsonl", folder / "memories.jsonl", system=system_text(persona, "Chat"),
@@ -90,15 +92,17 @@ def _describe(folder: Path, window: Window) -> str:
             f" {c.get('excluded_interrupted', 0)} interrupted replies, {c.get('corrected', 0)} corrected")
 
 
-def cmd_dataset_build(args: argparse.Namespace, config: Config) -> int:
+def cmd_dataset_build(args: argparse.Namespace) -> int:
+    config = config_from(args)
     folder, window = build_window(config)
     print(_describe(folder, window))
     return 0
 
 
-def cmd_train(args: argparse.Namespace, config: Config) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     """Train the next window at low priority, gate it against the live adapter, register it, and
     activate it if it passed. Resumes an interrupted run of the same window."""
+    config = config_from(args)
     reg = registry(config)
     found = windows(config)
     if args.window:
@@ -116,7 +120,7 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
             return 0
     with contextlib.suppress(OSError):
         os.nice(10)  # the live character keeps the CPU it needs
-    base = app.model_path(config)
+    base = models.model_path(config)
     lc = config.learning
     pinned = config.path(config.model.adapter) if config.model.adapter else None
     live = reg.active
@@ -161,7 +165,8 @@ def _row(v: AdapterVersion, active: str | None) -> str:
             f" {'passed' if v.passed else 'FAILED':7} {recall:>7} {persona:>9} {general:>8}  {v.created}")
 
 
-def cmd_adapters(args: argparse.Namespace, config: Config) -> int:
+def cmd_adapters(args: argparse.Namespace) -> int:
+    config = config_from(args)
     reg = registry(config)
     what = args.adapters_command
     if what == "list":
@@ -193,32 +198,6 @@ def cmd_adapters(args: argparse.Namespace, config: Config) -> int:
 
 def _cell(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def add_parsers(sub: argparse._SubParsersAction, with_config: Callable[..., Callable[[argparse.Namespace], int]]) -> None:  # type: ignore[type-arg]
-    """The learning commands, added to `omoide`'s parser."""
-    ds = sub.add_parser("dataset", help="training data for the character's own weights")
-    dsub = ds.add_subparsers(dest="dataset_command", required=True)
-    dsub.add_parser("build", help="curate the next update window (everything logged since the last)").set_defaults(
-        func=with_config(cmd_dataset_build))
-
-    tr = sub.add_parser("train", help="curate, train a LoRA, gate it against the live one and activate it if it passes"
-                                      " (low priority; exit 4 when the gate fails)")
-    tr.add_argument("--window", help="train this curated window again (e.g. w0003) instead of the next")
-    tr.add_argument("--steps", type=int, help="optimizer steps (default: learning.epochs over the window)")
-    tr.set_defaults(func=with_config(cmd_train))
-
-    ad = sub.add_parser("adapters", help="the trained adapter versions: list, activate, rollback, diff")
-    asub = ad.add_subparsers(dest="adapters_command", required=True)
-    asub.add_parser("list", help="every version with its window, parent, gate verdict and metrics (* active)")
-    ac = asub.add_parser("activate", help="make a version live (a running character swaps it in between turns)")
-    ac.add_argument("version", help="e.g. v0003")
-    ac.add_argument("--force", action="store_true", help="even if it failed its gate")
-    asub.add_parser("rollback", help="make the version that was live before the current one live again")
-    df = asub.add_parser("diff", help="two versions' windows, parents and gate metrics side by side")
-    df.add_argument("a")
-    df.add_argument("b")
-    ad.set_defaults(func=with_config(cmd_adapters))
 
 
 class TrainingSchedule:

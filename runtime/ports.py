@@ -153,6 +153,10 @@ class PersonaModel(Protocol):
         the schema cannot be used or no complete document came."""
         ...
 
+    async def aclose(self) -> None:
+        """Let go of what the model holds open (a server's connections); the character is done."""
+        ...
+
 
 class Games(Protocol):
     """The games the character plays (the Neuro game API server): what it may do, and doing it."""

@@ -82,6 +82,9 @@ class CannedReply:
     async def json(self, prompt: Prompt, schema: dict[str, Any], max_new_tokens: int = 256) -> str:
         raise ValueError("a canned reply cannot choose game actions")
 
+    async def aclose(self) -> None:
+        pass
+
 
 @dataclass(frozen=True, slots=True)
 class Cast:

@@ -53,7 +53,7 @@ def tiny_model(tiny_model_dir: Path) -> Any:
 def bundled_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled SmolLM2-135M-Instruct, converted from its GGUF as on a user's first start, into
     a fresh models folder (about 30 s, once per session)."""
-    from runtime.app import bundled_llm
+    from runtime.models import bundled_llm
 
     return bundled_llm(tmp_path_factory.mktemp("models"))
 

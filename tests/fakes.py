@@ -26,6 +26,9 @@ class ScriptedModel:
         text = "\n".join(f"{m.role}: {m.content}" for m in msgs)
         return Prompt(text, tuple(msgs), len(text.split()))
 
+    async def aclose(self) -> None:
+        pass
+
     async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
         finished = False
         try:

@@ -10,7 +10,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("runtime", "persona_model", "memory", "plugins")
 L0 = {"runtime.events", "runtime.ports"}
-L3 = {"runtime.app", "runtime.cli", "runtime.config", "runtime.learning", "runtime.logs"}
+# the wiring: what reads the configuration and picks concrete classes (docs/architecture.md)
+# and the command line (runtime.cli and its handlers, runtime.cli_*)
+L3 = {"runtime.app", "runtime.parts", "runtime.models", "runtime.embedding", "runtime.avatar_commands",
+      "runtime.heap", "runtime.errors", "runtime.config", "runtime.learning", "runtime.logs"}
 
 
 def layer(module: str) -> tuple[int, str]:
@@ -20,7 +23,7 @@ def layer(module: str) -> tuple[int, str]:
     top = module.split(".")[0]
     if top in ("persona_model", "memory", "plugins"):
         return 1, top
-    if module in L3:
+    if module in L3 or module == "runtime.cli" or module.startswith("runtime.cli_"):
         return 3, "app"
     return 2, "runtime"
 

@@ -12,8 +12,8 @@ from transformers import AutoTokenizer
 
 from persona_model.gguf_import import GgufError, convert_once
 from runtime import bundled, cli
-from runtime.app import bundled_llm
 from runtime.bundled import BundledError, BundledModel
+from runtime.models import bundled_llm
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.real

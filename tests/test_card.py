@@ -85,8 +85,8 @@ def test_unreadable_cards(tmp_path):
 
 
 def test_the_characters_expressions_come_from_her_card_and_vtube_studio(tmp_path):
-    from runtime.app import expressions, persona_from
     from runtime.config import load
+    from runtime.parts import expressions, persona_from
     from tests.conftest import write_config
 
     card = Path(__file__).resolve().parent.parent / "persona_model" / "characters" / "komorebi.json"

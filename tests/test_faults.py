@@ -188,6 +188,9 @@ class Breaking:
     def render(self, context: PromptContext) -> Prompt:
         return self.model.render(context)
 
+    async def aclose(self) -> None:
+        pass
+
     async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
         self.n += 1
         how = self.fail.get(self.n)

@@ -149,8 +149,8 @@ async def test_a_server_that_is_down_and_comes_back_is_used_again(gguf, tmp_path
 
 
 async def test_a_character_answers_chat_through_llamacpp(llama, tmp_path):
-    from runtime.app import server_model_from
     from runtime.config import load
+    from runtime.models import server_model_from
 
     path = write_config(tmp_path, model={"backend": "server", "max_new_tokens": 40},
                         server={"url": llama.url})
@@ -168,8 +168,8 @@ async def test_a_character_answers_chat_through_llamacpp(llama, tmp_path):
 async def test_the_bundled_gguf_served_by_llamacpp_answers_as_the_character(tmp_path, bundled_model_dir):
     """The README's way to a faster CPU model: llama.cpp serving the same bundled GGUF file."""
     from runtime import bundled
-    from runtime.app import server_model_from
     from runtime.config import load
+    from runtime.models import server_model_from
     from tests.quality import english_share, english_words
 
     try:

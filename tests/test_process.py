@@ -144,7 +144,7 @@ ARENAS = """
 import ctypes, sys, tempfile, threading
 capped = False
 if sys.argv[1] == "cap":
-    from runtime.app import cap_malloc_arenas
+    from runtime.heap import cap_malloc_arenas
     capped = cap_malloc_arenas()
 ready = threading.Barrier(9)
 def work():
@@ -185,7 +185,7 @@ def test_a_long_stream_shares_two_malloc_arenas_unless_the_environment_says_othe
 
 TRIM = """
 import ctypes, sys
-from runtime.app import trim_heap
+from runtime.heap import trim_heap
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = (ctypes.c_size_t,)

@@ -36,6 +36,9 @@ class ThoughtfulModel:
         text = "\n".join(f"{m.role}: {m.content}" for m in msgs)
         return Prompt(text, msgs, len(text.split()))
 
+    async def aclose(self) -> None:
+        pass
+
     async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
         reflecting = "Look back on it" in prompt.text
         if reflecting:

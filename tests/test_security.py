@@ -17,8 +17,9 @@ from websockets.exceptions import InvalidStatus
 from memory.export import export_jsonl, export_memories
 from plugins.avatar_ws import AvatarServer
 from plugins.game_neuro import GameServer
-from runtime.app import StartupError, build
+from runtime.app import build
 from runtime.config import load
+from runtime.errors import StartupError
 from runtime.events import InputEvent, InputKind
 from tests.conftest import FastClock, running, write_config
 

@@ -136,8 +136,8 @@ async def test_a_running_character_follows_the_registry_onto_the_server(vllm, tm
     path = write_config(tmp_path, model={"backend": "server"},
                         server={"url": vllm.url, "model": "base-model", "adapters": "vllm"},
                         learning={"adapters": str(tmp_path / "adapters")})
-    from runtime.app import server_model_from
     from runtime.config import load
+    from runtime.models import server_model_from
 
     reg = AdapterRegistry(tmp_path / "adapters")
     v1 = register(reg, tmp_path / "a", "w0001")
@@ -205,8 +205,8 @@ async def test_a_character_on_a_dead_server_with_no_stand_in_keeps_running(tmp_p
     url = fake.url
     fake.stop()
     path = write_config(tmp_path, model={"backend": "server"}, server={"url": url, "model": "base-model"})
-    from runtime.app import server_model_from
     from runtime.config import load
+    from runtime.models import server_model_from
 
     model = server_model_from(load(path, env={}))
     async with running(path, model) as (app, records):

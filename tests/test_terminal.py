@@ -37,6 +37,9 @@ class EchoModel:
         said = " ".join(e.text for e in context.inputs)
         return Prompt(said, (*context.history, ChatMessage("user", input_text(context.inputs))), 5)
 
+    async def aclose(self) -> None:
+        pass
+
     async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
         yield f"You said {prompt.text.rstrip('?!.')}."
 

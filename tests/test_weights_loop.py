@@ -58,6 +58,9 @@ class Character:
         msgs = (ChatMessage("system", "You are Testa."), ChatMessage("user", input_text(context.inputs)))
         return Prompt(context.inputs[-1].author or "friend", msgs, 10)  # the text is the viewer's name
 
+    async def aclose(self) -> None:
+        pass
+
     async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
         name = prompt.text
         self.n += 1

@@ -1,0 +1,74 @@
+"""`omoide logs ...` and `omoide memory ...`: the interaction log and what the character
+remembers, read and edited in the database while she runs or not. Light: no language model."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+
+from memory import admin as memory_admin
+from memory import review as memory_review
+from memory.export import export_jsonl
+from runtime.cli_common import config_from, database_from
+from runtime.embedding import encoder_from
+
+
+def cmd_logs_export(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    database = database_from(args, config)
+    since = dt.datetime.fromisoformat(args.since).timestamp() if args.since else None
+    out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        n = export_jsonl(database, out, since=since, include_interrupted=not args.complete_only,
+                         scrub=args.scrub or config.learning.scrub_viewers)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"exported {n} turns from {database} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_logs_review(args: argparse.Namespace) -> int:
+    database = database_from(args, config_from(args))
+    if args.turn is None:
+        for t in memory_review.recent(database, args.limit, args.unreviewed):
+            mark = f"[{t.review}]" if t.review else "[ ]"
+            print(f"{t.turn_id[:10]} {mark:11} {dt.datetime.fromtimestamp(t.started_at):%Y-%m-%d %H:%M}"
+                  f"  {t.heard[-60:]!r} -> {t.spoken[:80]!r}")
+            if t.corrected_text:
+                print(f"{'':23}corrected to: {t.corrected_text!r}")
+        return 0
+    if args.verdict is None:
+        raise memory_review.ReviewError("say good, bad or correct \"the better reply\"")
+    verdict = "corrected" if args.verdict == "correct" else args.verdict
+    turn_id = memory_review.review(database, args.turn, verdict, args.text)
+    print(f"turn {turn_id}: {verdict}")
+    return 0
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    db = database_from(args, config)
+    what = args.memory_command
+    if what in ("list", "search"):
+        if what == "list":
+            rows = memory_admin.list_memories(db, args.viewer, args.kind, args.all, args.limit)
+        elif args.words or (load := encoder_from(config)) is None:
+            rows = memory_admin.search(db, args.text, args.limit)
+        else:
+            rows = memory_admin.search_by_meaning(db, args.text, load(), args.limit)
+        for mid, kind, viewer, importance, pinned, superseded, text in rows:
+            flags = ("pinned " if pinned else "") + (f"superseded-by:{superseded} " if superseded else "")
+            print(f"{mid:>6}  {kind:10} {viewer or '-':24} {importance:.2f} {flags}{text}")
+        if not rows:
+            print("(no memories)")
+    elif what == "add":
+        print(f"added memory {memory_admin.add(db, args.text, args.kind, args.viewer, args.importance, args.pin)}")
+    elif what == "edit":
+        memory_admin.edit(db, args.id, args.text)
+    elif what in ("pin", "unpin"):
+        memory_admin.pin(db, args.id, what == "pin")
+    elif what == "delete":
+        memory_admin.delete(db, args.id)
+    return 0
