@@ -33,10 +33,9 @@ from persona_model.generation import GenerationStats, Sampling
 from persona_model.json_schema import TruncatedJson, grammar, tighten, validate
 from persona_model.prompt import PromptRenderer
 from runtime.events import Prompt, PromptContext
-from runtime.ports import Worker
+from runtime.ports import ThreadStream, Worker
 
 log = logging.getLogger(__name__)
-_END = object()
 MIN_REUSE = 16  # tokens a prompt must share with the last one for its cache to be reused
 
 
@@ -48,19 +47,17 @@ class _Stop(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
 
 
-class _QueueStreamer(TextStreamer):
-    """Hands decoded text to an asyncio queue from the generation thread, token by token.
+class _StreamStreamer(TextStreamer):
+    """Hands decoded text to the reply's ThreadStream from the generation thread, token by token.
 
     transformers' TextStreamer holds text back until a word ends; we pass on every token's text
     at once (holding back only an unfinished multi-byte character), so the first token reaches
     the sentence cutter as soon as it exists.
     """
 
-    def __init__(self, tokenizer: Any, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any],
-                 stats: GenerationStats) -> None:
+    def __init__(self, tokenizer: Any, stream: ThreadStream[str], stats: GenerationStats) -> None:
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.loop = loop
-        self.queue = queue
+        self.stream = stream
         self.stats = stats
 
     def put(self, value: torch.Tensor) -> None:
@@ -81,9 +78,9 @@ class _QueueStreamer(TextStreamer):
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
         if text:
             self.stats.pieces.append((time.monotonic(), text))
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, text)
+            self.stream.put(text)
         if stream_end:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, _END)
+            self.stream.end()
 
 
 # what must match for a new adapter's weights to be copied into the live one's tensors
@@ -145,7 +142,7 @@ class LocalPersonaModel:
         weakref.finalize(self, self._worker.close)
         self._staged: _Staged | None = None
         self._staging = threading.Lock()
-        self._swapping = False
+        self._swap_done: asyncio.Future[None] | None = None  # set while a swap is in progress
         self._streaming = False  # a reply is being generated (between stream's start and close)
         self._slot = "default"  # the peft adapter name that holds the live weights
         self._shape = _shape_of(_peft_config(model))
@@ -204,20 +201,21 @@ class LocalPersonaModel:
     async def swap_when_free(self) -> float | None:
         """Swap the staged adapter in now if no generation is running; otherwise the next
         generation does it first. Returns the seconds the swap took, or None if it was left."""
-        if self._staged is None or self._swapping or self._streaming:
+        if self._staged is None or self._swap_done is not None or self._streaming:
             return None
         if self._worker.busy:  # a closed stream's generation, ending
             await asyncio.to_thread(self._worker.idle)
-            if self._staged is None or self._swapping or self._streaming:
+            if self._staged is None or self._swap_done is not None or self._streaming:
                 return None
         return await self._swap()
 
     async def _swap(self) -> float:
-        self._swapping = True
+        done = self._swap_done = asyncio.get_running_loop().create_future()
         try:
             return await asyncio.to_thread(self._apply_staged)
         finally:
-            self._swapping = False
+            self._swap_done = None
+            done.set_result(None)
 
     def _apply_staged(self) -> float:
         with self._staging:
@@ -297,19 +295,17 @@ class LocalPersonaModel:
         # one generation at a time: wait for the last one (it stops within one token)
         if self._worker.busy:
             await asyncio.to_thread(self._worker.idle)
-        while self._swapping:  # a swap in progress: this generation uses the new adapter
-            await asyncio.sleep(0.001)
+        while (swap := self._swap_done) is not None:  # this generation uses the adapter being swapped in
+            await asyncio.shield(swap)
         if self._staged is not None:
             await self._swap()
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        stop = threading.Event()
+        stream: ThreadStream[str] = ThreadStream()
         stats = GenerationStats()
         self.last_stats = stats
-        streamer = _QueueStreamer(self.tokenizer, loop, queue, stats)
+        streamer = _StreamStreamer(self.tokenizer, stream, stats)
         enc = self.tokenizer(prompt.text, return_tensors="pt", add_special_tokens=False)
         stats.prompt_tokens = int(enc["input_ids"].shape[1])
-        kwargs = self._generate_kwargs(enc, streamer, stop)
+        kwargs = self._generate_kwargs(enc, streamer, stream.stop)
         ids = enc["input_ids"][0].tolist()
         reuse = self._reusable(ids)  # the cache of the prompt before, cut to what this one shares
         self._kv = None  # the generation owns it now; it is kept again only if generation ends well
@@ -336,22 +332,21 @@ class LocalPersonaModel:
                     cached = int(out.past_key_values.get_seq_length())
                     self._kv = (out.sequences[0].tolist()[:cached], out.past_key_values)
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-                loop.call_soon_threadsafe(queue.put_nowait, _END)
+                failed = RuntimeError(f"generation failed: {exc}")
+                failed.__cause__ = exc
+                stream.fail(failed)
 
         self._streaming = True  # no await since the swap check: nothing can swap in between
         self._worker.submit(work)
         finished = False
         try:
-            while (item := await queue.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise RuntimeError(f"generation failed: {item}") from item
-                yield item
+            async for piece in stream:
+                yield piece
             finished = True
         finally:
             self._streaming = False
             stats.stopped_early = not finished
-            stop.set()
+            stream.close()
 
     def _reusable(self, ids: list[int]) -> Any:
         """The kept cache cut to the longest prefix this prompt shares with what it holds (at least

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import io
 import threading
 import wave
@@ -13,7 +11,7 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 import numpy as np
 
 from runtime.events import AudioChunk, Sentence
-from runtime.ports import Worker
+from runtime.ports import ThreadStream, Worker
 
 SLICE_MS = 20
 
@@ -74,32 +72,26 @@ class ThreadedVoice:
         self, sentence: Sentence, produce: Callable[[threading.Event], Iterator[tuple[bytes, int]]]
     ) -> AsyncGenerator[AudioChunk, None]:
         """`produce(stop)` yields (s16 mono PCM, sample rate) pieces; it runs on the worker."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[bytes, int] | BaseException | None] = asyncio.Queue()
-        stop = threading.Event()
+        stream: ThreadStream[tuple[bytes, int]] = ThreadStream()
 
         def work() -> None:
             try:
-                for piece in produce(stop):
-                    if stop.is_set():
+                for piece in produce(stream.stop):
+                    if stream.stop.is_set():
                         break
-                    loop.call_soon_threadsafe(queue.put_nowait, piece)
+                    stream.put(piece)
+                stream.end()
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            finally:
-                with contextlib.suppress(RuntimeError):  # the loop may be gone at exit
-                    loop.call_soon_threadsafe(queue.put_nowait, None)
+                stream.fail(exc)
 
         self._worker.submit(work)
         index = 0
         try:
-            while (item := await queue.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield make_chunk(sentence.turn_id, sentence.seq, index, *item)
+            async for pcm, rate in stream:
+                yield make_chunk(sentence.turn_id, sentence.seq, index, pcm, rate)
                 index += 1
         finally:
-            stop.set()
+            stream.close()
 
 
 def rechunk(pcm: bytes, size: int) -> Iterator[bytes]:

@@ -9,14 +9,13 @@ lists them. Typed lines are a conversation, not a stream's chat: each one is ans
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import threading
 from collections.abc import AsyncIterator, Mapping
 from typing import TextIO
 
 from runtime.events import TYPED, Control, InputEvent, InputKind, Priority, Sentence
-from runtime.ports import Clock, FollowingSink
+from runtime.ports import Clock, FollowingSink, ThreadStream
 
 COMMANDS = {"/interrupt": Control.INTERRUPT, "/stop": Control.INTERRUPT, "/quit": Control.STOP,
             "/exit": Control.STOP, "/mute": Control.MUTE, "/unmute": Control.UNMUTE,
@@ -47,39 +46,38 @@ class ConsoleChatSource:
         self.stream = stream if stream is not None else sys.stdin
         self.out = out if out is not None else sys.stdout
         self.character = character
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self._thread: threading.Thread | None = None
+        self._lines: ThreadStream[str] | None = None
         self._closed = False
 
-    def _start(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _start(self) -> ThreadStream[str]:
+        lines: ThreadStream[str] = ThreadStream()
 
         def read() -> None:
             try:
                 for line in self.stream:
-                    loop.call_soon_threadsafe(self._queue.put_nowait, line)
-            except (OSError, ValueError, RuntimeError):
-                pass  # the stream was closed, or the loop is gone
-            finally:
-                try:
-                    loop.call_soon_threadsafe(self._queue.put_nowait, None)
-                except RuntimeError:
-                    pass
+                    if lines.stop.is_set():
+                        break
+                    lines.put(line)
+            except (OSError, ValueError):
+                pass  # the stream was closed
+            lines.end()
 
-        self._thread = threading.Thread(target=read, name="console-read", daemon=True)
-        self._thread.start()
+        threading.Thread(target=read, name="console-read", daemon=True).start()
+        return lines
 
     def _say(self, text: str) -> None:
         self.out.write(text)
         self.out.flush()
 
     async def __aiter__(self) -> AsyncIterator[InputEvent]:  # type: ignore[override]
-        if self._thread is None:
+        if self._lines is None:
             if _is_terminal(self.stream):
                 self._say(f"Talking with {self.character or 'the character'}: type a line and press Enter."
                           " /help lists the commands; /quit or Ctrl-D leaves.\n")
-            self._start()
-        while not self._closed and (line := await self._queue.get()) is not None:
+            self._lines = self._start()
+        async for line in self._lines:
+            if self._closed:
+                break
             text = line.strip()
             if not text:
                 continue
@@ -98,7 +96,8 @@ class ConsoleChatSource:
 
     async def aclose(self) -> None:
         self._closed = True
-        self._queue.put_nowait(None)
+        if self._lines is not None:
+            self._lines.end()  # wakes the reader; the thread's read of stdin is left to the exit
 
 
 def _is_terminal(stream: TextIO) -> bool:

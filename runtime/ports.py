@@ -7,12 +7,14 @@ Layer 0: standard library only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import logging
 import queue
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from runtime.events import (
     ActionResult,
@@ -99,6 +101,63 @@ def _serve(jobs: queue.SimpleQueue[tuple[Callable[[], object], threading.Event] 
         finally:
             done.set()
         del item, job, done  # nothing of a finished job stays referenced while waiting for the next
+
+
+T = TypeVar("T")
+
+
+class _Mark(enum.Enum):
+    ITEM = 1
+    FAILED = 2
+    ENDED = 3
+
+
+class ThreadStream(Generic[T]):
+    """The one bridge from a worker thread to asyncio: the thread `put`s items, then `end`s (or
+    `fail`s with an error); the event loop reads them with `async for` as they come (the model's
+    tokens, a voice's audio). `stop` is set once the reader is done, at the end or by `close()`
+    when it leaves early: the producer checks it between items and stops.
+
+    Made on the event loop's thread; put, end and fail are safe from any thread, and once the loop
+    has closed (the process is exiting) they do nothing."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[_Mark, Any]] = asyncio.Queue()
+        self.stop = threading.Event()
+
+    def put(self, item: T) -> None:
+        self._send(_Mark.ITEM, item)
+
+    def fail(self, error: BaseException) -> None:
+        """The reader raises `error` after the items put before it."""
+        self._send(_Mark.FAILED, error)
+
+    def end(self) -> None:
+        self._send(_Mark.ENDED, None)
+
+    def close(self) -> None:
+        """The reader is done (it may have left early): tell the producer to stop."""
+        self.stop.set()
+
+    def _send(self, mark: _Mark, value: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is reading any more
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, (mark, value))
+
+    def __aiter__(self) -> ThreadStream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        if self.stop.is_set():
+            raise StopAsyncIteration
+        mark, value = await self._queue.get()
+        if mark is _Mark.ITEM:
+            item: T = value
+            return item
+        self.stop.set()
+        if mark is _Mark.FAILED:
+            raise value
+        raise StopAsyncIteration
 
 
 @runtime_checkable
