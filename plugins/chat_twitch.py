@@ -18,12 +18,12 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import twitchio
 from twitchio import eventsub
 
-from runtime.events import InputEvent, InputKind, Priority
+from runtime.events import EventMeta, InputEvent, InputKind, Priority
 from runtime.ports import Clock, FollowingSink
 
 log = logging.getLogger(__name__)
@@ -46,17 +46,17 @@ class TwitchEvents(twitchio.Client):
         self.clock = clock
         self.emit = emit
 
-    def _event(self, text: str, user: Any, event: str, **meta: Any) -> None:
+    def _event(self, text: str, user: Any, kind: str, **meta: Unpack[EventMeta]) -> None:
         user_id, name = _user(user)
         self.emit(InputEvent(InputKind.CHAT, text, "twitch", self.clock.now(), name, Priority.NORMAL,
-                             meta={"event": event, "user_id": user_id, "untrusted": True, **meta}))
+                             meta={"event": kind, "user_id": user_id, "untrusted": True, **meta}))
 
     async def event_message(self, payload: Any) -> None:
         chatter = payload.chatter
         if self.bot_id and str(chatter.id) == str(self.bot_id):
             return  # our own replies
         months = next((int(b.info) for b in payload.badges if b.set_id == "subscriber" and str(b.info).isdigit()), 0)
-        meta: dict[str, Any] = {
+        meta: EventMeta = {
             "message_id": payload.id,
             "badges": [b.set_id for b in payload.badges],
             "moderator": bool(chatter.moderator), "vip": bool(chatter.vip),

@@ -19,7 +19,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Unpack
 
 import numpy as np
 from faster_whisper import WhisperModel, download_model
@@ -27,7 +27,7 @@ from faster_whisper import WhisperModel, download_model
 from plugins.audio import MIC_RATE, EchoGate, dbfs
 from plugins.listening import ListenerSettings, Microphone
 from plugins.vad_silero import FRAME, SileroVad
-from runtime.events import Control, InputEvent, InputKind, Priority
+from runtime.events import Control, EventMeta, InputEvent, InputKind, Priority
 from runtime.ports import Clock
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ class WhisperListener:
                               decided_at=decided, transcribed_at=self.clock.now())
         yield self._event(InputKind.SPEECH_ENDED, "", self.clock.now(), transcribed=transcribed)
 
-    def _event(self, kind: InputKind, text: str, at: float, **meta: Any) -> InputEvent:
+    def _event(self, kind: InputKind, text: str, at: float, **meta: Unpack[EventMeta]) -> InputEvent:
         priority = Priority.HIGH if kind is InputKind.TRANSCRIPT else Priority.CRITICAL
         author = self.s.author if kind is InputKind.TRANSCRIPT else None
         return InputEvent(kind, text, self.name, at, author, priority, meta=meta)

@@ -9,7 +9,7 @@ import enum
 import itertools
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 
 class Priority(enum.IntEnum):
@@ -50,6 +50,64 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+class EventMeta(TypedDict, total=False):
+    """What an input carries beyond its text, by who sets it. Every key any layer reads or writes is
+    declared here, so the type checker sees each reader and writer; the store logs the whole dict
+    as JSON with the input, so a key is also a column of the interaction log."""
+
+    # any source
+    event: str  # the input's type for the inbox's rules: "message", "cheer", "follow", "typed", ...
+    untrusted: bool  # a viewer wrote it: marked as viewer chat in the prompt, never instructions
+    # Twitch (plugins/chat_twitch.py)
+    user_id: str | None  # the viewer's id (None: anonymous): the key of what is remembered about them
+    message_id: str
+    badges: list[str]
+    moderator: bool
+    vip: bool
+    subscriber: bool
+    broadcaster: bool
+    sub_months: int  # from the subscriber badge
+    bits: int  # a cheer
+    anonymous: bool  # an anonymous cheer or gift
+    tier: str  # a subscription's or gift's tier ("1000", "2000", "3000")
+    months: int  # a (re)subscription's months
+    count: int  # gifted subscriptions
+    reward: str  # a channel-points redemption: the reward's title, id and cost
+    reward_id: str
+    cost: int
+    viewers: int  # a raid's size
+    # the inbox (runtime/inbox.py) and the director
+    merged: int  # how many viewers said this line (the inbox merged them into one)
+    authors: list[str]  # who they were (at most 20)
+    dropped: str  # why this input was never answered (only logged)
+    # games (plugins/game_neuro.py): context, and a force the character must act on
+    game: str  # the game's name
+    silent: bool  # context the character only reads, without replying
+    force_id: str
+    query: str  # what the game asks
+    state: str  # the game's state, as it describes it
+    action_names: list[str]  # the actions the force allows
+    priority: str  # the force's priority as the game sent it: low, medium, high, critical
+    # the ears (plugins/stt_whisper.py): clock times are Clock.now() seconds
+    onset: float  # when the speech began
+    dbfs: float  # how loud it was when it was heard as speech
+    duration_s: float  # a transcript's length of speech
+    decided_at: float  # when the end of the utterance was decided
+    transcribed_at: float  # when its text was ready
+    transcribed: bool  # SPEECH_ENDED: words came of it
+
+
+class ActionAttempt(TypedDict):
+    """One game action the character tried for a force (TurnRecord.actions, the log's `actions`)."""
+
+    game: str
+    name: str | None  # None: the model gave no valid answer
+    data: str | None  # the action's data as JSON text, when it takes any
+    success: bool
+    message: str  # the game's answer, or why there was no valid answer
+    force_id: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class InputEvent:
     """One thing from outside the character."""
@@ -61,7 +119,7 @@ class InputEvent:
     author: str | None = None  # viewer or player name, when there is one
     priority: Priority = Priority.NORMAL
     id: str = field(default_factory=new_id)
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: EventMeta = field(default_factory=lambda: EventMeta())
     # arrival order, to break priority ties without comparing clocks
     order: int = field(default_factory=lambda: next(_seq), compare=False)
 
@@ -238,7 +296,7 @@ class TurnRecord:
     moderated: tuple[str, ...] = ()  # sentences held back by moderation
     error: str | None = None
     false_interruptions: int = 0  # barge-ins that paused the turn but said nothing
-    actions: tuple[dict[str, Any], ...] = ()  # game actions taken: game, name, data, success, message
+    actions: tuple[ActionAttempt, ...] = ()  # game actions tried
     timings: dict[str, float] = field(default_factory=dict)  # Stage -> seconds since input
 
     @property

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from runtime.events import ActionResult, ActionSpec, InputEvent, PromptContext
+from runtime.events import ActionAttempt, ActionResult, ActionSpec, InputEvent, PromptContext
 from runtime.ports import Games, PersonaModel
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class GameSettings:
 class Outcome:
     """What acting on a force came to: the actions tried (for the log) and the last result."""
 
-    tried: tuple[dict[str, Any], ...]
+    tried: tuple[ActionAttempt, ...]
     result: ActionResult | None  # None: nothing could be done (no actions left)
 
     @property
@@ -92,7 +92,7 @@ async def act(event: InputEvent, context: PromptContext, model: PersonaModel, ga
     """Choose an action for a force event and take it; returns what was tried."""
     game = str(event.meta.get("game") or event.author)
     names = list(event.meta.get("action_names") or [])
-    tried: list[dict[str, Any]] = []
+    tried: list[ActionAttempt] = []
     refusals: list[str] = []
     result: ActionResult | None = None
     for _ in range(settings.retries + 1):
