@@ -312,7 +312,7 @@ class SqliteMemory:
         self._queue.put_nowait(_Write("SELECT 1", (), done))
         await done
 
-    async def _write_loop(self) -> None:
+    async def _write_loop(self) -> None:  # noqa: C901 (the writer: batching, the full-disk hold and shutdown in one loop (issue 18 splits it))
         assert self._db is not None
         stopping = False
         while not stopping:

@@ -290,7 +290,7 @@ class LocalPersonaModel:
             raise TruncatedJson(f"no complete document in {max_new_tokens} tokens ({exc})") from None
         return text
 
-    async def _generate(self, prompt: Prompt, processor: SchemaProcessor | None = None,
+    async def _generate(self, prompt: Prompt, processor: SchemaProcessor | None = None,  # noqa: C901 (the generation thread: stop, cancel, prefix cache and adapter swap in one place)
                         max_new_tokens: int | None = None) -> AsyncGenerator[str, None]:
         # one generation at a time: wait for the last one (it stops within one token)
         if self._worker.busy:

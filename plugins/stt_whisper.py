@@ -155,7 +155,7 @@ class WhisperListener:
             return False
         return True
 
-    async def __aiter__(self) -> AsyncIterator[InputEvent]:  # type: ignore[override]
+    async def __aiter__(self) -> AsyncIterator[InputEvent]:  # type: ignore[override]  # noqa: C901 (the listening loop: VAD states, echo gate and barge-in)
         s = self.s
         pre_roll: collections.deque[np.ndarray] = collections.deque(maxlen=max(1, int(s.pre_roll_s / FRAME_S)))
         u = _Utterance()

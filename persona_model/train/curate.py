@@ -125,7 +125,7 @@ def _read(path: Path | None) -> list[dict[str, Any]]:
     return read_jsonl(path) if path is not None and path.exists() else []
 
 
-def curate(folder: Path, turns: Path, memories: Path, *, system: str, persona_name: str,
+def curate(folder: Path, turns: Path, memories: Path, *, system: str, persona_name: str,  # noqa: C901 (the curation recipe read top to bottom (docs/learning.md))
            persona_examples: str = "", earlier: Sequence[Path] = (),
            settings: CurationSettings = CurationSettings(), window: dict[str, Any] | None = None) -> Window:
     """Build one window's dataset in `folder` from exported turns and memories. `system` is the

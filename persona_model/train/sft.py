@@ -142,7 +142,7 @@ def read_examples(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def train(base: Path | str, data: Path, out: Path, settings: SftSettings = SftSettings(),
+def train(base: Path | str, data: Path, out: Path, settings: SftSettings = SftSettings(),  # noqa: C901 (the training loop with its checkpoint and resume)
           start_adapter: Path | None = None, progress: bool = True,
           stop_after: int | None = None, on_step: Callable[[int, float], None] | None = None) -> SftResult:
     """Train a LoRA adapter on `data` into `out` (resuming from `out/checkpoint` if there is one).
