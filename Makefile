@@ -55,20 +55,25 @@ system-deps:
 	fi
 
 # llama-cpp-python is source-only on PyPI: its wheel is compiled once (minutes) into WHEELS and
-# installed from there afterwards (seconds), also by a fresh checkout's CI run
+# installed from there afterwards (seconds), also by a fresh checkout's CI run. It is built for any
+# x86-64 CPU with AVX2 (GGML_NATIVE=OFF), not for this one: a native build on a CPU with AMX
+# (Xeon Sapphire Rapids and later) repacks the Q4_1 weights for AMX and crashes at the first token.
 LLAMA := llama-cpp-python==0.3.36
-WHEELS ?= $(HOME)/.cache/omoide/wheels
+WHEELS ?= $(HOME)/.cache/omoide/wheels/portable
 
 # the overlay's browser test drives Debian's chromium (never a downloaded browser); the real model's
 # replies are checked against Debian's English word list (wamerican); without them those tests are
 # skipped, with the reason. The llama.cpp server tests need llama-cpp-python[server].
 test-deps: install
-	@$(PY) -c "import llama_cpp.server" 2>/dev/null || { \
+	@{ $(PY) -c "import llama_cpp.server" 2>/dev/null && [ -f $(VENV)/.llama-portable ]; } || { \
 	  mkdir -p $(WHEELS); \
 	  ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
 	    { echo "building $(LLAMA) once (several minutes) into $(WHEELS)"; \
-	      CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) wheel --quiet --no-deps $(LLAMA) -w $(WHEELS); }; \
-	  $(PIP) install --quiet --find-links $(WHEELS) '$(LLAMA)' 'llama-cpp-python[server]' || \
+	      CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	        $(PIP) wheel --quiet --no-deps --no-cache-dir $(LLAMA) -w $(WHEELS); }; \
+	  $(PIP) install --quiet --force-reinstall --no-deps --find-links $(WHEELS) '$(LLAMA)' && \
+	  $(PIP) install --quiet --find-links $(WHEELS) 'llama-cpp-python[server]==0.3.36' && \
+	  touch $(VENV)/.llama-portable || \
 	    echo "llama-cpp-python could not be built (it needs g++): the llama.cpp server tests will be skipped"; }
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing="$$missing chromium"; \
