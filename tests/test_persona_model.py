@@ -54,7 +54,7 @@ async def test_closing_the_stream_stops_generation_promptly(tiny_model_dir):
 async def test_replies_run_on_one_long_lived_thread_that_ends_with_the_model(tiny_model_dir):
     # a thread per reply made a night's stream grow in native memory (docs/benchmarks.md, soak)
     model = LocalPersonaModel.load(tiny_model_dir, sampling=Sampling(max_new_tokens=8, seed=1))
-    before = {t.ident for t in threading.enumerate()}
+    before = set(threading.enumerate())  # the threads themselves: an ended thread's id is given again
     for i in range(6):
         stream = model.stream(model.render(ctx(f"message {i}")))
         await anext(stream)
@@ -64,7 +64,7 @@ async def test_replies_run_on_one_long_lived_thread_that_ends_with_the_model(tin
             async for _ in stream:
                 pass
     assert model.join(5)
-    made = [t for t in threading.enumerate() if t.ident not in before and t.name == "persona-generate"]
+    made = [t for t in threading.enumerate() if t not in before and t.name == "persona-generate"]
     assert len(made) == 1, f"{len(made)} generation threads for six replies"
     thread = made[0]
     del model, stream
