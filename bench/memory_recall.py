@@ -132,7 +132,8 @@ async def timed_queries_async(search, queries: np.ndarray) -> tuple[list[float],
 
 
 def run_omoide(vectors, queries, texts, work, limit_s):  # noqa: ANN001, ANN201
-    from memory.store import RecallSettings, SqliteMemory
+    from memory.recall import RecallSettings
+    from memory.store import SqliteMemory
 
     class Given:  # the vectors are given: no model to load
         name, dim = "bench", vectors.shape[1]

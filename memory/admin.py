@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from memory.db import session
 from memory.index import cosines, unpack
-from memory.store import Encoder, fts_query, session
+from memory.recall import Encoder, fts_query
 
 COLUMNS = "id, kind, viewer, importance, pinned, superseded_by, text"
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from memory.store import session
+from memory.db import session
 
 DEFAULT_STATUSES = ("complete", "interrupted")
 

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from memory.store import session
+from memory.db import session
 
 VERDICTS = ("good", "bad", "corrected")
 

@@ -144,7 +144,7 @@ async def build(
     persona, lore = persona_from(config)
     moderator, chat_filter = moderator_from(config), chat_filter_from(config)  # a missing list stops it here
     synthesizer = synthesizer_from(config)
-    memory = await memory_from(config)  # before the slow model load: a wrong database stops the start at once
+    memory = await memory_from(config, clock)  # before the slow model load: a wrong database stops the start at once
     opened: list[Closeable] = [memory]  # closed again if the start fails
     try:
         playback, listener = await hearing(config, clock, listen, microphone)
@@ -180,10 +180,10 @@ async def build(
                ins.games)
 
 
-async def memory_from(config: Config) -> SqliteMemory:
+async def memory_from(config: Config, clock: Clock) -> SqliteMemory:
     try:
         return await SqliteMemory.open(config.path(config.memory.database), encoder_from(config),
-                                       recall_settings(config))
+                                       recall_settings(config), clock)
     except SchemaError as exc:
         raise StartupError(f"memory.database {config.path(config.memory.database)}: {exc}") from None
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from memory.store import RecallSettings
+from memory.recall import RecallSettings
 from persona_model.generation import Sampling
 from persona_model.server import ServerSettings
 from plugins.listening import ListenerSettings

@@ -30,6 +30,7 @@ from runtime.turn import CannedReply, Cast, TurnHandle
 
 log = logging.getLogger(__name__)
 GREETING = "greeting"  # meta["event"] of the turn that says the greeting
+COMMIT_WAIT_S = 2.0  # how long a reply waits for its input to be stored (a stalled disk: no longer)
 MICROPHONE_COMMANDS = {Control.MUTE, Control.UNMUTE, Control.TALK_START, Control.TALK_STOP}
 
 
@@ -108,6 +109,7 @@ class Director:
             self.current.cancel("barge-in")  # they said something: the held reply is over
         if not event.is_control:
             self._committed[event.id] = self.memory.log_input(event)
+            self.memory.learn(event)
         accepted = self.inbox.put(event)
         if not accepted:
             log.info("inbox full; input dropped", extra={"source": event.source, "input_id": event.id})
@@ -238,11 +240,11 @@ class Director:
         for event in inputs:
             committed = self._committed.pop(event.id, None)
             if committed is not None:
-                try:
-                    await committed  # the input is on disk before any reply starts
-                except Exception as exc:  # noqa: BLE001 - a full disk must not silence the character
+                try:  # the input is on disk before any reply starts, unless the disk will not have it
+                    await asyncio.wait_for(asyncio.shield(committed), COMMIT_WAIT_S)
+                except Exception as exc:  # noqa: BLE001 - a full or stalled disk must not silence the character
                     log.warning("input not stored yet; answering anyway", extra={"input_id": event.id,
-                                                                                 "error": str(exc)})
+                                                                                 "error": str(exc) or "timed out"})
         self._committed = {k: f for k, f in self._committed.items() if not _done(f)}  # merged or dropped
         cast = self.cast
         kind = event_type(inputs[0])

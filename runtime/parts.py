@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from memory.store import RecallSettings
+from memory.recall import RecallSettings
 from persona_model.card import CardError, load_card
 from plugins.audio import EchoGate, PlaybackLog, SynthesizerError
 from plugins.avatar_vts import VtsAvatar, VtsClient

@@ -244,6 +244,11 @@ class MemoryStore(Protocol):
         """Queue an input for writing; the awaitable resolves once it is committed."""
         ...
 
+    def learn(self, event: InputEvent) -> None:
+        """What a viewer's chat line teaches about them (their profile, facts they state about
+        themselves). Queued. The director calls it for what it accepts, not for dropped lines."""
+        ...
+
     async def remember(self, record: TurnRecord) -> None:
         """Write (or update) the record of a turn. Queued; never stalls the caller."""
         ...

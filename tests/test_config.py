@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from memory.store import RecallSettings
+from memory.recall import RecallSettings
 from persona_model.generation import Sampling
 from persona_model.server import ServerSettings
 from plugins.listening import ListenerSettings

@@ -28,6 +28,7 @@ async def stream(db, lines: list[tuple[str, str, str, TurnStatus]], start: int =
     ids = []
     for i, (author, said, reply, status) in enumerate(lines, start):
         e = chat(said, author, author.lower())
+        store.learn(e)  # as the director does with what it accepts
         await store.log_input(e)
         turn_id = f"turn{i:04d}xxxxxxxx"
         await store.remember(TurnRecord(

@@ -23,6 +23,7 @@ from memory.store import SqliteMemory
 from persona_model.adapters import AdapterRegistry
 from runtime.events import AudioChunk, InputEvent, InputKind, Prompt, PromptContext, Sentence
 from tests.conftest import FastClock, running, write_config
+from tests.fakes import ScriptedModel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -169,6 +170,69 @@ async def test_a_full_disk_holds_the_log_and_stores_it_when_space_returns(tmp_pa
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert sorted(t for (t,) in conn.execute("SELECT text FROM inputs")) == [f"are you there {i}?" for i in range(3)]
     assert [s for (s,) in conn.execute("SELECT status FROM turns")] == ["complete"] * 3
+
+
+def waited_for_disk(caplog: Any) -> list[str]:
+    """Why each reply that went ahead without its input stored did so."""
+    return [r.error for r in caplog.records if r.getMessage() == "input not stored yet; answering anyway"]
+
+
+async def test_ten_minutes_of_full_disk_under_steady_chat_keep_memory_bounded_and_her_answering(tmp_path, caplog):
+    """A disk that stays full for ten minutes while chat runs at 20 lines a second (on a clock 100x
+    faster than real time): what waits to be written stays under its bound, the oldest is dropped
+    and counted, no reply waits for the disk, and the newest lines are stored once space returns."""
+    clock = FastClock(100.0)
+    path = write_config(tmp_path)
+    async with running(path, ScriptedModel("Still here, chat!", delay=0.0005), clock=clock) as (app, records):
+        store = app.memory
+        store.writer.limit = 3000  # a small bound that ten minutes of chat passes (the default is 100,000)
+        db = store._db
+        (pages,) = await (await db.execute("PRAGMA page_count")).fetchone()
+        await db.execute(f"PRAGMA max_page_count = {pages}")  # no room to grow: SQLITE_FULL, as a full disk
+        start, sent, peak, answered_at = clock.now(), 0, 0, []
+        app.director.on_turn = lambda r: (records.append(r), answered_at.append(clock.now() - start))
+        while clock.now() - start < 600:
+            while sent < (clock.now() - start) * 20:
+                app.director.submit(InputEvent(InputKind.CHAT, f"chat line number {sent}", "twitch", clock.now(),
+                                               f"viewer{sent % 50}", meta={"user_id": str(sent % 50)}))
+                sent += 1
+            peak = max(peak, len(store.writer.pending))
+            await asyncio.sleep(0.005)
+        assert sent >= 11_900 and peak <= 3000 and store.writer.dropped > 0
+        assert "the disk is full" in caplog.text and "oldest writes are dropped" in caplog.text
+        # she kept answering, in every two minutes of the ten
+        assert {int(t // 120) for t in answered_at if t < 600} == {0, 1, 2, 3, 4}
+        assert all(r.spoken_text for r in records)
+        # no reply waited for the disk: it said at once that it was full
+        assert waited_for_disk(caplog) and "timed out" not in waited_for_disk(caplog)
+        await db.execute("PRAGMA max_page_count = 1073741823")  # space returns
+        await until(lambda: "writable again" in caplog.text, 60)
+        await store.flush()
+    conn = sqlite3.connect(tmp_path / "omoide.db")
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    stored = {t for (t,) in conn.execute("SELECT text FROM inputs")}
+    assert {f"chat line number {i}" for i in range(sent - 200, sent)} <= stored  # the newest were kept
+    assert len(stored) < sent  # and the oldest beyond the bound were not
+
+
+async def test_a_stalled_disk_delays_a_reply_by_two_seconds_at_most(tmp_path, caplog):
+    """Another process holds the database's write lock: the writer waits on it (busy_timeout, 5 s),
+    and the reply goes ahead after COMMIT_WAIT_S instead of waiting with it."""
+    path = write_config(tmp_path)
+    async with running(path, ScriptedModel("Here I am."), speed=1.0) as (app, records):
+        await app.memory.flush()
+        other = sqlite3.connect(tmp_path / "omoide.db", isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")  # a stalled disk, as the writer sees it
+        try:
+            started = time.monotonic()
+            chat(app, "are you stuck?")
+            await until(lambda: records, 30)
+            waited = time.monotonic() - started
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert records[0].spoken_text == "Here I am."
+        assert 1.5 < waited < 4.5 and waited_for_disk(caplog) == ["timed out"]
 
 
 class Breaking:

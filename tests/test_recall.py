@@ -23,6 +23,12 @@ from tests.conftest import write_config
 from tests.memory_set import generate
 
 
+async def said(store: SqliteMemory, event: InputEvent) -> None:
+    """A chat line as the director takes it: logged, and learned from."""
+    store.learn(event)
+    await store.log_input(event)
+
+
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
     return Embedder(bundled_path())
@@ -137,12 +143,12 @@ async def test_superseded_and_deleted_memories_never_come_back(tmp_path, embedde
     db = tmp_path / "omoide.db"
     store = await open_store(db, embedder)
     try:
-        await store.log_input(chat("my cat is called Miso"))
+        await said(store, chat("my cat is called Miso"))
         await store.add_memory("The stream's mascot is a green frog called Kero.", source="operator")
         await store.add_memory("Bo's favourite snack is seaweed crackers.", source="operator", viewer="twitch:7")
         await store.flush()
         await indexed(store, 3)
-        await store.log_input(chat("my cat is called Tofu now"))  # supersedes Miso
+        await said(store, chat("my cat is called Tofu now"))  # supersedes Miso
         await store.flush()
         await indexed(store, 4)
 

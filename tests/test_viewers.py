@@ -22,6 +22,12 @@ from tests.conftest import write_config
 ROOT = Path(__file__).resolve().parent.parent
 
 
+async def said(store: SqliteMemory, event: InputEvent) -> None:
+    """A chat line as the director takes it: logged, and learned from."""
+    store.learn(event)
+    await store.log_input(event)
+
+
 def chat(text: str, author: str = "Ada", user_id: str = "42", **meta) -> InputEvent:
     return InputEvent(InputKind.CHAT, text, "twitch", 0.0, author, meta={"user_id": user_id, "untrusted": True, **meta})
 
@@ -36,10 +42,10 @@ def test_self_statements_are_recognised():
 async def test_profiles_and_facts_survive_a_restart_and_newer_facts_supersede(tmp_path):
     db = tmp_path / "omoide.db"
     store = await SqliteMemory.open(db)
-    await store.log_input(chat("hi! my cat is called Miso", subscriber=True, sub_months=14))
-    await store.log_input(chat("my favourite game is Tetris"))
-    await store.log_input(chat("actually my cat is called Tofu now"))
-    await store.log_input(chat("hello", author="Bo", user_id="7"))
+    await said(store, chat("hi! my cat is called Miso", subscriber=True, sub_months=14))
+    await said(store, chat("my favourite game is Tetris"))
+    await said(store, chat("actually my cat is called Tofu now"))
+    await said(store, chat("hello", author="Bo", user_id="7"))
     await store.flush()
     await store.aclose()
 
