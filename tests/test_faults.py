@@ -24,6 +24,7 @@ from persona_model.adapters import AdapterRegistry
 from runtime.events import AudioChunk, InputEvent, InputKind, Prompt, PromptContext, Sentence
 from tests.conftest import FastClock, running, write_config
 from tests.fakes import ScriptedModel
+from tests.harness import until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,10 +142,6 @@ def test_sigkill_in_training_resumes_to_the_same_adapter(tiny_model_dir, tmp_pat
     assert resumed.steps == 120 and resumed.losses == pytest.approx(whole.losses, abs=1e-5)
 
 
-async def until(pred: Any, timeout: float = 60.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.02)
 
 
 def chat(app: Any, text: str) -> None:

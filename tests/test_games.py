@@ -28,6 +28,7 @@ from runtime.config import load
 from runtime.events import InputEvent, InputKind, Prompt, PromptContext, TurnStatus
 from tests.conftest import FastClock, running, write_config
 from tests.fakes import ScriptedModel
+from tests.harness import until
 
 pytestmark = pytest.mark.model
 
@@ -91,11 +92,6 @@ async def raw_game(app: Any, name: str) -> AsyncIterator[RawGame]:
         await game.close()
 
 
-async def until(predicate: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 def test_schema_checks_refuse_unsupported_keywords_but_not_property_names():

@@ -31,6 +31,7 @@ from runtime.events import (
 )
 from tests.conftest import AvatarClient, FastClock, running, write_config
 from tests.fakes import ScriptedModel
+from tests.harness import until
 
 LONG = ("[happy] Hello there, friend. I have a lot to say today. The first thing is about turnips. "
         "The second thing is about the weather. The third thing is about music. "
@@ -53,12 +54,6 @@ def say(app: App, text: str, author: str = "viewer", priority: Priority = Priori
     return event
 
 
-async def until(pred: Any, timeout: float = 60.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if pred():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("timed out")
 
 
 def db_rows(app: App, sql: str) -> list[tuple[Any, ...]]:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -25,6 +24,7 @@ from plugins.avatar_ws import AvatarServer
 from runtime.events import InputEvent, InputKind
 from tests.conftest import AvatarClient, running, write_config
 from tests.fakes import ScriptedModel
+from tests.harness import until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # sound waits for a click, as in a desktop browser (headless Chromium would allow it)
@@ -39,11 +39,6 @@ LONG = ("Today I would like to tell you about the little tea shop at the end of 
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium: apt-get install chromium")
 
 
-async def until(predicate: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager

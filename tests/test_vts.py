@@ -20,6 +20,7 @@ from runtime.ports import MonotonicClock
 from tests.conftest import running, write_config
 from tests.fake_vts import FakeVts
 from tests.fakes import ScriptedModel
+from tests.harness import until
 
 
 @pytest.fixture
@@ -30,11 +31,6 @@ async def vts() -> AsyncIterator[FakeVts]:
     await fake.stop()
 
 
-async def until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 def chunk(volumes: list[float], seq: int = 0) -> AudioChunk:
