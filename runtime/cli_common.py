@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from memory.schema import SchemaError
-from runtime import logs
+from runtime import log_format
 from runtime.bundled import BundledError
 from runtime.config import Config, ConfigError, load
 from runtime.errors import StartupError
@@ -83,4 +83,4 @@ def setup_logs(config: Config, chatting: bool) -> None:
         terminal = "warning" if in_terminal and c.level in ("debug", "info") else c.level
         if in_terminal and file is not None:
             print(f"(logs: {file})", file=sys.stderr)
-    logs.setup(c.level, c.format, file, terminal)
+    log_format.setup(c.level, c.format, file, terminal)

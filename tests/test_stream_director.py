@@ -12,7 +12,7 @@ import time
 
 from persona_model.prompt import PromptRenderer
 from runtime.events import InputEvent, InputKind, Persona, Priority, PromptContext, TurnStatus
-from runtime.logs import JsonFormatter, TextFormatter
+from runtime.log_format import JsonFormatter, TextFormatter
 from runtime.moderation import ChatFilter
 from tests.fakes import ScriptedModel
 from tests.test_live_loop import character, db_rows, say, until
