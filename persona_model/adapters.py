@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -53,9 +53,23 @@ class AdapterVersion:
 class AdapterRegistry:
     """Reads and changes the registry folder."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, base: str | None = None, normalize: Callable[[str], str] | None = None) -> None:
+        """`base`: the base model the character runs now, as versions record it; a version
+        trained on another can be neither activated nor loaded. `normalize` turns a recorded base
+        into that form (a relative folder recorded by an older version, say)."""
         self.folder = Path(folder)
         self.file = self.folder / REGISTRY
+        self.base = base
+        self._normalize = normalize or (lambda recorded: recorded)
+
+    def fits(self, version: AdapterVersion) -> bool:
+        """Was this version trained on the base model the character runs now?"""
+        return self.base is None or self._normalize(version.base) == self.base
+
+    def misfit(self, version: AdapterVersion) -> str:
+        """One line on why a version does not fit this base model."""
+        return (f"{version.version} was trained on {version.base}, not on the model configured now"
+                f" ({self.base}): a LoRA fits only its own base model")
 
     # ---- reading -----------------------------------------------------------------------------
     def _load(self) -> dict[str, Any]:
@@ -137,6 +151,8 @@ class AdapterRegistry:
             found = data["versions"].get(version)
             if found is None:
                 raise RegistryError(f"no adapter version {version!r}")
+            if not self.fits(AdapterVersion(**found)):  # not even with force: it cannot be applied
+                raise RegistryError(self.misfit(AdapterVersion(**found)))
             if not found["passed"] and not force:
                 raise RegistryError(f"{version} failed its gate (see its gate.txt); use --force to activate it anyway")
             if data.get("active") != version:
@@ -197,6 +213,7 @@ class AdapterFollower:
         self.registry = registry
         self.model = model
         self.poll_s = poll_s
+        self._refused: str | None = None  # the version last refused for its base (said once)
 
     async def run(self) -> None:
         seen: object = object()
@@ -216,6 +233,12 @@ class AdapterFollower:
             raise
         version = active.version if active else None
         if version == self.model.adapter:
+            return
+        if active is not None and not self.registry.fits(active):
+            if version != self._refused:
+                self._refused = version
+                log.error("the activated adapter belongs to another base model; keeping the current one",
+                          extra={"version": version, "error": self.registry.misfit(active)})
             return
         started = time.perf_counter()
         path = self.registry.path(version) if version else None

@@ -43,7 +43,7 @@ def windows(config: Config) -> list[Path]:
 
 
 def registry(config: Config) -> AdapterRegistry:
-    return AdapterRegistry(config.path(config.learning.adapters))
+    return models.adapter_registry(config)
 
 
 def accepted(config: Config, before: Path | None = None) -> list[Path]:
@@ -123,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     base = models.model_path(config)
     lc = config.learning
     pinned = config.path(config.model.adapter) if config.model.adapter else None
-    live = reg.active
+    live = reg.active if reg.active is not None and reg.fits(reg.active) else None  # never train on a misfit
     current = pinned or (reg.path(live.version) if live else None)
     current_name = pinned.name if pinned else (live.version if live else None)
     settings = SftSettings(rank=lc.rank, alpha=2 * lc.rank, lr=lc.lr, epochs=lc.epochs, max_steps=args.steps or 0,
@@ -136,7 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     report = evaluate_gate(base, result.adapter, current, window, accepted(config, window),
                            GateSettings(g.recall_margin, g.retention_margin, g.persona_margin, g.general_margin),
                            current_name=current_name)
-    entry = reg.register(result.adapter, parent=current_name, window=window.name, base=config.model.id,
+    entry = reg.register(result.adapter, parent=current_name, window=window.name, base=models.base_of(config),
                          passed=report.passed, metrics=report.metrics())
     report.candidate = entry.version
     report.save(window / "run")
@@ -156,13 +156,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _row(v: AdapterVersion, active: str | None) -> str:
+def _row(v: AdapterVersion, active: str | None, fits: bool = True) -> str:
     c = v.metrics.get("candidate", {})
     recall = f"{c['recall']:.2f}" if "recall" in c else "-"
     persona = f"{c['persona retention NLL']:.3f}" if "persona retention NLL" in c else "-"
     general = f"{c['general NLL']:.3f}" if "general NLL" in c else "-"
     return (f"{'*' if v.version == active else ' '} {v.version:7} {v.window:7} {v.parent or 'base':9}"
-            f" {'passed' if v.passed else 'FAILED':7} {recall:>7} {persona:>9} {general:>8}  {v.created}")
+            f" {'passed' if v.passed else 'FAILED':7} {recall:>7} {persona:>9} {general:>8}  {v.created}"
+            + ("" if fits else f"  (trained on {v.base}: does not fit the model configured now)"))
 
 
 def cmd_adapters(args: argparse.Namespace) -> int:
@@ -178,7 +179,7 @@ def cmd_adapters(args: argparse.Namespace) -> int:
         print(f"  {'version':7} {'window':7} {'parent':9} {'gate':7} {'recall':>7} {'persona':>9} {'general':>8}"
               "  created")
         for v in versions:
-            print(_row(v, active.version if active else None))
+            print(_row(v, active.version if active else None, reg.fits(v)))
         print(f"active: {active.version if active else 'none (the base model)'}")
     elif what == "activate":
         print(f"{reg.activate(args.version, force=args.force).version} is active")

@@ -3,6 +3,7 @@ first), loaded (the language model, its server, the embedding model), and the ad
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from runtime.embedding import LOADING
 from runtime.errors import StartupError
 from runtime.fallback import FallbackModel
 from runtime.ports import PersonaModel
+
+log = logging.getLogger(__name__)
 
 
 def model_path(config: Config) -> Path:
@@ -72,8 +75,21 @@ def bundled_kinds(config: Config, listen: bool, model: bool = True) -> list[str]
     return kinds
 
 
+def base_of(config: Config, name: str | None = None) -> str:
+    """A base model as the adapter registry records it: "bundled", a folder's absolute path, or a
+    hub id (model.id, or a value recorded earlier, read the way model.id is)."""
+    name = config.model.id if name is None else name
+    if name == BUNDLED:
+        return BUNDLED
+    folder = config.path(name)
+    return str(folder.resolve()) if folder.is_dir() else name
+
+
 def adapter_registry(config: Config) -> AdapterRegistry:
-    return AdapterRegistry(config.path(config.learning.adapters))
+    """The registry, knowing which base model the character runs: a version trained on another
+    is neither activated nor loaded."""
+    return AdapterRegistry(config.path(config.learning.adapters), base=base_of(config),
+                           normalize=lambda recorded: base_of(config, recorded))
 
 
 def sampling_from(config: Config) -> Sampling:
@@ -116,7 +132,11 @@ def model_from(config: Config) -> LocalPersonaModel:
             active = registry.active
         except RegistryError as exc:
             raise StartupError(f"learning.adapters: {exc}") from None
-        if active is not None:
+        if active is not None and not registry.fits(active):
+            log.warning("the active adapter belongs to another base model: starting without it;"
+                        " `omoide adapters rollback` goes back to the version before it",
+                        extra={"version": active.version, "error": registry.misfit(active)})
+        elif active is not None:
             adapter, name = registry.path(active.version), active.version
     return LocalPersonaModel.load(
         path, name=BUNDLED_NAME if m.id == BUNDLED else m.id, adapter_path=adapter, adapter_name=name,

@@ -167,3 +167,58 @@ async def test_schedule_trains_after_n_turns_and_daily(tmp_path):
     assert daily.due(9) is None  # once a day
     wall.now = dt.datetime.fromisoformat("2026-11-29T04:30")
     assert daily.due(2) == "daily at 04:30"
+
+
+def test_an_adapter_of_another_base_model_is_refused_in_one_line(tmp_path, tiny_model_dir, capsys, caplog):
+    """The tiny model's adapter is live; the user switches model.id to another model (the learner
+    shape, as docs/learning.md suggests). Before: an 89-line peft "size mismatch" traceback."""
+    from persona_model.tiny import build
+    from runtime import models
+    from runtime.cli import main
+    from runtime.config import load
+    from tests.conftest import write_config
+
+    other = build(tmp_path / "learner", like="learner", train_steps=0)
+    tiny = write_config(tmp_path, model={"id": str(tiny_model_dir)}, learning={"adapters": str(tmp_path / "adapters")})
+    tiny_registry = models.adapter_registry(load(tiny, env={}))
+    tiny_registry.register(fake_adapter(tmp_path / "a", tiny_model_dir), parent=None, window="w0001",
+                           base=models.base_of(load(tiny, env={})), passed=True, metrics={})
+    tiny_registry.activate("v0001")
+
+    (tmp_path / "learner.toml").write_text(tiny.read_text().replace(str(tiny_model_dir), str(other)))
+    learner = load(tmp_path / "learner.toml", env={})
+    model = models.model_from(learner)  # starts, on the base model
+    assert model.adapter is None
+    [warning] = [r for r in caplog.records if "another base model" in r.getMessage()]
+    assert "omoide adapters rollback" in warning.getMessage() and "v0001" in warning.error
+    capsys.readouterr()  # the builds' progress bars
+    assert main(["adapters", "activate", "v0001", "--force", "--config", str(tmp_path / "learner.toml")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "v0001 was trained on" in err[0] and str(tiny_model_dir) in err[0]
+    assert main(["adapters", "list", "--config", str(tmp_path / "learner.toml")]) == 0
+    assert "does not fit the model configured now" in capsys.readouterr().out
+
+
+async def test_a_following_character_keeps_its_adapter_when_one_of_another_base_is_activated(tmp_path, caplog):
+    from tests.fakes import ScriptedModel
+
+    class Target(ScriptedModel):
+        adapter: str | None = None
+        staged: list[str | None] = []
+
+        def stage_adapter(self, path: Path | None, version: str | None) -> None:
+            self.staged.append(version)
+
+        async def swap_when_free(self) -> float | None:
+            return 0.0
+
+    reg = AdapterRegistry(tmp_path / "adapters", base="/models/learner")
+    reg.register(fake_adapter(tmp_path / "a"), parent=None, window="w0001", base="/models/tiny", passed=True, metrics={})
+    AdapterRegistry(tmp_path / "adapters").activate("v0001")  # by a tool that does not know the base
+    from persona_model.adapters import AdapterFollower
+
+    model = Target("hi")
+    await AdapterFollower(reg, model).follow()
+    await AdapterFollower(reg, model).follow()
+    assert model.staged == [] and model.adapter is None
+    assert len([r for r in caplog.records if "another base model" in r.getMessage()]) == 2  # one per follower
