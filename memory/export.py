@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from memory.common_words import COMMON
 from memory.db import session
 
 DEFAULT_STATUSES = ("complete", "interrupted")
@@ -34,16 +35,22 @@ class Scrubber:
         for (author,) in conn.execute("SELECT DISTINCT author FROM inputs WHERE source = 'twitch'"
                                       " AND author IS NOT NULL ORDER BY author"):
             self.names.setdefault(author.lower(), f"viewer{len(self.names) + 1}")
-        words = sorted((n for n in self.names if n.strip()), key=len, reverse=True)
-        self._names = re.compile(r"(?<!\w)(" + "|".join(map(re.escape, words)) + r")(?!\w)",
-                                 re.IGNORECASE) if words else None
+        # a name is replaced wherever it stands for the viewer: as an author ("Ada: hi", "Ada said:"),
+        # as an @mention, and as a bare word unless the name is a common word ("you", "god")
+        every = _alternation(n for n in self.names if n.strip())
+        rare = _alternation(n for n in self.names if n.strip() and n not in COMMON)
+        self._patterns = [p for p in (
+            every and re.compile(r"(?m)^((?:\[viewer chat\] )?)(" + every + r")(?=:| said:)", re.IGNORECASE),
+            every and re.compile(r"(@)(" + every + r")(?!\w)", re.IGNORECASE),
+            rare and re.compile(r"()(?<![\w@])(" + rare + r")(?!\w)", re.IGNORECASE),
+        ) if p]
 
     def text(self, value: str) -> str:
         if value in self.ids:
             return self.ids[value]
-        if self._names is None:
-            return value
-        return self._names.sub(lambda m: self.names[m.group(0).lower()], value)
+        for pattern in self._patterns:
+            value = pattern.sub(lambda m: m.group(1) + self.names[m.group(2).lower()], value)
+        return value
 
     def __call__(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -51,8 +58,20 @@ class Scrubber:
         if isinstance(value, list):
             return [self(v) for v in value]
         if isinstance(value, dict):
-            return {k: (None if k in ("user_id",) else self(v)) for k, v in value.items()}
+            return {k: (None if k == "user_id" else self.author(v) if k in ("author", "viewer") else self(v))
+                    for k, v in value.items()}
         return value
+
+    def author(self, value: Any) -> Any:
+        """A field that holds who someone is: the whole value is their pseudonym."""
+        if isinstance(value, str) and value.lower() in self.names:
+            return self.names[value.lower()]
+        return self(value)
+
+
+def _alternation(names: Iterable[str]) -> str:
+    """A regex alternation of these names, longest first (so "Ada Lovelace" wins over "Ada")."""
+    return "|".join(map(re.escape, sorted(names, key=len, reverse=True)))
 
 
 def iter_examples(

@@ -150,6 +150,37 @@ async def test_exports_can_name_no_viewer(tmp_path, tiny_model):
     assert "Tofu" in memories.getvalue()  # the fact stays; only who said it goes
 
 
+async def test_pseudonyms_stand_for_viewers_never_for_common_words(tmp_path):
+    """The terminal's person is named "you" and a viewer is named "god": scrubbing names them where
+    they stand for a viewer (authors, @mentions, "you said:") and leaves the words alone."""
+    from memory.store import SqliteMemory
+    from runtime.events import ChatMessage, TurnRecord, TurnStatus
+
+    store = await SqliteMemory.open(tmp_path / "omoide.db")
+    lines = [InputEvent(InputKind.CHAT, "my cat is called Miso", "console", 0.0, "you"),
+             InputEvent(InputKind.CHAT, "hey @you, thank you! god i love this game, ada here", "twitch", 0.0, "Ada",
+                        meta={"user_id": "7", "untrusted": True}),
+             InputEvent(InputKind.CHAT, "oh my god", "twitch", 0.0, "god", meta={"user_id": "8", "untrusted": True})]
+    for i, e in enumerate(lines):
+        store.learn(e)
+        await store.log_input(e)
+        await store.remember(TurnRecord(f"turn{i}", (e,), "Testa", "m", prompt="p", status=TurnStatus.COMPLETE,
+                                        spoken_text="Thank you, Ada! Did you see that, god?",
+                                        messages=(ChatMessage("user", f"{e.author}: {e.text}"),)))
+    await store.flush()
+    await store.aclose()
+    turns, memories = io.StringIO(), io.StringIO()
+    export_jsonl(tmp_path / "omoide.db", turns, scrub=True)
+    export_memories(tmp_path / "omoide.db", memories, scrub=True)
+    said = [json.loads(line)["messages"] for line in turns.getvalue().splitlines()]
+    you, ada, god = (m[0]["content"].split(":")[0] for m in said)  # each author's pseudonym
+    assert {you, ada, god} == {"viewer1", "viewer2", "viewer3"}
+    assert said[1][0]["content"] == f"{ada}: hey @{you}, thank you! god i love this game, {ada} here"
+    assert said[2][0]["content"] == f"{god}: oh my god"  # the words stay words
+    assert said[0][1]["content"] == f"Thank you, {ada}! Did you see that, god?"
+    assert f"{you} said: my cat is called Miso" in memories.getvalue()
+
+
 async def test_viewer_text_reaches_no_shell_path_or_sql(tmp_path, tiny_model):
     marker = tmp_path / "pwned"
     attacks = ["'); DROP TABLE inputs; --", f"$(touch {marker}) `touch {marker}`; touch {marker}",
