@@ -43,41 +43,58 @@ def search(database: Path, text: str, limit: int = 10) -> list[tuple]:
             " ORDER BY bm25(memories_fts) LIMIT ?", (query, limit)).fetchall()
 
 
-def search_by_meaning(database: Path, text: str, encoder: Encoder, limit: int = 10) -> list[tuple]:
-    """Memories nearest in meaning to `text`, by the vectors the running character stored (those
-    not embedded yet are left out). Falls back to full-text search when there are none."""
+def search_by_meaning(database: Path, text: str, encoder: Encoder, limit: int = 10,
+                      embed_at_most: int = 2000) -> tuple[list[tuple], int]:
+    """Memories nearest in meaning to `text`: by the vectors the character stored, and for those it
+    has not embedded yet (added while it was not running), vectors made here for this search (up
+    to `embed_at_most`; the character makes and keeps its own). Returns the rows and how many
+    memories were left out for want of a vector."""
     with session(database) as conn:
-        rows = conn.execute("SELECT v.memory_id, v.vector FROM memory_vectors v JOIN memories m ON m.id = v.memory_id"
-                            " WHERE v.model = ? AND m.superseded_by IS NULL", (encoder.name,)).fetchall()
-    if not rows:
-        return search(database, text, limit)
-    sims = cosines(*unpack([r[1] for r in rows], encoder.dim), encoder.encode([text])[0])  # exact, as recall re-scores
-    best = [int(rows[i][0]) for i in np.argsort(-sims)[:limit]]
+        stored = conn.execute("SELECT v.memory_id, v.vector FROM memory_vectors v JOIN memories m ON m.id = v.memory_id"
+                              " WHERE v.model = ? AND m.superseded_by IS NULL", (encoder.name,)).fetchall()
+        missing = conn.execute("SELECT m.id, m.text FROM memories m LEFT JOIN memory_vectors v ON v.memory_id = m.id"
+                               " AND v.model = ? WHERE v.memory_id IS NULL AND m.superseded_by IS NULL ORDER BY m.id",
+                               (encoder.name,)).fetchall()
+    ids = [int(r[0]) for r in stored] + [int(r[0]) for r in missing[:embed_at_most]]
+    if not ids:
+        return [], len(missing)
+    query = encoder.encode([text])[0]
+    sims = [cosines(*unpack([r[1] for r in stored], encoder.dim), query)] if stored else []  # exact, as recall
+    if missing[:embed_at_most]:
+        made = encoder.encode([str(r[1]) for r in missing[:embed_at_most]])
+        sims.append(made @ query / (np.linalg.norm(made, axis=1) * np.linalg.norm(query) + 1e-12))
+    best = [ids[i] for i in np.argsort(-np.concatenate(sims))[:limit]]
     with session(database) as conn:
         found = {r[0]: r for r in conn.execute(
             f"SELECT {COLUMNS} FROM memories WHERE id IN ({','.join('?' * len(best))})", best)}
-    return [found[i] for i in best if i in found]
+    return [found[i] for i in best if i in found], max(0, len(missing) - embed_at_most)
 
 
 def add(database: Path, text: str, kind: str = "fact", viewer: str | None = None,
         importance: float = 0.5, pinned: bool = False) -> int:
     with session(database) as conn:
+        conn.execute("DELETE FROM forgotten WHERE text = ?", (text,))  # the operator wants it back
         cur = conn.execute(
             "INSERT INTO memories (text, source, created_at, kind, viewer, importance, pinned)"
             " VALUES (?, 'operator', ?, ?, ?, ?, ?)", (text, time.time(), kind, viewer, importance, int(pinned)))
     return int(cur.lastrowid or 0)
 
 
-def _update(database: Path, memory_id: int, sql: str, args: tuple) -> None:
+def _update(database: Path, memory_id: int, sql: str, args: tuple, forget: bool = False) -> None:
+    """Change one memory; with `forget`, its text as it was is kept in `forgotten`, so that the
+    card's lorebook, read at every start, does not add it back."""
     with session(database) as conn:
         if conn.execute("SELECT 1 FROM memories WHERE id = ?", (memory_id,)).fetchone() is None:
             raise KeyError(f"no memory with id {memory_id}")
+        if forget:
+            conn.execute("INSERT OR REPLACE INTO forgotten (text, source, forgotten_at)"
+                         " SELECT text, source, ? FROM memories WHERE id = ?", (time.time(), memory_id))
         conn.execute(sql, (*args, memory_id))
 
 
 def edit(database: Path, memory_id: int, text: str) -> None:
     """New text for a memory; the full-text index follows and its vector is made again (triggers)."""
-    _update(database, memory_id, "UPDATE memories SET text = ? WHERE id = ?", (text,))
+    _update(database, memory_id, "UPDATE memories SET text = ? WHERE id = ?", (text,), forget=True)
 
 
 def pin(database: Path, memory_id: int, pinned: bool = True) -> None:
@@ -85,4 +102,4 @@ def pin(database: Path, memory_id: int, pinned: bool = True) -> None:
 
 
 def delete(database: Path, memory_id: int) -> None:
-    _update(database, memory_id, "DELETE FROM memories WHERE id = ?", ())
+    _update(database, memory_id, "DELETE FROM memories WHERE id = ?", (), forget=True)

@@ -115,6 +115,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE turns ADD COLUMN actions TEXT NOT NULL DEFAULT '[]';  -- JSON: game, name, data, success, message
     """,
+    # 7: texts the operator deleted or edited away: the card's lorebook does not bring them back
+    """
+    CREATE TABLE forgotten (
+        text          TEXT PRIMARY KEY,
+        source        TEXT NOT NULL,          -- where the memory had come from (the card, ...)
+        forgotten_at  REAL NOT NULL           -- unix time
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -171,10 +171,12 @@ class SqliteMemory:
 
     async def add_memory(self, text: str, source: str, kind: str = "fact", viewer: str | None = None,
                          importance: float = 0.5, pinned: bool = False) -> None:
-        """Something the character should be able to recall (a card's lore entry, a fact)."""
+        """Something the character should be able to recall (a card's lore entry, a fact). Not
+        if it is there already, nor if the operator deleted or edited it away (`forgotten`)."""
         self.writer.put(
             "INSERT OR IGNORE INTO memories (text, source, created_at, kind, viewer, importance, pinned)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)", (text, source, time.time(), kind, viewer, importance, int(pinned)))
+            " SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM forgotten WHERE text = ?)",
+            (text, source, time.time(), kind, viewer, importance, int(pinned), text))
         self.recaller.changed()
 
     async def add_embedded(self, texts: Sequence[str], vectors: np.ndarray, source: str,

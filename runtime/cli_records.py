@@ -57,7 +57,10 @@ def cmd_memory(args: argparse.Namespace) -> int:
         elif args.words or (load := encoder_from(config)) is None:
             rows = memory_admin.search(db, args.text, args.limit)
         else:
-            rows = memory_admin.search_by_meaning(db, args.text, load(), args.limit)
+            rows, left_out = memory_admin.search_by_meaning(db, args.text, load(), args.limit)
+            if left_out:
+                print(f"({left_out} memories with no vector yet were left out: a running character makes them;"
+                      " --words searches them all by words)", file=sys.stderr)
         for mid, kind, viewer, importance, pinned, superseded, text in rows:
             flags = ("pinned " if pinned else "") + (f"superseded-by:{superseded} " if superseded else "")
             print(f"{mid:>6}  {kind:10} {viewer or '-':24} {importance:.2f} {flags}{text}")

@@ -108,3 +108,25 @@ async def test_export_writes_heard_text_only(tmp_path):
     assert lines[1]["metadata"]["inputs"][0]["text"] == "hi"
     out = io.StringIO()
     assert export_jsonl(tmp_path / "db.sqlite", out, include_interrupted=False) == 1
+
+
+async def test_a_lorebook_memory_the_operator_deleted_or_edited_does_not_come_back(tmp_path):
+    """The card's lorebook is added at every start; what the operator took out stays out."""
+    from memory import admin
+
+    lore = ["Komorebi rode the night train.", "Komorebi's favourite tea is genmaicha."]
+    db = tmp_path / "omoide.db"
+    for start in range(2):
+        store = await SqliteMemory.open(db)
+        for text in lore:
+            await store.add_memory(text, source="card")
+        await store.flush()
+        await store.aclose()
+        if start == 0:
+            [(train,), (tea,)] = sqlite3.connect(db).execute("SELECT id FROM memories ORDER BY id").fetchall()
+            admin.delete(db, train)
+            admin.edit(db, tea, "Komorebi's favourite tea is hojicha.")
+    texts = {t for (t,) in sqlite3.connect(db).execute("SELECT text FROM memories")}
+    assert texts == {"Komorebi's favourite tea is hojicha."}
+    admin.add(db, "Komorebi rode the night train.")  # the operator may add it back by hand
+    assert "Komorebi rode the night train." in {t for (t,) in sqlite3.connect(db).execute("SELECT text FROM memories")}

@@ -16,6 +16,7 @@ from memory import admin
 from memory import index as index_module
 from memory.embed import Embedder, bundled_path
 from memory.index import VectorIndex, pack, unpack
+from memory.schema import migrate
 from memory.store import SqliteMemory
 from runtime.cli import main
 from runtime.events import InputEvent, InputKind, LoggedTurn, NewMemory, viewer_key
@@ -237,3 +238,31 @@ def test_the_embedding_model_is_found_where_models_pull_puts_it(tmp_path):
     assert resolve("bundled") == bundled_path()
     with pytest.raises(EmbeddingError, match="omoide models pull --only embedding"):
         resolve("acme/not-pulled", tmp_path / "models")
+
+
+@pytest.mark.model
+def test_memories_added_from_the_command_line_are_found_by_meaning_at_once(tmp_path, capsys):
+    """No character has run on this database: nothing has a vector yet."""
+    db = tmp_path / "omoide.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        migrate(conn)
+    config = str(write_config(tmp_path, memory={"database": str(db), "embedding_model": "bundled"}))
+    for text in ("The stream's mascot is a purple octopus called Tako.", "Bo's favourite snack is seaweed crackers.",
+                 "We speedran Celeste last Friday."):
+        assert main(["memory", "add", text, "--config", config]) == 0
+    capsys.readouterr()
+    assert main(["memory", "search", "which sea creature is the mascot?", "--limit", "1", "--config", config]) == 0
+    out = capsys.readouterr()
+    assert "purple octopus called Tako" in out.out and "left out" not in out.err
+    assert not sqlite3.connect(db).execute("SELECT COUNT(*) FROM memory_vectors").fetchone()[0]  # the character's job
+
+
+@pytest.mark.model
+def test_past_its_budget_a_search_says_what_it_left_out(tmp_path, embedder):
+    db = tmp_path / "omoide.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        migrate(conn)
+    for i in range(5):
+        admin.add(db, f"memory number {i} about trains")
+    rows, left_out = admin.search_by_meaning(db, "trains", embedder, limit=3, embed_at_most=2)
+    assert left_out == 3 and len(rows) == 2
