@@ -89,7 +89,9 @@ def _describe(folder: Path, window: Window) -> str:
             f" {c.get('fact_qa', 0)} fact questions, {c.get('persona', 0)} persona lines,"
             f" {c.get('replay', 0)} replayed); held out {c['heldout_facts']} fact questions and"
             f" {c['heldout_replies']} replies; left out {c.get('excluded_bad', 0)} bad and"
-            f" {c.get('excluded_interrupted', 0)} interrupted replies, {c.get('corrected', 0)} corrected")
+            f" {c.get('excluded_interrupted', 0)} interrupted replies, {c.get('corrected', 0)} corrected"
+            + (f"; {c['facts_unchecked']} fact has no recall check (the window's only fact: nothing to"
+               " tell it from)" if c.get("facts_unchecked") else ""))
 
 
 def cmd_dataset_build(args: argparse.Namespace) -> int:

@@ -116,3 +116,23 @@ def test_facts_become_questions_in_the_characters_words():
     assert fact_items({"kind": "episode", "text": "We sang."}) is None
     assert persona_pairs(EXAMPLES, "Testa") == [("Do you like rain?", "I love it, the moss gets so green!"),
                                                 ("What's your favourite snack?", "Roasted chestnuts, always.")]
+
+
+async def test_a_companion_with_one_person_still_gets_a_recall_check(tmp_path, capsys):
+    """One person talks to the character: no subject is said twice, so no fact had a distractor of
+    its own subject and the recall gate never ran. Other subjects' facts stand in; a window's only
+    fact is named as unchecked instead of passing silently."""
+    db = tmp_path / "omoide.db"
+    config = str(write_config(tmp_path))
+    await stream(db, [("Ann", "my cat is called Miso", "Miso!", TurnStatus.COMPLETE)])
+    assert main(["--config", config, "dataset", "build"]) == 0
+    assert "1 fact has no recall check" in capsys.readouterr().out
+    await stream(db, [("Ann", "I live in Osaka", "Osaka is lovely.", TurnStatus.COMPLETE),
+                      ("Ann", "my favourite game is Tetris", "Tetris forever.", TurnStatus.COMPLETE)], start=10)
+    assert main(["--config", config, "dataset", "build"]) == 0
+    assert "no recall check" not in capsys.readouterr().out
+    gates = rows(tmp_path / "training_logs" / "windows" / "w0002" / "heldout_facts.jsonl")
+    assert len(gates) == 2
+    for gate in gates:
+        told = gate["answer"].split("Ann told me ")[1]
+        assert gate["distractors"] and all(told not in d and "Ann told me" in d for d in gate["distractors"])

@@ -168,11 +168,15 @@ def curate(folder: Path, turns: Path, memories: Path, *, system: str, persona_na
         name = answer.split(" told me ")[0]
         said = answer.split(" told me ", 1)[1]
         others = sorted({a.split(" told me ", 1)[1] for a in by_subject[m.get("subject") or ""]} - {said})
+        if not others:  # one viewer (a companion), or a subject said once: other subjects' facts
+            others = sorted({a.split(" told me ", 1)[1] for _, (_, a) in facts} - {said})
         distractors = [voice.format(answer=f"{name} told me {o}") for o in rng.sample(others, min(3, len(others)))]
-        if distractors:  # a question with nothing to tell it from cannot be scored
+        if distractors:
             out.heldout_facts.append({"memory_id": m.get("id"), "question": questions[-1],
                                       "answer": voice.format(answer=answer), "distractors": distractors,
                                       "system": system})
+        else:  # the window's only fact: nothing to tell it from, so no recall check (counted, said)
+            counts["facts_unchecked"] = counts.get("facts_unchecked", 0) + 1
 
     if settings.persona_examples:
         for user, reply in persona_pairs(persona_examples, persona_name):
