@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from plugins.audio import wav_bytes
-from plugins.guard import RateLimit, origin_ok, refuse, short, token_ok
+from plugins.guard import RateLimit, control_ok, origin_ok, refuse, short, token_ok
 from runtime.events import AudioChunk, InputEvent, Sentence
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class _Client:
     queue: asyncio.Queue[str | None]
     dropped: bool = False
     name: str = field(default="")
+    control: bool = False  # it gave the control token: it may send commands, not only listen
 
 
 class AvatarServer:
@@ -56,7 +57,7 @@ class AvatarServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8765, *, audio_format: str = "wav",
                  character: str = "", queue_size: int = 256,
-                 commands: Mapping[str, Command] | None = None, token: str = "",
+                 commands: Mapping[str, Command] | None = None, token: str = "", control_token: str = "",
                  allowed_origins: Sequence[str] = (), rate: float = 20.0, burst: int = 60) -> None:
         if audio_format not in ("wav", "pcm"):
             raise ValueError(f"avatar audio format must be 'wav' or 'pcm', not {audio_format!r}")
@@ -67,6 +68,7 @@ class AvatarServer:
         self.queue_size = queue_size
         self.commands = dict(commands or {})  # message type -> handler, for operator tools
         self.token = token  # when set, every client (and the overlay page) must give it
+        self.control_token = control_token  # when set, a client must give it (?control=) to send commands
         self.allowed_origins = tuple(allowed_origins)  # web pages besides our own overlay
         self.rate, self.burst = rate, burst  # commands a second per client, and the burst allowed
         self._clients: set[_Client] = set()
@@ -162,7 +164,8 @@ class AvatarServer:
             client.queue.put_nowait(None)
 
     async def _handle(self, ws: ServerConnection) -> None:
-        client = _Client(ws, asyncio.Queue(self.queue_size), name=str(ws.remote_address))
+        client = _Client(ws, asyncio.Queue(self.queue_size), name=str(ws.remote_address),
+                         control=control_ok(ws.request, self.control_token))
         sock = ws.transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
@@ -240,7 +243,13 @@ class AvatarServer:
         request = message.get("request_id") if isinstance(message, dict) else None
         if not isinstance(request, str | int | None) or (isinstance(request, str) and len(request) > 100):
             request = None  # echoed back only when it is a short id
-        if handler is None:
+        if handler is not None and not client.control:
+            log.warning("avatar channel: a command without the control token was refused",
+                        extra={"client": client.name, "kind": short(kind, 40)})
+            answer = _encode("error", request_id=request, message=(
+                f"{kind}: this connection may only listen; commands need the control token"
+                " (connect with ?control=..., the token in avatar.control_token_file)"))
+        elif handler is None:
             known = ", ".join(sorted(self.commands)) or "none"
             answer = _encode("error", request_id=request,
                              message=f"unknown message type {short(kind, 40)}; this server accepts: {known}")

@@ -40,6 +40,14 @@ def given_token(request: Request | None) -> str:
     return given or (header[7:] if header.startswith("Bearer ") else "")
 
 
+def control_ok(request: Request | None, token: str) -> bool:
+    """True when no control token is set or the client gave it as `?control=` (constant time)."""
+    if not token:
+        return True
+    given = parse_qs(urlsplit(request.path).query).get("control", [""])[0] if request is not None else ""
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
 def token_ok(request: Request | None, token: str) -> bool:
     """True when no token is set or the client gave it (compared in constant time)."""
     return not token or hmac.compare_digest(given_token(request).encode(), token.encode())

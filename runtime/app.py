@@ -47,6 +47,7 @@ from runtime.models import adapter_registry, backends, bundled_kinds, load_perso
 from runtime.parts import (
     MicrophoneFactory,
     chat_filter_from,
+    control_token,
     expressions,
     game_server_from,
     greeting,
@@ -220,7 +221,8 @@ async def outputs(config: Config, clock: Clock, character: str, playback: Playba
             raise StartupError(f"avatar.host = {a.host!r} lets other machines connect: set avatar.token too"
                                " (clients then connect with ?token=..., the overlay at /overlay?token=...)")
         avatar = AvatarServer(a.host, a.port, audio_format=a.audio_format, character=character,
-                              queue_size=a.queue_size, token=a.token, allowed_origins=a.allowed_origins, rate=a.rate)
+                              queue_size=a.queue_size, token=a.token, control_token=control_token(config),
+                              allowed_origins=a.allowed_origins, rate=a.rate)
         observers.append(avatar)
     if config.vts.enabled:
         vts: VtsAvatar = vts_from(config, clock)
@@ -353,7 +355,8 @@ async def companion(config: Config, open_page: Callable[[str], object] = webbrow
     def ready(app: App) -> None:
         assert app.avatar is not None
         page_audio = isinstance(app.sinks[0], SilentSpeakers)
-        url = f"http://127.0.0.1:{app.avatar.port}/overlay?companion=1" + ("&audio=1" if page_audio else "")
+        url = (f"http://127.0.0.1:{app.avatar.port}/overlay?companion=1&control={app.avatar.control_token}"
+               + ("&audio=1" if page_audio else ""))
         if config.avatar.token:
             url += "&token=" + urllib.parse.quote(config.avatar.token)
         print(f"companion page: {url}" + (" (no speakers here: the page plays the voice)" if page_audio else ""),

@@ -189,6 +189,7 @@ def cmd_path(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(0o077)  # the database, exports, windows and adapters hold viewers' words: the owner's alone
     args = parser().parse_args(argv)
     module_name, _, name = args.handler.partition(":")
     module = importlib.import_module(module_name)

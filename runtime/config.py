@@ -219,6 +219,9 @@ class AvatarConfig(_Section):
     audio_format: Literal["wav", "pcm"] = "wav"
     queue_size: int = Field(256, ge=8)
     token: str = ""  # when set, clients connect with ?token=... (required to listen beyond this machine)
+    # operator commands (say, control, review, the companion page's typing) need the token in this
+    # file, made at the first start (mode 0600): clients connect with ?control=...; listening needs none
+    control_token_file: str = "training_logs/avatar_control.token"
     allowed_origins: list[str] = []  # web pages (besides our overlay) that may connect, e.g. "https://x.y"
     rate: float = Field(20.0, gt=0)  # commands a second per client
 

@@ -4,7 +4,9 @@ puts them together."""
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -167,3 +169,23 @@ async def game_server_from(config: Config, clock: Clock, character: str) -> Game
 
 def recall_settings(config: Config) -> RecallSettings:
     return settings(RecallSettings, config.memory)
+
+
+def control_token(config: Config) -> str:
+    """The avatar channel's control token: read from avatar.control_token_file, made there (mode
+    0600, readable by this user alone) at the first start."""
+    path = config.path(config.avatar.control_token_file)
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        token = ""
+    except OSError as exc:
+        raise StartupError(f"avatar.control_token_file {path}: {exc.strerror or exc}") from None
+    if token:
+        return token
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+    return token

@@ -26,7 +26,10 @@ async def test_the_companion_starts_without_microphone_or_speakers_and_opens_its
     stdin = io.StringIO("hello there\n")
     await asyncio.wait_for(companion(config, open_page=open_page, model=ScriptedModel("Hi! Nice to meet you."),
                                      stdin=stdin, exit_when_sources_end=True), 60)
-    assert len(opened) == 1 and "/overlay?companion=1&audio=1" in opened[0]  # no speakers: the page plays it
+    assert len(opened) == 1 and opened[0].endswith("&audio=1")  # no speakers: the page plays it
+    token = (tmp_path / "training_logs" / "avatar_control.token").read_text().strip()
+    assert f"/overlay?companion=1&control={token}&" in opened[0]  # the page may type; other pages only listen
+    assert (tmp_path / "training_logs" / "avatar_control.token").stat().st_mode & 0o077 == 0  # yours alone
     assert b"Omoide overlay" in pages[0]
     assert any("typed text only" in r.getMessage() for r in caplog.records)  # no microphone here
     out = capsys.readouterr().out

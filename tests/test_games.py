@@ -161,7 +161,8 @@ async def test_every_message_in_both_directions(tmp_path, tiny_model):
         await g.send("actions/unregister", {"action_names": ["pass", "never-registered"]})
         await until(lambda: app.games.actions("Probe", ["move", "pass"]) != [] and
                     [a.name for a in app.games.actions("Probe", ["move", "pass"])] == ["move"])
-        async with websockets.connect(f"ws://127.0.0.1:{app.avatar.port}") as panel:  # the operator's control panel
+        async with websockets.connect(f"ws://127.0.0.1:{app.avatar.port}/?control={app.avatar.control_token}"
+                                      ) as panel:  # the operator's control panel
             async def command(message: dict[str, Any]) -> dict[str, Any]:
                 await panel.send(json.dumps(message))
                 while (answer := json.loads(await panel.recv()))["type"] in ("hello", "turn_start", "sentence",

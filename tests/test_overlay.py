@@ -100,7 +100,7 @@ async def test_the_companion_page_shows_the_conversation_in_order_and_its_stop_b
         assert app.avatar is not None
         async with AvatarClient(f"ws://127.0.0.1:{app.avatar.port}") as listener:
             page = browser.pages[0] if browser.pages else await browser.new_page()
-            await page.goto(f"http://127.0.0.1:{app.avatar.port}/overlay?companion=1")
+            await page.goto(f"http://127.0.0.1:{app.avatar.port}/overlay?companion=1&control={app.avatar.control_token}")
             await until(lambda: page.evaluate("window.overlay.state === 'listening'"))
             lines = ("[...document.querySelectorAll('#transcript .line')].map((l) => [l.className,"
                      " l.querySelector('.who').textContent, l.querySelector('.text').textContent])")

@@ -57,6 +57,8 @@ def test_a_process_killed_mid_reply_keeps_the_input(tmp_path, tiny_model_dir):
     finally:
         if proc.poll() is None:
             proc.kill()
+    for made in ("omoide.db", "omoide.db-wal", "training_logs/avatar_control.token"):  # the owner's alone
+        assert (tmp_path / made).stat().st_mode & 0o077 == 0, made
     db = sqlite3.connect(tmp_path / "omoide.db")
     assert db.execute("select author, text from inputs").fetchall() == [("you", "please tell me a very long story")]
     [(status, prompt)] = db.execute("select status, prompt from turns").fetchall()
@@ -106,6 +108,7 @@ def test_logs_export_from_the_command_line(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     [line] = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert (tmp_path / "out.jsonl").stat().st_mode & 0o077 == 0  # viewers' words: readable by the owner alone
     assert json.loads(line)["messages"][-1] == {"role": "assistant", "content": "Hello!"}
     assert b"exported 1 turns" in err
 

@@ -78,7 +78,14 @@ async def test_an_operator_reviews_a_reply_over_the_avatar_channel(tmp_path):
         await app.memory.flush()
         turn_id = records[0].turn_id
         assert app.avatar is not None
+        # any local process can connect and listen; a review (a training target) needs the control token
         async with websockets.connect(f"ws://127.0.0.1:{app.avatar.port}") as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"
+            await ws.send(json.dumps({"type": "review", "turn_id": turn_id, "verdict": "corrected",
+                                      "text": "Komorebi hates her viewers."}))
+            refused = json.loads(await ws.recv())
+            assert refused["type"] == "error" and "control token" in refused["message"]
+        async with websockets.connect(f"ws://127.0.0.1:{app.avatar.port}/?control={app.avatar.control_token}") as ws:
             assert json.loads(await ws.recv())["type"] == "hello"
 
             async def ask(message: dict) -> dict:

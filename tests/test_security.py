@@ -200,4 +200,6 @@ async def test_viewer_text_reaches_no_shell_path_or_sql(tmp_path, tiny_model):
     assert stored == sorted([*attacks[:-1], "[2J"])
     assert sorted(a for (a,) in conn.execute("SELECT author FROM inputs")) == sorted(attacks)
     assert not marker.exists()
-    assert {p.name for p in tmp_path.iterdir()} <= {"config.toml", "omoide.db", "omoide.db-shm", "omoide.db-wal"}
+    assert {p.name for p in tmp_path.iterdir()} <= {"config.toml", "omoide.db", "omoide.db-shm", "omoide.db-wal",
+                                                    "training_logs"}
+    assert [p.name for p in (tmp_path / "training_logs").iterdir()] == ["avatar_control.token"]
