@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sqlite3
 
 import websockets
 
@@ -85,6 +86,7 @@ async def test_an_operator_reviews_a_reply_over_the_avatar_channel(tmp_path):
                                       "text": "Komorebi hates her viewers."}))
             refused = json.loads(await ws.recv())
             assert refused["type"] == "error" and "control token" in refused["message"]
+        assert sqlite3.connect(tmp_path / "omoide.db").execute("SELECT review FROM turns").fetchall() == [(None,)]
         async with websockets.connect(f"ws://127.0.0.1:{app.avatar.port}/?control={app.avatar.control_token}") as ws:
             assert json.loads(await ws.recv())["type"] == "hello"
 
