@@ -69,7 +69,7 @@ def main() -> None:
     rng = random.Random(0)
     names = NAMES[:args.viewers]
     memories = [{"id": i, "kind": "fact", "text": f"{n} said: my cat is called {rng.choice(PETS)}", "subject": "cat",
-                 "viewer_name": n, "source_turns": []} for i, n in enumerate(names)]
+                 "viewer_name": n, "source_turns": [], "consent": "approved"} for i, n in enumerate(names)]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         base = tiny.build(work / "learner", like="learner")

@@ -11,6 +11,7 @@ import numpy as np
 
 from memory.db import session
 from memory.index import cosines, unpack
+from memory.personal import personal_data
 from memory.recall import Encoder, fts_query
 
 COLUMNS = "id, kind, viewer, importance, pinned, superseded_by, text"
@@ -103,3 +104,43 @@ def pin(database: Path, memory_id: int, pinned: bool = True) -> None:
 
 def delete(database: Path, memory_id: int) -> None:
     _update(database, memory_id, "DELETE FROM memories WHERE id = ?", (), forget=True)
+
+
+def pending(database: Path, viewer: str | None = None, limit: int = 100) -> list[tuple]:
+    """Viewers' facts waiting for the operator's word before they may be trained, oldest first."""
+    where, args = "consent = 'pending' AND superseded_by IS NULL", []
+    if viewer:
+        where += " AND viewer = ?"
+        args.append(viewer)
+    with session(database) as conn:
+        return conn.execute(f"SELECT {COLUMNS} FROM memories WHERE {where} ORDER BY created_at LIMIT ?",
+                            (*args, limit)).fetchall()
+
+
+def consent(database: Path, ids: list[int] | None, verdict: str, viewer: str | None = None) -> tuple[int, list[str]]:
+    """Approve or reject facts for training: these ids, or (ids None) every pending one (of one
+    viewer). Returns how many changed, and why each refused one was (personal data, unknown id)."""
+    if verdict not in ("approved", "rejected"):
+        raise ValueError(f"consent must be approved or rejected, not {verdict!r}")
+    refused: list[str] = []
+    with session(database) as conn:
+        if ids is None:
+            where, args = "consent = 'pending'", []
+            if viewer:
+                where += " AND viewer = ?"
+                args.append(viewer)
+            ids = [int(r[0]) for r in conn.execute(f"SELECT id FROM memories WHERE {where}", args)]
+        changed = 0
+        for memory_id in ids:
+            row = conn.execute("SELECT consent, text FROM memories WHERE id = ?", (memory_id,)).fetchone()
+            if row is None:
+                refused.append(f"{memory_id}: no such memory")
+            elif row[0] == "blocked" and verdict == "approved":
+                refused.append(f"{memory_id}: holds {personal_data(row[1]) or 'personal data'}, never trained")
+            elif row[0] is None:
+                refused.append(f"{memory_id}: not a viewer's fact (the operator's, the card's or the character's own)")
+            else:
+                conn.execute("UPDATE memories SET consent = ?, consented_at = ? WHERE id = ?",
+                             (verdict, time.time(), memory_id))
+                changed += 1
+    return changed, refused

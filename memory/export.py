@@ -139,21 +139,21 @@ def export_jsonl(
 
 
 def export_memories(database: Path, out: TextIO, since: float | None = None, scrub: bool = False) -> int:
-    """Write one JSON line per live memory (not superseded) made since `since`, with the viewer's
-    name where the memory is about one; returns how many were written."""
+    """Write one JSON line per live memory (not superseded) made, or approved for training, since
+    `since`, with the viewer's name where the memory is about one; returns how many were written."""
     with session(database, "interaction log") as conn:
         clean = Scrubber(conn) if scrub else None
         rows = conn.execute(
             "SELECT m.id, m.text, m.kind, m.source, m.viewer, v.name, m.subject, m.importance, m.pinned,"
-            " m.created_at, m.source_turns FROM memories m LEFT JOIN viewers v"
-            " ON m.viewer = v.platform || ':' || v.user_id WHERE m.superseded_by IS NULL AND m.created_at >= ?"
-            " ORDER BY m.id", (since or 0.0,))
+            " m.created_at, m.source_turns, m.consent FROM memories m LEFT JOIN viewers v"
+            " ON m.viewer = v.platform || ':' || v.user_id WHERE m.superseded_by IS NULL"
+            " AND (m.created_at >= ? OR m.consented_at >= ?) ORDER BY m.id", (since or 0.0, since or 0.0))
         n = 0
-        for mid, text, kind, source, viewer, name, subject, importance, pinned, created, turns in rows:
+        for mid, text, kind, source, viewer, name, subject, importance, pinned, created, turns, consent in rows:
             row = {
                 "id": mid, "text": text, "kind": kind, "source": source, "viewer": viewer,
                 "viewer_name": name, "subject": subject, "importance": importance, "pinned": bool(pinned),
-                "created_at": created, "source_turns": json.loads(turns),
+                "created_at": created, "source_turns": json.loads(turns), "consent": consent,
             }
             out.write(json.dumps(clean(row) if clean else row, ensure_ascii=False) + "\n")
             n += 1

@@ -123,6 +123,12 @@ MIGRATIONS: tuple[str, ...] = (
         forgotten_at  REAL NOT NULL           -- unix time
     );
     """,
+    # 8: consent to learn a fact into the weights (docs/learning.md: what is learned)
+    """
+    ALTER TABLE memories ADD COLUMN consent TEXT;  -- pending | approved | rejected | blocked (personal data); NULL: not a viewer's
+    ALTER TABLE memories ADD COLUMN consented_at REAL;  -- unix time of the operator's approval: the next window takes it
+    CREATE INDEX memories_consent ON memories(consent);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

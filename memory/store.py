@@ -23,6 +23,7 @@ import numpy as np
 
 from memory.db import open_async, prepare
 from memory.index import VectorIndex
+from memory.personal import personal_data
 from memory.recall import Encoder, Recall, RecallSettings
 from memory.viewers import facts_in
 from memory.writer import MAX_PENDING, Writer
@@ -130,9 +131,12 @@ class SqliteMemory:
             (platform, user_id, event.author, now, now, int(bool(m.get("subscriber"))),
              int(m.get("sub_months") or 0), int(bool(m.get("moderator"))), int(bool(m.get("vip")))))
         for fact in facts_in(event):
+            # into the weights only with consent: chat's facts wait for the operator; personal data never
+            consent = ("blocked" if personal_data(event.text) or personal_data(fact.text)  # the whole line, too
+                       else "pending" if m.get("untrusted") else "approved")
             self.writer.put(
-                "INSERT OR IGNORE INTO memories (text, source, created_at, kind, viewer, subject, importance)"
-                " VALUES (?, ?, ?, 'fact', ?, ?, 0.6)", (fact.text, event.source, now, viewer, fact.subject))
+                "INSERT OR IGNORE INTO memories (text, source, created_at, kind, viewer, subject, importance, consent)"
+                " VALUES (?, ?, ?, 'fact', ?, ?, 0.6, ?)", (fact.text, event.source, now, viewer, fact.subject, consent))
             self.writer.put(  # a newer statement about the same thing replaces the older
                 "UPDATE memories SET superseded_by = (SELECT id FROM memories WHERE text = ?)"
                 " WHERE viewer = ? AND subject = ? AND text != ? AND superseded_by IS NULL",

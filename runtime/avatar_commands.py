@@ -1,5 +1,6 @@
 """What the avatar channel's clients may ask of the character (docs/protocols/avatar.md, control
-commands): the companion page's `say` and `control`, an operator's `review`, `game_shutdown`."""
+commands): the companion page's `say` and `control`, an operator's `review`, the consent to train
+viewers' facts (`memory_pending`, `memory_approve`, `memory_reject`), `game_shutdown`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from memory import admin as memory_admin
 from memory import review as memory_review
 from plugins.avatar_ws import Command
 from plugins.game_neuro import GameServer
@@ -18,7 +20,7 @@ from runtime.ports import Clock
 def channel_commands(submit: Callable[[InputEvent], object], clock: Clock, author: str, database: Path,
                      games: GameServer | None) -> dict[str, Command]:
     """Every command the channel takes, by name."""
-    commands = {"review": review_command(database), **page_commands(submit, clock, author)}
+    commands = {"review": review_command(database), **consent_commands(database), **page_commands(submit, clock, author)}
     if games is not None:
         commands["game_shutdown"] = shutdown_command(games)
     return commands
@@ -75,3 +77,23 @@ def review_command(database: Path) -> Command:
         return {"turn_id": turn_id, "verdict": verdict}
 
     return review
+
+
+def consent_commands(database: Path) -> dict[str, Command]:
+    """The operator's word on viewers' facts, as `omoide memory pending|approve|reject`."""
+
+    async def pending(message: dict[str, Any]) -> dict[str, Any]:
+        rows = await asyncio.to_thread(memory_admin.pending, database)
+        return {"facts": [{"id": mid, "viewer": viewer, "text": text} for mid, _, viewer, _, _, _, text in rows]}
+
+    def decide(verdict: str) -> Command:
+        async def command(message: dict[str, Any]) -> dict[str, Any]:
+            ids = message.get("ids")
+            if not isinstance(ids, list) or not ids or not all(type(i) is int for i in ids):
+                raise ValueError('needs "ids": a list of memory ids (from memory_pending)')
+            changed, refused = await asyncio.to_thread(memory_admin.consent, database, ids, verdict)
+            return {"changed": changed, "refused": refused}
+
+        return command
+
+    return {"memory_pending": pending, "memory_approve": decide("approved"), "memory_reject": decide("rejected")}

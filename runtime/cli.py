@@ -155,6 +155,15 @@ def _memory(memory: Commands) -> None:
     for name, text in (("pin", "always recall it"), ("unpin", "recall it only when it matches"),
                        ("delete", "forget it")):
         memory.add(name, text, handler).add_argument("id", type=int)
+    mp = memory.add("pending", "viewers' facts waiting for your word before they may be trained", handler)
+    mp.add_argument("--viewer", help='only this viewer\'s ("twitch:12345")')
+    mp.add_argument("--limit", type=int, default=100)
+    for name, text in (("approve", "let these facts be trained into the character's weights"),
+                       ("reject", "never train these facts (they stay memories she may recall)")):
+        c = memory.add(name, text, handler)
+        c.add_argument("id", type=int, nargs="*", help="memory ids (from memory pending)")
+        c.add_argument("--all", action="store_true", help="every pending fact (with --viewer: that viewer's)")
+        c.add_argument("--viewer", help='with --all: only this viewer\'s ("twitch:12345")')
 
 
 def _learning(top: Commands) -> None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from memory.recall import RecallSettings
 from persona_model.generation import Sampling
 from persona_model.server import ServerSettings
+from persona_model.train.curate import CurationSettings
 from plugins.listening import ListenerSettings
 from runtime.director import DirectorSettings
 from runtime.game import GameSettings
@@ -36,6 +37,7 @@ S = TypeVar("S")
 _TURN, _DIRECTOR, _GAME, _REFLECTION = TurnSettings(), DirectorSettings(), GameSettings(), ReflectionSettings()
 _RECALL, _SAMPLING, _SCORING, _LISTENER = RecallSettings(), Sampling(), Scoring(), ListenerSettings()
 _SERVER = ServerSettings("http://127.0.0.1:8080/v1")
+_CURATION = CurationSettings()
 
 
 class ConfigError(Exception):
@@ -299,11 +301,12 @@ class LearningConfig(_Section):
     adapters: str = "training_logs/adapters"  # the adapter registry: every version, the active one
     activate: bool = True  # activate a candidate that passes its gate (else: `omoide adapters activate`)
     follow: bool = True  # a running character swaps in each newly activated adapter between turns
-    interrupted: Literal["spoken", "exclude"] = "spoken"  # what interrupted replies contribute
+    interrupted: Literal["spoken", "exclude"] = _CURATION.interrupted  # what interrupted replies contribute
     scrub_viewers: bool = False  # viewers' names and ids become pseudonyms in what is exported for training
-    replay_share: float = Field(0.2, ge=0, le=5)  # replayed examples per new one
-    persona_examples: bool = True  # train on the card's example dialogue every window
-    heldout_replies: float = Field(0.1, ge=0, lt=1)  # kept out of training for the persona gate
+    replay_share: float = Field(_CURATION.replay_share, ge=0, le=5)  # replayed examples per new one
+    persona_examples: bool = _CURATION.persona_examples  # train on the card's example dialogue every window
+    heldout_replies: float = Field(_CURATION.heldout_replies, ge=0, lt=1)  # kept out of training for the persona gate
+    facts_per_viewer: int = Field(_CURATION.facts_per_viewer, ge=0)  # one viewer's approved facts per window, at most
     seed: int = 0
     rank: int = Field(16, ge=1, le=512)  # LoRA rank (alpha = 2 x rank)
     lr: float = Field(2e-3, gt=0, le=1)

@@ -29,7 +29,7 @@ from persona_model.train.sft import SftSettings
 from persona_model.train.sft import train as train_sft
 from runtime import models, parts
 from runtime.cli_common import config_from
-from runtime.config import Config, ScheduleConfig
+from runtime.config import Config, ScheduleConfig, settings
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def build_window(config: Config) -> tuple[Path, Window]:
         folder, folder / "turns.jsonl", folder / "memories.jsonl", system=system_text(persona, "Chat"),
         persona_name=persona.name, persona_examples=persona.examples,
         earlier=[p / "train.jsonl" for p in accepted(config, folder)],
-        settings=CurationSettings(lc.interrupted, lc.replay_share, lc.persona_examples, lc.heldout_replies, lc.seed),
+        settings=settings(CurationSettings, lc),
         window={"id": folder.name, "since": since, "until": until, "database": str(database)})
     return folder, window
 
@@ -91,7 +91,11 @@ def _describe(folder: Path, window: Window) -> str:
             f" {c['heldout_replies']} replies; left out {c.get('excluded_bad', 0)} bad and"
             f" {c.get('excluded_interrupted', 0)} interrupted replies, {c.get('corrected', 0)} corrected"
             + (f"; {c['facts_unchecked']} fact has no recall check (the window's only fact: nothing to"
-               " tell it from)" if c.get("facts_unchecked") else ""))
+               " tell it from)" if c.get("facts_unchecked") else "")
+            + (f"; {c['facts_pending']} viewers' facts wait for your approval (omoide memory pending)"
+               if c.get("facts_pending") else "")
+            + (f"; {c['facts_blocked']} held back for personal data" if c.get("facts_blocked") else "")
+            + (f"; {c['facts_over_cap']} over the per-viewer cap" if c.get("facts_over_cap") else ""))
 
 
 def cmd_dataset_build(args: argparse.Namespace) -> int:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 
-from memory import review
+from memory import admin, review
 from memory.store import SqliteMemory
 from persona_model.train.curate import fact_items, persona_pairs, third_person
 from runtime.cli import main
@@ -37,6 +38,7 @@ async def stream(db, lines: list[tuple[str, str, str, TurnStatus]], start: int =
             status=status))
         ids.append(turn_id)
     await store.aclose()
+    admin.consent(db, None, "approved")  # the operator lets viewers' facts be trained (omoide memory approve --all)
     return ids
 
 
@@ -136,3 +138,47 @@ async def test_a_companion_with_one_person_still_gets_a_recall_check(tmp_path, c
     for gate in gates:
         told = gate["answer"].split("Ann told me ")[1]
         assert gate["distractors"] and all(told not in d and "Ann told me" in d for d in gate["distractors"])
+
+
+async def test_a_red_team_window_trains_none_of_what_it_planted(tmp_path, capsys):
+    """A raid on the character's weights: slander, personal data, and a flood from one account.
+    Nothing from chat is trained before the operator says yes; after a blanket yes, personal data
+    is still held back, and one account teaches at most `facts_per_viewer` facts."""
+    from memory.store import SqliteMemory
+
+    db = tmp_path / "omoide.db"
+    config = str(write_config(tmp_path))
+    store = await SqliteMemory.open(db)
+    planted = [("Mal", "Komorebi hates her viewers"), ("Mal", "my email is x@y.z"),
+               ("Mal", "I live at 12 Oak Street"), ("Mal", "my friend is John Smith"),
+               *[("Flood", f"my pet number {i} is called Rex{i}") for i in range(500)],
+               ("Ada", "my cat is called Miso"), ("Bo", "my cat is called Tofu")]
+    for author, text in planted:
+        e = chat(text, author, author.lower())
+        store.learn(e)
+        await store.log_input(e)
+    await store.aclose()
+
+    assert main(["--config", config, "dataset", "build"]) == 0  # before any approval
+    out = capsys.readouterr().out
+    assert "502 viewers' facts wait for your approval" in out and "3 held back for personal data" in out
+    w1 = tmp_path / "training_logs" / "windows" / "w0001"
+    assert not [ex for ex in rows(w1 / "train.jsonl") if ex["kind"] == "fact_qa"]
+
+    assert main(["--config", config, "memory", "approve", "--all"]) == 0
+    held = [str(i) for (i,) in sqlite3.connect(db).execute("SELECT id FROM memories WHERE consent = 'blocked'")]
+    assert main(["--config", config, "memory", "approve", *held]) == 0  # even one by one: never
+    refused = capsys.readouterr().err
+    assert "holds an email address" in refused and "holds a street address" in refused
+    assert "holds someone else's full name" in refused
+    assert main(["--config", config, "dataset", "build"]) == 0
+    assert "490 over the per-viewer cap" in capsys.readouterr().out
+    w2 = tmp_path / "training_logs" / "windows" / "w0002"
+    train = (w2 / "train.jsonl").read_text()
+    for never in ("hates", "x@y.z", "Oak Street", "John Smith"):
+        assert never not in train
+    taught = {json.loads(line)["memory_id"] for line in train.splitlines() if json.loads(line)["kind"] == "fact_qa"}
+    assert len(taught) == 12  # ten of the flood's, Ada's, Bo's
+    assert "Miso" in train and "Tofu" in train
+    for gate in rows(w2 / "heldout_facts.jsonl"):  # the gate is never trained on
+        assert gate["question"] not in train

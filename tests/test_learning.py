@@ -27,7 +27,7 @@ def test_a_lora_on_the_learner_recalls_viewers_facts_closed_book(tmp_path):
     base = tiny.build(tmp_path / "learner", like="learner")
     rng = random.Random(0)
     memories = [{"id": i, "kind": "fact", "text": f"{n} said: my cat is called {rng.choice(PETS)}", "subject": "cat",
-                 "viewer_name": n, "source_turns": []} for i, n in enumerate(NAMES)]
+                 "viewer_name": n, "source_turns": [], "consent": "approved"} for i, n in enumerate(NAMES)]
     (tmp_path / "memories.jsonl").write_text("".join(json.dumps(m) + "\n" for m in memories))
     (tmp_path / "turns.jsonl").write_text("")
     window = curate(tmp_path / "w", tmp_path / "turns.jsonl", tmp_path / "memories.jsonl", system="You are Testa.",

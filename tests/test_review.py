@@ -109,3 +109,29 @@ async def test_an_operator_reviews_a_reply_over_the_avatar_channel(tmp_path):
     export_jsonl(tmp_path / "omoide.db", out)
     meta = json.loads(out.getvalue())["metadata"]
     assert (meta["review"], meta["corrected_text"]) == ("corrected", "Four! Easy one.")  # kept, not "bad"
+
+
+async def test_the_operator_approves_viewers_facts_over_the_avatar_channel(tmp_path, tiny_model):
+    config = write_config(tmp_path, model={"max_new_tokens": 8})
+    async with running(config, tiny_model) as (app, records):
+        for text in ("my cat is called Miso", "my email is ada@example.com"):
+            app.memory.learn(InputEvent(InputKind.CHAT, text, "twitch", 0.0, "Ada",
+                                        meta={"user_id": "7", "untrusted": True}))
+        await app.memory.flush()
+        assert app.avatar is not None
+        async with websockets.connect(f"ws://127.0.0.1:{app.avatar.port}/?control={app.avatar.control_token}") as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"
+
+            async def ask(message: dict) -> dict:
+                await ws.send(json.dumps(message))
+                return json.loads(await ws.recv())
+
+            [fact] = (await ask({"type": "memory_pending"}))["facts"]  # the email is held back already
+            assert fact["text"] == "Ada said: my cat is called Miso" and fact["viewer"] == "twitch:7"
+            blocked = sqlite3.connect(tmp_path / "omoide.db").execute(
+                "SELECT id FROM memories WHERE consent = 'blocked'").fetchone()[0]
+            answer = await ask({"type": "memory_approve", "ids": [fact["id"], blocked]})
+            assert answer["changed"] == 1 and "email address" in answer["refused"][0]
+            assert (await ask({"type": "memory_pending"}))["facts"] == []
+            wrong = await ask({"type": "memory_reject", "ids": "all"})
+            assert wrong["type"] == "error" and '"ids"' in wrong["message"]

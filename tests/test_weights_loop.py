@@ -109,6 +109,7 @@ async def test_train_gate_activate_reject_rollback_and_swap_live(tmp_path, capsy
                    + [(n, "hello Testa, how are you today?") for n in NAMES[:6]])
     assert len(records) == 30 and all(r.spoken_text for r in records)
 
+    assert main(["--config", str(config), "memory", "approve", "--all"]) == 0  # the operator's yes to chat's facts
     assert main(["--config", str(config), "train", "--steps", "300"]) == 0
     w1 = tmp_path / "windows" / "w0001"
     report = gate(w1)

@@ -12,8 +12,9 @@ window's folder:
 
 What goes in: replies that were heard in full (interrupted ones contribute what was heard, or
 nothing, by `interrupted`), with an operator's correction in place of the reply and replies marked
-bad left out; each fact about a viewer as questions in several wordings answered in the character's
-voice (the last wording is held out); a replay share from earlier windows and the persona's own
+bad left out; each fact a viewer stated about themselves that the operator approved (`consent`;
+personal data never), at most `facts_per_viewer` of one viewer's, as questions in several wordings
+answered in the character's voice (the last wording is held out); a replay share from earlier windows and the persona's own
 example dialogue, against forgetting.
 """
 
@@ -26,7 +27,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from persona_model.train.jsonl import read_jsonl
 
@@ -59,12 +60,13 @@ class CurationError(ValueError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CurationSettings:
-    interrupted: str = "spoken"  # spoken: what was heard of it | exclude
+    interrupted: Literal["spoken", "exclude"] = "spoken"  # what was heard of it, or nothing
     replay_share: float = 0.2  # replay examples per new example, from earlier windows
     persona_examples: bool = True  # the card's example dialogue, every window
     heldout_replies: float = 0.1  # share of replies kept out of training for the persona gate
+    facts_per_viewer: int = 10  # at most this many of one viewer's facts per window (a flood is not learned)
     seed: int = 0
 
 
@@ -154,7 +156,21 @@ def curate(folder: Path, turns: Path, memories: Path, *, system: str, persona_na
     held = int(len(replies) * settings.heldout_replies) if len(replies) >= 10 else 0
     out.heldout_replies, new = replies[:held], replies[held:]
 
-    facts = [(m, items) for m in _read(memories) if (items := fact_items(m)) is not None]
+    facts = []
+    per_viewer: dict[str, int] = {}
+    for m in _read(memories):
+        if (items := fact_items(m)) is None:
+            continue
+        consent = m.get("consent") or "pending"  # a viewer's fact is learned only with the operator's yes
+        if consent != "approved":
+            counts[f"facts_{consent}"] = counts.get(f"facts_{consent}", 0) + 1
+            continue
+        who = str(m.get("viewer") or m.get("viewer_name") or "")
+        per_viewer[who] = per_viewer.get(who, 0) + 1
+        if per_viewer[who] > settings.facts_per_viewer:
+            counts["facts_over_cap"] = counts.get("facts_over_cap", 0) + 1
+            continue
+        facts.append((m, items))
     by_subject: dict[str, list[str]] = {}
     for m, (_, answer) in facts:
         by_subject.setdefault(m.get("subject") or "", []).append(answer)
