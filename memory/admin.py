@@ -4,7 +4,9 @@ Runs against the database file directly (SQLite allows it while the character ru
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +146,57 @@ def consent(database: Path, ids: list[int] | None, verdict: str, viewer: str | N
                              (verdict, time.time(), memory_id))
                 changed += 1
     return changed, refused
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    viewer: str  # "platform:user_id"
+    memories: list[int]  # the ids their memories had
+    turns: list[str]  # the turns that answered them
+    inputs: int  # their lines, blanked in the log
+
+
+def resolve_viewer(database: Path, who: str) -> str:
+    """A viewer key ("twitch:12345") from a key or a name; an error naming the choices otherwise."""
+    with session(database) as conn:
+        if ":" in who:
+            return who
+        found = conn.execute("SELECT platform || ':' || user_id FROM viewers WHERE lower(name) = lower(?)",
+                             (who,)).fetchall()
+    if not found:
+        raise KeyError(f"no viewer named {who!r} (omoide memory list shows viewers as platform:id)")
+    if len(found) > 1:
+        raise ValueError(f"more than one viewer is named {who!r}: {', '.join(r[0] for r in found)}; give one of those")
+    return str(found[0][0])
+
+
+def forget_viewer(database: Path, who: str) -> Forgotten:
+    """Forget a viewer: their profile and memories go, their lines in the log are blanked, and they
+    are in no later training window or replay; what they say from now on is not learned. Turns
+    that answered them stay in the log without their words; their words stay in the prompts of
+    turns that had them as context, and in adapters already trained (see docs/learning.md)."""
+    viewer = resolve_viewer(database, who)
+    platform, _, user_id = viewer.partition(":")
+    with session(database) as conn:
+        mine = ("source = ? AND (json_extract(meta, '$.user_id') = ?"
+                " OR (json_extract(meta, '$.user_id') IS NULL AND lower(author) = lower(?)))")
+        lines = conn.execute(f"SELECT id, turn_id FROM inputs WHERE {mine}", (platform, user_id, user_id)).fetchall()
+        memories = [int(r[0]) for r in conn.execute("SELECT id FROM memories WHERE viewer = ?", (viewer,))]
+        turns = sorted({str(t) for _, t in lines if t})
+        if not lines and not memories and conn.execute(
+                "SELECT 1 FROM viewers WHERE platform = ? AND user_id = ?", (platform, user_id)).fetchone() is None:
+            raise KeyError(f"no viewer {viewer} in {database}")
+        conn.execute(f"UPDATE inputs SET text = '[forgotten]', author = NULL, meta = '{{}}' WHERE {mine}",
+                     (platform, user_id, user_id))
+        conn.execute("DELETE FROM memories WHERE viewer = ?", (viewer,))
+        conn.execute("DELETE FROM viewers WHERE platform = ? AND user_id = ?", (platform, user_id))
+        conn.execute("INSERT OR REPLACE INTO forgotten_viewers (viewer, forgotten_at, turns, memories)"
+                     " VALUES (?, ?, ?, ?)", (viewer, time.time(), json.dumps(turns), json.dumps(memories)))
+    return Forgotten(viewer, memories, turns, len(lines))
+
+
+def forgotten(database: Path) -> tuple[set[str], set[int]]:
+    """The turns and memory ids of every forgotten viewer: what training must never replay."""
+    with session(database) as conn:
+        rows = conn.execute("SELECT turns, memories FROM forgotten_viewers").fetchall()
+    return ({t for r in rows for t in json.loads(r[0])}, {int(m) for r in rows for m in json.loads(r[1])})

@@ -86,12 +86,19 @@ def iter_examples(
         " ORDER BY started_at",
         (*statuses, since or 0.0),
     )
+    forgotten = conn.execute("SELECT viewer, turns FROM forgotten_viewers").fetchall()
+    gone_viewers = {str(v) for v, _ in forgotten}
+    gone_turns = {str(t) for _, turns in forgotten for t in json.loads(turns)}
     for (turn_id, started_at, persona, model, adapter, messages, recalled, generated, spoken,
          status, cut_at, reason, moderated, timings, false_interruptions, review, corrected, actions) in rows:
+        if turn_id in gone_turns:  # it answered a viewer who asked to be forgotten
+            continue
         inputs = conn.execute(
-            "SELECT id, kind, source, author, text FROM inputs WHERE turn_id = ? ORDER BY logged_at",
+            "SELECT id, kind, source, author, text, meta FROM inputs WHERE turn_id = ? ORDER BY logged_at",
             (turn_id,),
         ).fetchall()
+        if gone_viewers and any(_viewer_of(r) in gone_viewers for r in inputs):  # said since they were forgotten
+            continue
         chat = [{"role": role, "content": content} for role, content in json.loads(messages)]
         chat.append({"role": "assistant", "content": spoken})
         yield {
@@ -112,7 +119,7 @@ def iter_examples(
                 "recalled": json.loads(recalled),
                 "inputs": [
                     {"id": i, "kind": k, "source": s, "author": a, "text": t}
-                    for i, k, s, a, t in inputs
+                    for i, k, s, a, t, _ in inputs
                 ],
                 "timings": json.loads(timings),
                 "review": review,  # the operator's: good | bad | corrected | None
@@ -120,6 +127,14 @@ def iter_examples(
                 "actions": json.loads(actions),  # game actions the turn took
             },
         }
+
+
+def _viewer_of(row: tuple[Any, ...]) -> str | None:
+    """The viewer key of a logged chat input (runtime.events.viewer_key, from its row)."""
+    _, kind, source, author, _, meta = row
+    if kind != "chat" or not author:
+        return None
+    return f"{source}:{json.loads(meta or '{}').get('user_id') or author.lower()}"
 
 
 def export_jsonl(

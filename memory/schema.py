@@ -129,6 +129,15 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE memories ADD COLUMN consented_at REAL;  -- unix time of the operator's approval: the next window takes it
     CREATE INDEX memories_consent ON memories(consent);
     """,
+    # 9: viewers who asked to be forgotten: no profile, no facts, in no later training window
+    """
+    CREATE TABLE forgotten_viewers (
+        viewer        TEXT PRIMARY KEY,       -- "platform:user_id"
+        forgotten_at  REAL NOT NULL,          -- unix time
+        turns         TEXT NOT NULL,          -- JSON: the turns that answered them (never replayed)
+        memories      TEXT NOT NULL           -- JSON: the ids their memories had (never replayed)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

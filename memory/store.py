@@ -41,6 +41,8 @@ from runtime.events import (
 )
 from runtime.ports import Clock
 
+_FORGOTTEN = "SELECT 1 FROM forgotten_viewers WHERE viewer = ?"
+
 
 class SqliteMemory:
     """Implements the MemoryStore port (and reflection's ReflectionLog)."""
@@ -121,22 +123,24 @@ class SqliteMemory:
             return
         platform, _, user_id = viewer.partition(":")
         m, now = event.meta, time.time()
-        self.writer.put(
+        self.writer.put(  # nothing about a viewer who asked to be forgotten (omoide memory forget)
             "INSERT INTO viewers (platform, user_id, name, first_seen, last_seen, messages, subscriber,"
-            " sub_months, moderator, vip) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?)"
+            " sub_months, moderator, vip) SELECT ?, ?, ?, ?, ?, 1, ?, ?, ?, ?"
+            f" WHERE NOT EXISTS ({_FORGOTTEN})"
             " ON CONFLICT(platform, user_id) DO UPDATE SET name = excluded.name,"
             " last_seen = excluded.last_seen, messages = messages + 1,"
             " subscriber = MAX(subscriber, excluded.subscriber), sub_months = MAX(sub_months, excluded.sub_months),"
             " moderator = MAX(moderator, excluded.moderator), vip = MAX(vip, excluded.vip)",
             (platform, user_id, event.author, now, now, int(bool(m.get("subscriber"))),
-             int(m.get("sub_months") or 0), int(bool(m.get("moderator"))), int(bool(m.get("vip")))))
+             int(m.get("sub_months") or 0), int(bool(m.get("moderator"))), int(bool(m.get("vip"))), viewer))
         for fact in facts_in(event):
             # into the weights only with consent: chat's facts wait for the operator; personal data never
             consent = ("blocked" if personal_data(event.text) or personal_data(fact.text)  # the whole line, too
                        else "pending" if m.get("untrusted") else "approved")
             self.writer.put(
                 "INSERT OR IGNORE INTO memories (text, source, created_at, kind, viewer, subject, importance, consent)"
-                " VALUES (?, ?, ?, 'fact', ?, ?, 0.6, ?)", (fact.text, event.source, now, viewer, fact.subject, consent))
+                f" SELECT ?, ?, ?, 'fact', ?, ?, 0.6, ? WHERE NOT EXISTS ({_FORGOTTEN})",
+                (fact.text, event.source, now, viewer, fact.subject, consent, viewer))
             self.writer.put(  # a newer statement about the same thing replaces the older
                 "UPDATE memories SET superseded_by = (SELECT id FROM memories WHERE text = ?)"
                 " WHERE viewer = ? AND subject = ? AND text != ? AND superseded_by IS NULL",

@@ -155,6 +155,9 @@ def _memory(memory: Commands) -> None:
     for name, text in (("pin", "always recall it"), ("unpin", "recall it only when it matches"),
                        ("delete", "forget it")):
         memory.add(name, text, handler).add_argument("id", type=int)
+    fg = memory.add("forget", "forget a viewer: their profile and memories go, their lines are blanked, no later"
+                    " training learns from them", f"{LEARNING}:cmd_forget")
+    fg.add_argument("viewer", help='"twitch:12345", or the name they chat under')
     mp = memory.add("pending", "viewers' facts waiting for your word before they may be trained", handler)
     mp.add_argument("--viewer", help='only this viewer\'s ("twitch:12345")')
     mp.add_argument("--limit", type=int, default=100)

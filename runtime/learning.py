@@ -20,6 +20,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from memory import admin as memory_admin
 from memory.export import count_turns, export_jsonl, export_memories
 from persona_model.adapters import AdapterRegistry, AdapterVersion, diff
 from persona_model.prompt import system_text
@@ -78,7 +79,7 @@ def build_window(config: Config) -> tuple[Path, Window]:
         folder, folder / "turns.jsonl", folder / "memories.jsonl", system=system_text(persona, "Chat"),
         persona_name=persona.name, persona_examples=persona.examples,
         earlier=[p / "train.jsonl" for p in accepted(config, folder)],
-        settings=settings(CurationSettings, lc),
+        settings=settings(CurationSettings, lc), forgotten=memory_admin.forgotten(database),
         window={"id": folder.name, "since": since, "until": until, "database": str(database)})
     return folder, window
 
@@ -281,3 +282,36 @@ def schedule_from(config: Config) -> TrainingSchedule | None:
 
     command = [sys.executable, "-m", "runtime.cli", *(["--config", str(config.file)] if config.file else []), "train"]
     return TrainingSchedule(s, new_turns, command, config.path(config.learning.folder) / "train.log")
+
+
+def trained_on(config: Config, turns: set[str], memories: set[int]) -> list[AdapterVersion]:
+    """The registered adapter versions that learned from any of these turns or memories: those
+    whose window held them, and every version trained on top of one of those."""
+    hit: list[AdapterVersion] = []
+    for v in registry(config).versions():  # oldest first: a parent before its children
+        train = config.path(config.learning.folder) / v.window / "train.jsonl"
+        examples = [json.loads(line) for line in train.read_text(encoding="utf-8").splitlines()] if train.is_file() else []
+        if v.parent in {h.version for h in hit} or any(
+                turns & set(ex.get("source_turns") or []) or ex.get("memory_id") in memories for ex in examples):
+            hit.append(v)
+    return hit
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    """`omoide memory forget VIEWER`, and what it cannot take back: the adapters trained on them."""
+    config = config_from(args)
+    database = Path(args.database) if getattr(args, "database", None) else config.path(config.memory.database)
+    gone = memory_admin.forget_viewer(database, args.viewer)
+    print(f"forgot {gone.viewer}: {len(gone.memories)} memories deleted, {gone.inputs} lines blanked in the log;"
+          f" the {len(gone.turns)} turns that answered them are in no later training window or replay,"
+          " and nothing they say from now on is learned")
+    hit = trained_on(config, set(gone.turns), set(gone.memories))
+    if hit:
+        active = registry(config).active
+        print("adapters already trained on them (their weights still carry it): "
+              + ", ".join(f"{v.version} ({v.window}){' live' if active and v.version == active.version else ''}"
+                          for v in hit))
+        before = [v.version for v in registry(config).versions() if v not in hit and v.passed]
+        print("to serve none of it: `omoide adapters activate " + before[-1] + "`" if before else
+              "to serve none of it: `omoide adapters rollback` until the base model is live")
+    return 0

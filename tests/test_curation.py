@@ -10,6 +10,7 @@ import sqlite3
 
 from memory import admin, review
 from memory.store import SqliteMemory
+from persona_model.adapters import AdapterRegistry
 from persona_model.train.curate import fact_items, persona_pairs, third_person
 from runtime.cli import main
 from runtime.events import ChatMessage, InputEvent, InputKind, TurnRecord, TurnStatus
@@ -182,3 +183,38 @@ async def test_a_red_team_window_trains_none_of_what_it_planted(tmp_path, capsys
     assert "Miso" in train and "Tofu" in train
     for gate in rows(w2 / "heldout_facts.jsonl"):  # the gate is never trained on
         assert gate["question"] not in train
+
+
+async def test_a_forgotten_viewer_is_in_no_later_window(tmp_path, capsys):
+    db = tmp_path / "omoide.db"
+    config = str(write_config(tmp_path, learning={"replay_share": 5.0}))  # replay all there is
+    await stream(db, [("Ada", "my cat is called Miso", "Miso, what a name!", TurnStatus.COMPLETE),
+                      ("Bo", "my cat is called Tofu", "Tofu! Adorable.", TurnStatus.COMPLETE),
+                      ("Cy", "my cat is called Biscuit", "Biscuit, how sweet.", TurnStatus.COMPLETE)])
+    assert main(["--config", config, "dataset", "build"]) == 0
+    assert "Miso" in (tmp_path / "training_logs" / "windows" / "w0001" / "train.jsonl").read_text()
+    registry = AdapterRegistry(tmp_path / "training_logs" / "adapters")
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "adapter_config.json").write_text("{}")
+    registry.register(tmp_path / "v1", parent=None, window="w0001", base="bundled", passed=True, metrics={})
+    registry.activate("v0001")
+    capsys.readouterr()
+
+    assert main(["--config", config, "memory", "forget", "Ada"]) == 0
+    out = capsys.readouterr().out
+    assert "forgot twitch:ada: 1 memories deleted, 1 lines blanked" in out
+    assert "v0001 (w0001) live" in out and "omoide adapters rollback" in out  # what the weights still carry
+
+    await stream(db, [("Ada", "my dog is called Rex", "Rex!", TurnStatus.COMPLETE),  # she is still in chat
+                      ("Bo", "I live in Osaka", "Osaka is lovely.", TurnStatus.COMPLETE)], start=10)
+    assert main(["--config", config, "dataset", "build"]) == 0
+    w2 = tmp_path / "training_logs" / "windows" / "w0002"
+    later = "".join((w2 / name).read_text() for name in ("train.jsonl", "heldout_facts.jsonl", "turns.jsonl",
+                                                         "memories.jsonl"))
+    for hers in ("Ada", "Miso", "Rex"):
+        assert hers not in later
+    assert "Tofu" in later and "Osaka" in later  # the others' stay, replayed and new
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT COUNT(*) FROM memories WHERE viewer = 'twitch:ada'").fetchone() == (0,)
+    assert conn.execute("SELECT COUNT(*) FROM viewers WHERE user_id = 'ada'").fetchone() == (0,)
+    assert "my cat is called Miso" not in {t for (t,) in conn.execute("SELECT text FROM inputs")}

@@ -24,7 +24,7 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -129,9 +129,11 @@ def _read(path: Path | None) -> list[dict[str, Any]]:
 
 def curate(folder: Path, turns: Path, memories: Path, *, system: str, persona_name: str,  # noqa: C901 (the curation recipe read top to bottom (docs/learning.md))
            persona_examples: str = "", earlier: Sequence[Path] = (),
-           settings: CurationSettings = CurationSettings(), window: dict[str, Any] | None = None) -> Window:
+           settings: CurationSettings = CurationSettings(), window: dict[str, Any] | None = None,
+           forgotten: tuple[Collection[str], Collection[int]] = ((), ())) -> Window:
     """Build one window's dataset in `folder` from exported turns and memories. `system` is the
-    persona's system prompt, used for the examples that are not replayed turns."""
+    persona's system prompt, used for the examples that are not replayed turns. `forgotten`: the
+    turns and memory ids of viewers who asked to be forgotten, never replayed from earlier windows."""
     rng = random.Random(settings.seed)
     out = Window(folder)
     counts = out.counts
@@ -198,7 +200,9 @@ def curate(folder: Path, turns: Path, memories: Path, *, system: str, persona_na
         for user, reply in persona_pairs(persona_examples, persona_name):
             new.append({"messages": [{"role": "system", "content": system}, {"role": "user", "content": user},
                                      {"role": "assistant", "content": reply}], "kind": "persona", "source_turns": []})
-    pool = [ex for path in earlier for ex in _read(path) if ex.get("kind") != "replay"]
+    gone_turns, gone_memories = set(forgotten[0]), set(forgotten[1])
+    pool = [ex for path in earlier for ex in _read(path) if ex.get("kind") != "replay"
+            and not gone_turns & set(ex.get("source_turns") or []) and ex.get("memory_id") not in gone_memories]
     replay = rng.sample(pool, min(len(pool), round(settings.replay_share * len(new))))
     out.train = new + [{**ex, "kind": "replay", "replayed_kind": ex.get("kind")} for ex in replay]
     rng.shuffle(out.train)
