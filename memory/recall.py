@@ -25,6 +25,7 @@ import numpy as np
 from memory.index import IVF_MIN, VectorIndex, pack, unpack
 from memory.writer import Writer
 from runtime.events import Memory
+from runtime.ports import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,8 @@ class Recall:
             self._task = asyncio.create_task(self._index_loop(), name="memory-indexer")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def changed(self) -> None:
         """Memories were written: embed them soon."""

@@ -34,7 +34,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from runtime.events import AudioChunk, Sentence
-from runtime.ports import Clock, FollowingSink
+from runtime.ports import Clock, FollowingSink, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,8 @@ class VtsClient:
         if ws is not None:
             with contextlib.suppress(Exception):
                 await ws.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
+        await cancel_and_wait(self._reader)
+        self._reader = None
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(ConnectionError("VTube Studio disconnected"))
@@ -196,11 +193,8 @@ class VtsAvatar(FollowingSink):
         self._task = asyncio.create_task(self._run(), name="vts")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self.client.close()
 
     # ---- the turn ----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from websockets.http11 import Request, Response
 from plugins.audio import wav_bytes
 from plugins.guard import RateLimit, control_ok, origin_ok, refuse, short, token_ok
 from runtime.events import AudioChunk, InputEvent, Sentence
+from runtime.ports import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +183,7 @@ class AvatarServer:
             pass
         finally:
             self._clients.discard(client)
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await cancel_and_wait(reader)
             if client.dropped:
                 await ws.close(SLOW_CLIENT, "too slow: messages were piling up")
 

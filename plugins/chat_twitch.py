@@ -24,7 +24,7 @@ import twitchio
 from twitchio import eventsub
 
 from runtime.events import EventMeta, InputEvent, InputKind, Priority
-from runtime.ports import Clock, FollowingSink
+from runtime.ports import Clock, FollowingSink, cancel_and_wait
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE = 500  # Twitch's limit for one chat message
@@ -293,9 +293,7 @@ class TwitchChatSource:
             async for event in self.queue:
                 yield event
         finally:
-            connect.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await connect
+            await cancel_and_wait(connect)
 
     async def aclose(self) -> None:
         await self.queue.aclose()
@@ -340,9 +338,7 @@ class TwitchReplies(FollowingSink):
 
     async def aclose(self) -> None:
         if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            await cancel_and_wait(self._runner)
 
 
 class TwitchEventQueue:

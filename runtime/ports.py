@@ -103,6 +103,16 @@ def _serve(jobs: queue.SimpleQueue[tuple[Callable[[], object], threading.Event] 
         del item, job, done  # nothing of a finished job stays referenced while waiting for the next
 
 
+async def cancel_and_wait(task: asyncio.Task[Any] | asyncio.Future[Any] | None) -> None:
+    """Cancel a task (None: nothing) and wait until it has ended; its CancelledError is the end
+    expected, anything else it raises comes through."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 T = TypeVar("T")
 
 
