@@ -45,7 +45,8 @@ def register(reg: AdapterRegistry, folder: Path, window: str) -> str:
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text(json.dumps({"r": 4}))
     (folder / "adapter_model.safetensors").write_bytes(b"")
-    return reg.register(folder, parent=None, window=window, base="base-model", passed=True, metrics={}).version
+    # trained on the configured model (model.id, "bundled" in these configs), as `omoide train` records it
+    return reg.register(folder, parent=None, window=window, base="bundled", passed=True, metrics={}).version
 
 
 async def test_streams_and_sends_the_messages_and_key(vllm, caplog):

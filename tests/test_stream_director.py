@@ -4,7 +4,6 @@ chat, and secrets kept out of logs."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -87,29 +86,6 @@ def test_viewer_text_is_framed_as_speech_not_instructions(tiny_model):
     own = InputEvent(InputKind.CHAT, "let's play", "console", 0.0, "you")
     assert PromptRenderer(tiny_model.tokenizer, 4096).render(
         PromptContext(persona, (own,))).messages[-1].content == "you: let's play"
-
-
-async def test_idle_talk_after_a_quiet_spell_but_not_too_often(tmp_path):
-    clock_speed = 50.0
-    async with character(tmp_path, ScriptedModel("Anyone there?"), speed=clock_speed,
-                         idle={"after_s": 10.0, "min_interval_s": 30.0}) as (app, records):
-        await until(lambda: len(records) == 2, timeout=10)  # about 10 s, then 30 s, of quiet
-        now = app.director.cast.clock.now()
-    kinds = [r.inputs[0].kind for r in records]
-    assert kinds == [InputKind.IDLE, InputKind.IDLE]
-    starts = [r.inputs[0].received_at for r in records]
-    assert starts[1] - starts[0] >= 30.0 - 0.5
-    assert now >= 40.0 - 1.0
-
-
-async def test_chat_resets_the_quiet_spell(tmp_path):
-    async with character(tmp_path, ScriptedModel("Hi."), speed=50.0,
-                         idle={"after_s": 10.0, "min_interval_s": 10.0}) as (app, records):
-        for _ in range(6):  # a message every 4 s of clock time
-            viewer(app, "still here")
-            await asyncio.sleep(4.0 / 50.0)
-        await until(lambda: len(records) >= 6, timeout=10)
-    assert all(r.inputs[0].kind is InputKind.CHAT for r in records[:6])
 
 
 async def test_channel_events_can_be_thanked_with_a_template_without_the_model(tmp_path):

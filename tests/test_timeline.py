@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.director import DirectorSettings
-from runtime.events import Stage, TurnStatus
+from runtime.events import InputKind, Stage, TurnStatus
 from tests.harness import Call, chat, inline_threads, speech, timeline  # noqa: F401
 
 REPLY = "I love puzzle games. They make me think hard. What about you?"
@@ -79,3 +79,21 @@ async def test_chat_during_a_reply_waits_for_it_and_every_turn_keeps_its_order()
         assert seqs == sorted(seqs)  # each sentence's audio after the one before
         assert [c.detail for c in turn if c.what == "sentence"] == [FIRST, SECOND, THIRD]
     assert [r.inputs[0].text for r in tl.records] == ["hello", "what are you playing?"]
+
+
+async def test_idle_talk_after_a_quiet_spell_but_not_too_often():
+    quiet = DirectorSettings(idle_after_s=10.0, idle_min_interval_s=30.0)
+    async with timeline("Anyone there?", voice_word_s=0.25, settings=quiet) as tl:
+        await tl.play(until=75.0)
+    assert [(r.inputs[0].kind, r.inputs[0].received_at) for r in tl.records] == [
+        (InputKind.IDLE, 10.0),  # ten seconds of quiet from the start
+        (InputKind.IDLE, 40.6),  # thirty after the first idle line ended (10.0 + 0.1 + 2 words x 0.25)
+    ]
+
+
+async def test_chat_resets_the_quiet_spell():
+    quiet = DirectorSettings(idle_after_s=10.0, idle_min_interval_s=10.0)
+    async with timeline("Hi.", voice_word_s=0.25, settings=quiet) as tl:
+        await tl.play(*[step for i in range(6) for step in chat("still here", 4.0 * i)], until=40.0)
+    kinds = [(r.inputs[0].kind, r.inputs[0].received_at) for r in tl.records]
+    assert kinds == [*((InputKind.CHAT, 4.0 * i) for i in range(6)), (InputKind.IDLE, 30.3)]  # 10 s after the last reply
