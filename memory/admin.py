@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memory.db import session
+from memory.db import prepare, session
 from memory.index import cosines, unpack
 from memory.personal import personal_data
 from memory.recall import Encoder, fts_query
@@ -75,6 +75,9 @@ def search_by_meaning(database: Path, text: str, encoder: Encoder, limit: int = 
 
 def add(database: Path, text: str, kind: str = "fact", viewer: str | None = None,
         importance: float = 0.5, pinned: bool = False) -> int:
+    """A memory of the operator's; the database is made if no character has run yet."""
+    if not database.exists():
+        prepare(database)
     with session(database) as conn:
         conn.execute("DELETE FROM forgotten WHERE text = ?", (text,))  # the operator wants it back
         cur = conn.execute(

@@ -243,9 +243,7 @@ def test_the_embedding_model_is_found_where_models_pull_puts_it(tmp_path):
 @pytest.mark.model
 def test_memories_added_from_the_command_line_are_found_by_meaning_at_once(tmp_path, capsys):
     """No character has run on this database: nothing has a vector yet."""
-    db = tmp_path / "omoide.db"
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        migrate(conn)
+    db = tmp_path / "omoide.db"  # not made yet: the first `memory add` makes it
     config = str(write_config(tmp_path, memory={"database": str(db), "embedding_model": "bundled"}))
     for text in ("The stream's mascot is a purple octopus called Tako.", "Bo's favourite snack is seaweed crackers.",
                  "We speedran Celeste last Friday."):
