@@ -129,7 +129,7 @@ class Writer:
                 await self._hold(exc)
                 continue
             if self._full_since is not None:
-                log.warning("the database is writable again: everything held is stored",
+                log.warning("the database is writable again: the writes held are stored from now on",
                             extra={"database": str(self.path), "dropped": self.dropped,
                                    "full_s": round(time.monotonic() - self._full_since, 1)})
                 self._full_since, self._backoff, self.dropped = None, 0.0, 0
