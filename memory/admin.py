@@ -55,22 +55,24 @@ def search_by_meaning(database: Path, text: str, encoder: Encoder, limit: int = 
     with session(database) as conn:
         stored = conn.execute("SELECT v.memory_id, v.vector FROM memory_vectors v JOIN memories m ON m.id = v.memory_id"
                               " WHERE v.model = ? AND m.superseded_by IS NULL", (encoder.name,)).fetchall()
-        missing = conn.execute("SELECT m.id, m.text FROM memories m LEFT JOIN memory_vectors v ON v.memory_id = m.id"
-                               " AND v.model = ? WHERE v.memory_id IS NULL AND m.superseded_by IS NULL ORDER BY m.id",
-                               (encoder.name,)).fetchall()
-    ids = [int(r[0]) for r in stored] + [int(r[0]) for r in missing[:embed_at_most]]
+        unembedded = ("FROM memories m LEFT JOIN memory_vectors v ON v.memory_id = m.id AND v.model = ?"
+                      " WHERE v.memory_id IS NULL AND m.superseded_by IS NULL")
+        (waiting,) = conn.execute(f"SELECT COUNT(*) {unembedded}", (encoder.name,)).fetchone()
+        missing = conn.execute(f"SELECT m.id, m.text {unembedded} ORDER BY m.id LIMIT ?",
+                               (encoder.name, embed_at_most)).fetchall()
+    ids = [int(r[0]) for r in stored] + [int(r[0]) for r in missing]
     if not ids:
-        return [], len(missing)
+        return [], int(waiting)
     query = encoder.encode([text])[0]
     sims = [cosines(*unpack([r[1] for r in stored], encoder.dim), query)] if stored else []  # exact, as recall
-    if missing[:embed_at_most]:
-        made = encoder.encode([str(r[1]) for r in missing[:embed_at_most]])
+    if missing:
+        made = encoder.encode([str(r[1]) for r in missing])
         sims.append(made @ query / (np.linalg.norm(made, axis=1) * np.linalg.norm(query) + 1e-12))
     best = [ids[i] for i in np.argsort(-np.concatenate(sims))[:limit]]
     with session(database) as conn:
         found = {r[0]: r for r in conn.execute(
             f"SELECT {COLUMNS} FROM memories WHERE id IN ({','.join('?' * len(best))})", best)}
-    return [found[i] for i in best if i in found], max(0, len(missing) - embed_at_most)
+    return [found[i] for i in best if i in found], int(waiting) - len(missing)
 
 
 def add(database: Path, text: str, kind: str = "fact", viewer: str | None = None,
