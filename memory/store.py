@@ -49,8 +49,10 @@ class SqliteMemory:
 
     def __init__(self, path: Path, batch: int = 256, encoder: Callable[[], Encoder] | None = None,
                  settings: RecallSettings = RecallSettings(), clock: Clock | None = None,
-                 max_pending: int = MAX_PENDING) -> None:
+                 max_pending: int = MAX_PENDING, approve_restated_after_s: float = 0.0) -> None:
         self.path = path
+        # a pending fact the same viewer states again this long after is approved (0: only the operator)
+        self.approve_restated_after_s = approve_restated_after_s
         self.batch, self.settings, self.clock, self.max_pending = batch, settings, clock, max_pending
         self._load_encoder = encoder
         self._db: aiosqlite.Connection | None = None  # the writer's
@@ -60,8 +62,10 @@ class SqliteMemory:
 
     @classmethod
     async def open(cls, path: Path | str, encoder: Callable[[], Encoder] | None = None,
-                   settings: RecallSettings = RecallSettings(), clock: Clock | None = None) -> SqliteMemory:
-        store = cls(Path(path), encoder=encoder, settings=settings, clock=clock)
+                   settings: RecallSettings = RecallSettings(), clock: Clock | None = None,
+                   approve_restated_after_s: float = 0.0) -> SqliteMemory:
+        store = cls(Path(path), encoder=encoder, settings=settings, clock=clock,
+                    approve_restated_after_s=approve_restated_after_s)
         await store.start()
         return store
 
@@ -141,6 +145,11 @@ class SqliteMemory:
                 "INSERT OR IGNORE INTO memories (text, source, created_at, kind, viewer, subject, importance, consent)"
                 f" SELECT ?, ?, ?, 'fact', ?, ?, 0.6, ? WHERE NOT EXISTS ({_FORGOTTEN})",
                 (fact.text, event.source, now, viewer, fact.subject, consent, viewer))
+            if consent == "pending" and self.approve_restated_after_s > 0:  # said again, in a later session
+                self.writer.put(
+                    "UPDATE memories SET consent = 'approved', consented_at = ? WHERE text = ? AND viewer = ?"
+                    " AND consent = 'pending' AND created_at <= ?",
+                    (now, fact.text, viewer, now - self.approve_restated_after_s))
             self.writer.put(  # a newer statement about the same thing replaces the older
                 "UPDATE memories SET superseded_by = (SELECT id FROM memories WHERE text = ?)"
                 " WHERE viewer = ? AND subject = ? AND text != ? AND superseded_by IS NULL",

@@ -184,7 +184,8 @@ async def build(
 async def memory_from(config: Config, clock: Clock) -> SqliteMemory:
     try:
         return await SqliteMemory.open(config.path(config.memory.database), encoder_from(config),
-                                       recall_settings(config), clock)
+                                       recall_settings(config), clock,
+                                       approve_restated_after_s=config.learning.approve_restated_after_h * 3600)
     except SchemaError as exc:
         raise StartupError(f"memory.database {config.path(config.memory.database)}: {exc}") from None
 

@@ -307,6 +307,8 @@ class LearningConfig(_Section):
     persona_examples: bool = _CURATION.persona_examples  # train on the card's example dialogue every window
     heldout_replies: float = Field(_CURATION.heldout_replies, ge=0, lt=1)  # kept out of training for the persona gate
     facts_per_viewer: int = Field(_CURATION.facts_per_viewer, ge=0)  # one viewer's approved facts per window, at most
+    # a viewer's fact they state again at least this many hours later counts as approved (0: only you approve)
+    approve_restated_after_h: float = Field(0.0, ge=0)
     seed: int = 0
     rank: int = Field(16, ge=1, le=512)  # LoRA rank (alpha = 2 x rank)
     lr: float = Field(2e-3, gt=0, le=1)

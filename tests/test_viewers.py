@@ -141,3 +141,21 @@ async def test_a_corrupt_or_foreign_database_is_refused_and_left_untouched(tmp_p
     assert proc.returncode == 2
     assert f"memory.database {db}:" in proc.stderr and "left untouched" in proc.stderr
     assert db.read_bytes() == before
+
+
+async def test_a_fact_said_again_in_a_later_session_is_approved_where_the_operator_opts_in(tmp_path):
+    db = tmp_path / "omoide.db"
+    for after_s, earlier_s, expected in ((3600.0, 2 * 3600, "approved"), (3600.0, 60, "pending"),
+                                         (0.0, 2 * 3600, "pending")):
+        db.unlink(missing_ok=True)
+        store = await SqliteMemory.open(db, approve_restated_after_s=after_s)
+        await said(store, chat("my cat is called Miso"))
+        await store.flush()
+        # the first statement was made `earlier_s` ago
+        await store.writer.db.execute("UPDATE memories SET created_at = created_at - ?", (earlier_s,))
+        await store.writer.db.commit()
+        await said(store, chat("hi again! my cat is called Miso"))  # the same fact, said again
+        await store.flush()
+        await store.aclose()
+        [(consent,)] = sqlite3.connect(db).execute("SELECT consent FROM memories").fetchall()
+        assert consent == expected, (after_s, earlier_s)
