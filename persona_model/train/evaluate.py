@@ -56,6 +56,17 @@ def closed_book_recall(model: Any, tokenizer: Any, items: Sequence[dict[str, Any
     return Recall(right, len(items))
 
 
+UNRELATED = "What is your favourite colour?"  # a question no fact answers: the control
+
+
+def recall_control(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]]) -> Recall:
+    """The same answers scored after an unrelated question: how often the right one wins without
+    being asked for it. A model that only completes the sentence it was trained on ("Ada told me
+    their cat is called" -> Miso) scores as high here as on the real question; what recall
+    shows above this is what the question itself brings back."""
+    return closed_book_recall(model, tokenizer, [{**item, "question": UNRELATED} for item in items])
+
+
 def reply_nll(model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]]) -> float:
     """Mean negative log-likelihood per target token of the examples' last assistant messages."""
     total = count = 0.0

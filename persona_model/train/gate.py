@@ -4,6 +4,7 @@ trained on, and passes only if it beats or holds it on each, within margins.
 | metric | set | passes when |
 |---|---|---|
 | recall | this window's held-out fact questions, closed-book | candidate >= current - recall_margin |
+| recall minus control | the same, less the same answers scored after an unrelated question | candidate >= current - recall_margin |
 | retention recall | every earlier window's held-out fact questions | candidate >= current - retention_margin |
 | persona NLL | this window's held-out replies | candidate <= current + persona_margin |
 | persona retention NLL | earlier windows' held-out replies and the card's example lines | candidate <= current + persona_margin |
@@ -27,7 +28,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from persona_model.train.evaluate import closed_book_recall, reply_nll, text_nll
+from persona_model.train.evaluate import closed_book_recall, recall_control, reply_nll, text_nll
 from persona_model.train.jsonl import read_jsonl
 
 GENERAL_TEXT = Path(__file__).with_name("general.txt")
@@ -136,6 +137,7 @@ def evaluate_gate(base: Path | str, candidate: Path, current: Path | None, windo
     def measure_now(out: dict[str, float]) -> dict[str, float]:
         if facts:
             out["recall"] = closed_book_recall(model, tokenizer, facts).share
+            out["recall minus control"] = out["recall"] - recall_control(model, tokenizer, facts).share
         if old_facts:
             out["retention recall"] = closed_book_recall(model, tokenizer, old_facts).share
         if replies:
@@ -149,9 +151,10 @@ def evaluate_gate(base: Path | str, candidate: Path, current: Path | None, windo
     s = settings
     report = GateReport(window.name, candidate_name, current_name or ("base" if current is None else current.name),
                         settings=settings)
-    sizes = {"recall": len(facts), "retention recall": len(old_facts), "persona NLL": len(replies),
+    sizes = {"recall": len(facts), "recall minus control": len(facts), "retention recall": len(old_facts), "persona NLL": len(replies),
              "persona retention NLL": len(persona), "general NLL": len(tokenizer(general)["input_ids"])}
-    bounds = {"recall": (-s.recall_margin, True), "retention recall": (-s.retention_margin, True),
+    bounds = {"recall": (-s.recall_margin, True), "recall minus control": (-s.recall_margin, True),
+              "retention recall": (-s.retention_margin, True),
               "persona NLL": (s.persona_margin, False), "persona retention NLL": (s.persona_margin, False),
               "general NLL": (s.general_margin, False)}
     for metric, value in now.items():
