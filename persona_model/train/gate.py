@@ -7,7 +7,7 @@ trained on, and passes only if it beats or holds it on each, within margins.
 | recall minus control | the same, less the same answers scored after an unrelated question | candidate >= current - recall_margin |
 | retention recall | every earlier window's held-out fact questions | candidate >= current - retention_margin |
 | persona NLL | this window's held-out replies | candidate <= current + persona_margin |
-| persona retention NLL | earlier windows' held-out replies and the card's example lines | candidate <= current + persona_margin |
+| persona retention NLL | earlier windows' held-out replies | candidate <= current + persona_margin |
 | general NLL | a fixed plain text (general.txt) | candidate <= current + general_margin |
 
 Recall is a share (right answers among distractors, evaluate.closed_book_recall); NLL is the mean
@@ -122,8 +122,7 @@ def evaluate_gate(base: Path | str, candidate: Path, current: Path | None, windo
     facts = _read(window / "heldout_facts.jsonl")
     old_facts = [f for w in earlier for f in _read(w / "heldout_facts.jsonl")]
     replies = _read(window / "heldout_replies.jsonl")
-    persona = [r for w in earlier for r in _read(w / "heldout_replies.jsonl")]
-    persona += [ex for ex in _read(window / "train.jsonl") if ex.get("kind") == "persona"]
+    persona = [r for w in earlier for r in _read(w / "heldout_replies.jsonl")]  # never trained on, like every set here
     general = GENERAL_TEXT.read_text(encoding="utf-8")
 
     def measure(which: str) -> dict[str, float]:
