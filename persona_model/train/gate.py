@@ -6,6 +6,7 @@ trained on, and passes only if it beats or holds it on each, within margins.
 | recall | this window's held-out fact questions, closed-book | candidate >= current - recall_margin |
 | recall minus control | the same, less the same answers scored after an unrelated question | candidate >= current - recall_margin |
 | retention recall | every earlier window's held-out fact questions | candidate >= current - retention_margin |
+| retention minus control | the same, less their control | candidate >= current - retention_margin |
 | persona NLL | this window's held-out replies | candidate <= current + persona_margin |
 | persona retention NLL | earlier windows' held-out replies | candidate <= current + persona_margin |
 | general NLL | a fixed plain text (general.txt) | candidate <= current + general_margin |
@@ -139,6 +140,7 @@ def evaluate_gate(base: Path | str, candidate: Path, current: Path | None, windo
             out["recall minus control"] = out["recall"] - recall_control(model, tokenizer, facts).share
         if old_facts:
             out["retention recall"] = closed_book_recall(model, tokenizer, old_facts).share
+            out["retention minus control"] = out["retention recall"] - recall_control(model, tokenizer, old_facts).share
         if replies:
             out["persona NLL"] = reply_nll(model, tokenizer, replies)
         if persona:
@@ -150,10 +152,11 @@ def evaluate_gate(base: Path | str, candidate: Path, current: Path | None, windo
     s = settings
     report = GateReport(window.name, candidate_name, current_name or ("base" if current is None else current.name),
                         settings=settings)
-    sizes = {"recall": len(facts), "recall minus control": len(facts), "retention recall": len(old_facts), "persona NLL": len(replies),
+    sizes = {"recall": len(facts), "recall minus control": len(facts), "retention recall": len(old_facts),
+             "retention minus control": len(old_facts), "persona NLL": len(replies),
              "persona retention NLL": len(persona), "general NLL": len(tokenizer(general)["input_ids"])}
     bounds = {"recall": (-s.recall_margin, True), "recall minus control": (-s.recall_margin, True),
-              "retention recall": (-s.retention_margin, True),
+              "retention recall": (-s.retention_margin, True), "retention minus control": (-s.retention_margin, True),
               "persona NLL": (s.persona_margin, False), "persona retention NLL": (s.persona_margin, False),
               "general NLL": (s.general_margin, False)}
     for metric, value in now.items():
