@@ -1,15 +1,17 @@
-"""Memory to weights: the same viewers' facts, recalled two ways, in one run.
+"""Memory to weights: the same viewers' facts, recalled two ways, in one run, on one metric.
+
+Every row is the same forced choice on the same held-out questions (a wording never trained on):
+the true answer against three in-set distractors by log-likelihood (chance 0.25), as the gate
+scores it, beside its control: the same answers after an unrelated question. "Above control" is
+what the question itself brings back.
 
 - weights (closed book): the facts curated as questions (three wordings trained, the fourth held
-  out), a LoRA trained on the tiny learner with `omoide train`'s trainer, then each held-out
-  question asked with no memories in the prompt; right when the true answer has the highest
-  log-likelihood among it and three in-set distractors (chance 25%), as the gate scores it.
-- retrieval: the same facts in the real memory store (SQLite + the bundled embedding model), the
-  same held-out questions asked; right when the fact is among the k memories recall puts in the
-  prompt (turn.recall_k, 3 by default).
-- retrieval, then the model: the base learner answering the same question with the recalled
-  memories in its system prompt, scored like the closed-book one: whether a model this small can
-  use what retrieval gives it.
+  out), a LoRA trained on the tiny learner with `omoide train`'s trainer, no memories in the prompt.
+- retrieval, then the model answers: the facts in the real memory store (SQLite + the bundled
+  embedding model), the k memories recall brings for the question in the system prompt
+  (turn.recall_k, 3 by default), answered by the base model, and by the trained one.
+- and, apart, how often retrieval found the fact at all (among the k): a property of the store,
+  not of an answer, so it is not divided into anything.
 
     python bench/memory_to_weights.py                 # 24 viewers, 300 steps
     python bench/memory_to_weights.py --viewers 40 --steps 400
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,7 +39,7 @@ from memory.embed import Embedder, bundled_path  # noqa: E402
 from memory.store import SqliteMemory  # noqa: E402
 from persona_model import tiny  # noqa: E402
 from persona_model.train.curate import CurationSettings, curate  # noqa: E402
-from persona_model.train.evaluate import closed_book_recall  # noqa: E402
+from persona_model.train.evaluate import closed_book_recall, recall_control  # noqa: E402
 from persona_model.train.sft import SftSettings, train  # noqa: E402
 
 NAMES = ["Ada", "Bo", "Cy", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kai", "Lu", "Mo", "Ned", "Oz", "Pia",
@@ -60,6 +63,11 @@ async def retrieved(facts: list[str], questions: list[str], k: int, db: Path) ->
         await store.aclose()
 
 
+def scored(model: Any, tok: Any, items: list[dict[str, Any]]) -> tuple[float, float]:
+    """(right, control): the share answered right, and the same answers after an unrelated question."""
+    return closed_book_recall(model, tok, items).share, recall_control(model, tok, items).share
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--viewers", type=int, default=24)
@@ -80,14 +88,14 @@ def main() -> None:
         held = window.heldout_facts
         tok = AutoTokenizer.from_pretrained(base)
         plain = AutoModelForCausalLM.from_pretrained(base).eval()
-        before = closed_book_recall(plain, tok, held).share
+        rows = {"base model, closed book": scored(plain, tok, held)}
 
         t0 = time.perf_counter()
         result = train(base, work / "w" / "train.jsonl", work / "run",
                        SftSettings(max_steps=args.steps, lr=5e-3, rows=4, seq_len=256), progress=False)
         trained_s = time.perf_counter() - t0
         tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(result.adapter)).eval()
-        weights = closed_book_recall(tuned, tok, held).share
+        rows["weights: trained LoRA, closed book"] = scored(tuned, tok, held)
 
         by_id = {m["id"]: m["text"] for m in memories}
         found = asyncio.run(retrieved([m["text"] for m in memories], [h["question"] for h in held], args.k,
@@ -95,19 +103,15 @@ def main() -> None:
         retrieval = sum(by_id[h["memory_id"]] in f for h, f in zip(held, found, strict=True)) / len(held)
         open_book = [{**h, "system": SYSTEM + "\n\nThings you remember:\n" + "\n".join(f"- {t}" for t in f)}
                      for h, f in zip(held, found, strict=True)]
-        base_open = closed_book_recall(plain, tok, open_book).share
-        tuned_open = closed_book_recall(tuned, tok, open_book).share
+        rows["retrieval, then the base model answers"] = scored(plain, tok, open_book)
+        rows["retrieval, then the trained model answers"] = scored(tuned, tok, open_book)
 
     print(f"memory to weights: {len(held)} viewers' facts, held-out wording, 3 in-set distractors (chance 0.25);"
           f" the tiny learner (0.9M), {args.steps} steps ({trained_s:.0f} s on this CPU)")
-    print(f"{'how the fact is recalled':<52}{'right':>8}")
-    print(f"{'base model, closed book':<52}{before:>8.2f}")
-    print(f"{'weights: trained LoRA, closed book':<52}{weights:>8.2f}")
-    print(f"{f'retrieval: the fact among the {args.k} recalled memories':<52}{retrieval:>8.2f}")
-    print(f"{'retrieval, then the base model answers':<52}{base_open:>8.2f}")
-    print(f"{'retrieval, then the trained model answers':<52}{tuned_open:>8.2f}")
-    print(f"weights / retrieval: {weights / retrieval:.2f}x")
-
+    print(f"{'how the fact is recalled':<46}{'right':>7}{'control':>9}{'above control':>15}")
+    for name, (right, control) in rows.items():
+        print(f"{name:<46}{right:>7.2f}{control:>9.2f}{right - control:>15.2f}")
+    print(f"retrieval found the fact among the {args.k} recalled memories for {retrieval:.2f} of the questions")
 
 if __name__ == "__main__":
     main()
