@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from memory.common_words import COMMON
 from memory.db import session
+from runtime.events import InputEvent, InputKind, viewer_key
 
 DEFAULT_STATUSES = ("complete", "interrupted")
 
@@ -97,7 +98,8 @@ def iter_examples(
             "SELECT id, kind, source, author, text, meta FROM inputs WHERE turn_id = ? ORDER BY logged_at",
             (turn_id,),
         ).fetchall()
-        if gone_viewers and any(_viewer_of(r) in gone_viewers for r in inputs):  # said since they were forgotten
+        if gone_viewers and any(viewer_key(InputEvent(InputKind(k), t, s, 0.0, a, meta=json.loads(m or "{}")))
+                                in gone_viewers for _, k, s, a, t, m in inputs):  # said since they were forgotten
             continue
         chat = [{"role": role, "content": content} for role, content in json.loads(messages)]
         chat.append({"role": "assistant", "content": spoken})
@@ -127,14 +129,6 @@ def iter_examples(
                 "actions": json.loads(actions),  # game actions the turn took
             },
         }
-
-
-def _viewer_of(row: tuple[Any, ...]) -> str | None:
-    """The viewer key of a logged chat input (runtime.events.viewer_key, from its row)."""
-    _, kind, source, author, _, meta = row
-    if kind != "chat" or not author:
-        return None
-    return f"{source}:{json.loads(meta or '{}').get('user_id') or author.lower()}"
 
 
 def export_jsonl(

@@ -137,10 +137,12 @@ class SqliteMemory:
             " moderator = MAX(moderator, excluded.moderator), vip = MAX(vip, excluded.vip)",
             (platform, user_id, event.author, now, now, int(bool(m.get("subscriber"))),
              int(m.get("sub_months") or 0), int(bool(m.get("moderator"))), int(bool(m.get("vip"))), viewer))
-        for fact in facts_in(event):
-            # into the weights only with consent: chat's facts wait for the operator; personal data never
-            consent = ("blocked" if personal_data(event.text) or personal_data(fact.text)  # the whole line, too
-                       else "pending" if m.get("untrusted") else "approved")
+        # into the weights only with consent: chat's facts wait for the operator; personal data in
+        # the line (a fact is cut from it, and may lose the part that gives it away) never
+        facts = facts_in(event)
+        consent = ("blocked" if facts and personal_data(event.text)
+                   else "pending" if m.get("untrusted") else "approved")
+        for fact in facts:
             self.writer.put(
                 "INSERT OR IGNORE INTO memories (text, source, created_at, kind, viewer, subject, importance, consent)"
                 f" SELECT ?, ?, ?, 'fact', ?, ?, 0.6, ? WHERE NOT EXISTS ({_FORGOTTEN})",

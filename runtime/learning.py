@@ -29,7 +29,7 @@ from persona_model.train.gate import GateSettings, evaluate_gate
 from persona_model.train.sft import SftSettings
 from persona_model.train.sft import train as train_sft
 from runtime import models, parts
-from runtime.cli_common import config_from
+from runtime.cli_common import config_from, database_from
 from runtime.config import Config, ScheduleConfig, settings
 
 log = logging.getLogger(__name__)
@@ -300,7 +300,7 @@ def trained_on(config: Config, turns: set[str], memories: set[int]) -> list[Adap
 def cmd_forget(args: argparse.Namespace) -> int:
     """`omoide memory forget VIEWER`, and what it cannot take back: the adapters trained on them."""
     config = config_from(args)
-    database = Path(args.database) if getattr(args, "database", None) else config.path(config.memory.database)
+    database = database_from(args, config)
     gone = memory_admin.forget_viewer(database, args.viewer)
     print(f"forgot {gone.viewer}: {len(gone.memories)} memories deleted, {gone.inputs} lines blanked in the log;"
           f" the {len(gone.turns)} turns that answered them are in no later training window or replay,"
