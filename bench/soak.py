@@ -43,12 +43,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import websockets  # noqa: E402
+from omoide_game import Game  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from persona_model import tiny  # noqa: E402
 from persona_model.adapters import AdapterRegistry  # noqa: E402
-from plugins.game_sdk import Game  # noqa: E402
 from runtime.app import build  # noqa: E402
 from runtime.config import load  # noqa: E402
 from runtime.events import InputEvent, InputKind, Stage, TurnRecord  # noqa: E402

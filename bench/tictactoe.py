@@ -1,4 +1,4 @@
-"""The bundled model as a game player: games of tic-tac-toe (plugins/game_tictactoe.py) over the
+"""The bundled model as a game player: games of tic-tac-toe (omoide_game.tictactoe) over the
 game API, the character as X choosing each move as schema-constrained JSON, against an opponent
 that plays a random free cell. Counted: wins, draws, losses, and moves refused by the game (the
 schema lists only the free cells, so there should be none).
@@ -26,9 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from omoide_game.tictactoe import LINES  # noqa: E402
 from replies import bench_config  # noqa: E402
 
-from plugins.game_tictactoe import LINES  # noqa: E402
 from runtime.app import play  # noqa: E402
 from runtime.models import model_from  # noqa: E402
 from tests.conftest import FastClock  # noqa: E402

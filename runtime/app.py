@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, TextIO
 
+from omoide_game.tictactoe import TicTacToe
+
 from memory.schema import SchemaError
 from memory.store import SqliteMemory
 from persona_model.adapters import AdapterFollower, AdapterTarget
@@ -29,7 +31,6 @@ from plugins.avatar_ws import AvatarServer
 from plugins.chat_console import ConsoleChatSource, ConsoleSubtitles
 from plugins.chat_twitch import TwitchChatSource, TwitchError, TwitchReplies, load_account
 from plugins.game_neuro import GameServer
-from plugins.game_tictactoe import TicTacToe
 from plugins.guard import is_loopback
 from plugins.speakers_silent import SilentSpeakers
 from plugins.speakers_sounddevice import open_speakers

@@ -7,8 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
+import shutil
 import sqlite3
+import subprocess
+import sys
 import time
+import zipfile
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +25,9 @@ import trio_websocket
 import websockets
 from neuro_api.command import Action
 from neuro_api.trio_ws import TrioNeuroAPI
+from omoide_game.tictactoe import TicTacToe
 
 from plugins.game_neuro import ProtocolError, check_schema
-from plugins.game_tictactoe import TicTacToe
 from runtime.app import play
 from runtime.config import load
 from runtime.events import InputEvent, InputKind, Prompt, PromptContext, TurnStatus
@@ -102,6 +107,25 @@ def test_schema_checks_refuse_unsupported_keywords_but_not_property_names():
                      ({"type": "object", "properties": {"a": {"$ref": "#/x"}}}, "$ref")):
         with pytest.raises(ProtocolError, match=why.replace("$", r"\$")):
             check_schema(bad)
+
+
+def test_the_sdk_is_a_distribution_of_its_own_that_needs_no_model(tmp_path):
+    sdk = shutil.copytree(Path(__file__).parents[1] / "plugins" / "game_sdk", tmp_path / "sdk")  # built apart
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path), str(sdk)], check=True, capture_output=True)
+    [wheel] = tmp_path.glob("omoide_game_sdk-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        meta = z.read(next(n for n in names if n.endswith("METADATA"))).decode()
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"omoide_game"}
+    requires = sorted(re.match(r"Requires-Dist: *([A-Za-z0-9_.-]+)", line).group(1)  # type: ignore[union-attr]
+                      for line in meta.splitlines() if line.startswith("Requires-Dist:"))
+    assert requires == ["jsonschema", "websockets"]
+    # what a game developer's process loads: the SDK and its example game, none of Omoide or torch
+    loaded = subprocess.run([sys.executable, "-c", "import sys, omoide_game, omoide_game.tictactoe; "
+                             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"],
+                            check=True, capture_output=True, text=True).stdout.split()
+    assert not {"torch", "transformers", "numpy", "runtime", "persona_model", "memory", "plugins"} & set(loaded)
 
 
 async def test_the_example_game_is_played_to_the_end_with_every_move_valid(tmp_path, tiny_model):

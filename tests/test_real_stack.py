@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from omoide_game.tictactoe import TicTacToe
 
 from plugins.audio import PlaybackLog
-from plugins.game_tictactoe import TicTacToe
 from plugins.mic_file import FileMicrophone
 from plugins.tts_piper import PiperSynthesizer
 from runtime import bundled

@@ -1,9 +1,9 @@
-"""An example game for the game API, written with plugins/game_sdk.py: tic-tac-toe, the character
+"""An example game for the game API, written with the game SDK (omoide_game): tic-tac-toe, the character
 (X) against a simple opponent (O). Each move is a force with one action, `play`, whose schema
 lists only the free cells, so every move the character makes is a legal one.
 
     omoide play tictactoe          # the character plays it, start to finish
-    python -m plugins.game_tictactoe   # just the game, against a server at NEURO_SDK_WS_URL
+    python -m omoide_game.tictactoe    # just the game, against a server at NEURO_SDK_WS_URL
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import asyncio
 import random
 from collections.abc import Callable
 
-from plugins.game_sdk import Game, Refused
+from omoide_game import Game, Refused
 
 NAME = "Tic Tac Toe"
 LINES = [(0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6)]
