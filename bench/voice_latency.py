@@ -49,8 +49,8 @@ from persona_model.generation import Sampling  # noqa: E402
 from persona_model.local import LocalPersonaModel  # noqa: E402
 from plugins.mic_file import FileMicrophone  # noqa: E402
 from plugins.stt_whisper import WhisperListener  # noqa: E402
-from plugins.tiny_piper import build_voice  # noqa: E402
-from plugins.tiny_whisper import build_whisper  # noqa: E402
+from plugins.tiny.piper import build_voice  # noqa: E402
+from plugins.tiny.whisper import build_whisper  # noqa: E402
 from runtime.app import build  # noqa: E402
 from runtime.config import load  # noqa: E402
 from runtime.events import InputKind, PromptContext, Sentence, Stage  # noqa: E402

@@ -10,7 +10,7 @@ import os
 import sys
 
 from persona_model.shapes import SHAPES
-from plugins.whisper_shapes import SHAPES as WHISPER_SHAPES
+from plugins.tiny.whisper_shapes import SHAPES as WHISPER_SHAPES
 from runtime import bundled
 from runtime.cli_common import ERRORS, EXIT_CONFIG, EXIT_MODEL, Errors, as_typed, config_from
 

@@ -8,7 +8,8 @@ import argparse
 from tqdm import tqdm
 
 from persona_model import tiny
-from plugins import tiny_piper, tiny_whisper
+from plugins.tiny import piper as tiny_piper
+from plugins.tiny import whisper as tiny_whisper
 from runtime.cli_common import as_typed
 
 

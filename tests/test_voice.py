@@ -17,8 +17,8 @@ from plugins.audio import PlaybackLog, SynthesizerError
 from plugins.listening import ListenerSettings
 from plugins.mic_file import FileMicrophone
 from plugins.stt_whisper import WhisperListener, load_whisper, normalize_phrase
-from plugins.tiny_piper import build_voice
-from plugins.tiny_whisper import SAYS, build_whisper
+from plugins.tiny.piper import build_voice
+from plugins.tiny.whisper import SAYS, build_whisper
 from plugins.tts_coqui import CoquiSynthesizer
 from plugins.tts_espeak import EspeakSynthesizer
 from plugins.tts_piper import PiperSynthesizer

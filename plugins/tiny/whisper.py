@@ -20,7 +20,7 @@ from transformers import (
     WhisperTokenizer,
 )
 
-from plugins.whisper_shapes import SHAPES
+from plugins.tiny.whisper_shapes import SHAPES
 
 SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>",
             "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]

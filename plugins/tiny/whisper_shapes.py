@@ -1,4 +1,4 @@
-"""The Whisper shapes plugins/tiny_whisper.py builds, apart from the builder so that a command line
+"""The Whisper shapes plugins/tiny/whisper.py builds, apart from the builder so that a command line
 can offer the names without importing torch."""
 
 from __future__ import annotations
