@@ -77,6 +77,7 @@ class Writer:
         done = asyncio.get_running_loop().create_future() if wait else None
         if done is not None and self.full:
             done.set_exception(StoreFull("not stored yet: the disk is full"))
+            done.exception()  # the log says it once; a future no one awaits is not an error each
         self.pending.append(Write(sql, params, done))
         self._trim()
         self._wake.set()

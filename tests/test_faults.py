@@ -188,14 +188,14 @@ async def test_ten_minutes_of_full_disk_under_steady_chat_keep_memory_bounded_an
         await db.execute(f"PRAGMA max_page_count = {pages}")  # no room to grow: SQLITE_FULL, as a full disk
         start, sent, peak, answered_at = clock.now(), 0, 0, []
         app.director.on_turn = lambda r: (records.append(r), answered_at.append(clock.now() - start))
-        while clock.now() - start < 600:
-            while sent < (clock.now() - start) * 20:
+        while sent < 12_000:  # ten minutes at 20 a second, on the fast clock (however busy the machine)
+            while sent < min(12_000, (clock.now() - start) * 20):
                 app.director.submit(InputEvent(InputKind.CHAT, f"chat line number {sent}", "twitch", clock.now(),
                                                f"viewer{sent % 50}", meta={"user_id": str(sent % 50)}))
                 sent += 1
             peak = max(peak, len(store.writer.pending))
             await asyncio.sleep(0.005)
-        assert sent >= 11_900 and peak <= 3000 and store.writer.dropped > 0
+        assert peak <= 3000 and store.writer.dropped > 0
         assert store.writer.full and "the disk is full" in caplog.text and "oldest writes are dropped" in caplog.text
         # she kept answering, in every third of the ten minutes (a busy machine slows the fast clock's turns)
         assert {int(t // 200) for t in answered_at if t < 600} == {0, 1, 2}
