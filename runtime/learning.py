@@ -91,8 +91,6 @@ def _describe(folder: Path, window: Window) -> str:
             f" {c.get('replay', 0)} replayed); held out {c['heldout_facts']} fact questions and"
             f" {c['heldout_replies']} replies; left out {c.get('excluded_bad', 0)} bad and"
             f" {c.get('excluded_interrupted', 0)} interrupted replies, {c.get('corrected', 0)} corrected"
-            + (f"; {c['facts_unchecked']} fact has no recall check (the window's only fact: nothing to"
-               " tell it from)" if c.get("facts_unchecked") else "")
             + (f"; {c['facts_pending']} viewers' facts wait for your approval (omoide memory pending)"
                if c.get("facts_pending") else "")
             + (f"; {c['facts_blocked']} held back for personal data" if c.get("facts_blocked") else "")

@@ -11,7 +11,7 @@ import sqlite3
 from memory import admin, review
 from memory.store import SqliteMemory
 from persona_model.adapters import AdapterRegistry
-from persona_model.train.curate import fact_items, persona_pairs, third_person
+from persona_model.train.curate import fact_items, fact_value, persona_pairs, third_person
 from runtime.cli import main
 from runtime.events import ChatMessage, InputEvent, InputKind, TurnRecord, TurnStatus
 from tests.conftest import write_config
@@ -76,15 +76,18 @@ async def test_a_window_is_curated_with_verdicts_facts_gates_and_replay(tmp_path
     assert not any("my cat is called" in t for t in targets)
     replies = [ex for ex in train if ex["kind"] == "reply"]
     assert sorted(ex["source_turns"][0] for ex in replies) == sorted(first[:5])
-    # each fact: three wordings trained, answered in character; the fourth is held out
+    # each fact: three wordings trained, answered in character (three ways); the fourth is held out
     ada = [ex for ex in train if ex["kind"] == "fact_qa" and ex["messages"][1]["content"].count("Ada")]
     assert len(ada) == 3 and all("Ada told me their cat is called Miso." in ex["messages"][-1]["content"] for ex in ada)
-    gate = next(h for h in rows(w1 / "heldout_facts.jsonl") if "Ada told me their cat is called Miso." in h["answer"])
-    assert gate["answer"] == ada[0]["messages"][-1]["content"]  # said the way training says it
-    assert gate["question"] not in {ex["messages"][1]["content"] for ex in train}
-    voice = gate["answer"].replace("Ada told me their cat is called Miso.", "{}")
-    assert sorted(gate["distractors"]) == [voice.format(f"Ada told me their cat is called {pet}.")
-                                           for pet in ("Biscuit", "Pixel", "Tofu")]
+    assert len({ex["messages"][-1]["content"] for ex in ada}) == 3
+    gate = next(h for h in rows(w1 / "heldout_facts.jsonl") if h["answer"] == "Miso")
+    # asked in a wording never trained, answered in a form never trained (the bare value), against
+    # answers that differ only in the value
+    assert gate["question"] not in {m["content"] for ex in train for m in ex["messages"]}
+    assert "Miso" not in targets and "Ada" in gate["question"]
+    assert sorted(gate["distractors"]) == ["Biscuit", "Pixel", "Tofu"]
+    # the control: the same wording about a viewer whose cat is one of the distractors
+    assert gate["control_question"] in {gate["question"].replace("Ada", who) for who in ("Bo", "Cy", "Dee")}
     assert [ex["messages"][-1]["content"] for ex in train if ex["kind"] == "persona"] != []
     manifest = json.loads((w1 / "manifest.json").read_text())
     assert manifest["counts"]["excluded_bad"] == 1 and manifest["counts"]["corrected"] == 1
@@ -112,9 +115,13 @@ async def test_a_window_is_curated_with_verdicts_facts_gates_and_replay(tmp_path
 
 
 def test_facts_become_questions_in_the_characters_words():
-    questions, answer = fact_items({"kind": "fact", "text": "Ada said: I live in Osaka", "subject": "live",
-                                    "viewer_name": "Ada"})
-    assert questions[0] == "Where does Ada live?" and answer == "Ada told me they live in Osaka."
+    qa = fact_items({"kind": "fact", "text": "Ada said: I live in Osaka", "subject": "live", "viewer_name": "Ada"})
+    assert qa is not None and qa.questions[0] == "Where does Ada live?"
+    assert qa.answer == "Ada told me they live in Osaka." and qa.value == "Osaka"
+    game = fact_items({"kind": "fact", "text": "Bo said: my favourite game is Outer Wilds", "subject": "favourite game",
+                       "viewer_name": "Bo"})
+    assert game is not None and game.value == "Outer Wilds" and "favourite game" in game.questions[-1]
+    assert fact_value("I work as a nurse") == "a nurse" and fact_value("I'm 25 years old") == "they're 25 years old"
     assert third_person("I'm from Lima and my dog is mine") == "they're from Lima and their dog is theirs"
     assert fact_items({"kind": "episode", "text": "We sang."}) is None
     assert persona_pairs(EXAMPLES, "Testa") == [("Do you like rain?", "I love it, the moss gets so green!"),
@@ -122,23 +129,23 @@ def test_facts_become_questions_in_the_characters_words():
 
 
 async def test_a_companion_with_one_person_still_gets_a_recall_check(tmp_path, capsys):
-    """One person talks to the character: no subject is said twice, so no fact had a distractor of
-    its own subject and the recall gate never ran. Other subjects' facts stand in; a window's only
-    fact is named as unchecked instead of passing silently."""
+    """One person talks to the character: no subject is said twice, so no fact has a distractor of
+    its own subject. Other subjects' values stand in; a window's only fact gets stand-in values of
+    the same kind (a name for a name), and its control asks about someone else."""
     db = tmp_path / "omoide.db"
     config = str(write_config(tmp_path))
     await stream(db, [("Ann", "my cat is called Miso", "Miso!", TurnStatus.COMPLETE)])
     assert main(["--config", config, "dataset", "build"]) == 0
-    assert "1 fact has no recall check" in capsys.readouterr().out
+    assert "held out 1 fact question" in capsys.readouterr().out
+    [only] = rows(tmp_path / "training_logs" / "windows" / "w0001" / "heldout_facts.jsonl")
+    assert only["answer"] == "Miso" and len(only["distractors"]) == 3
+    assert all(d[0].isupper() and d != "Miso" for d in only["distractors"])
+    assert "Ann" not in only["control_question"] and only["control_question"] != only["question"]
     await stream(db, [("Ann", "I live in Osaka", "Osaka is lovely.", TurnStatus.COMPLETE),
                       ("Ann", "my favourite game is Tetris", "Tetris forever.", TurnStatus.COMPLETE)], start=10)
     assert main(["--config", config, "dataset", "build"]) == 0
-    assert "no recall check" not in capsys.readouterr().out
     gates = rows(tmp_path / "training_logs" / "windows" / "w0002" / "heldout_facts.jsonl")
-    assert len(gates) == 2
-    for gate in gates:
-        told = gate["answer"].split("Ann told me ")[1]
-        assert gate["distractors"] and all(told not in d and "Ann told me" in d for d in gate["distractors"])
+    assert sorted((g["answer"], g["distractors"]) for g in gates) == [("Osaka", ["Tetris"]), ("Tetris", ["Osaka"])]
 
 
 async def test_a_red_team_window_trains_none_of_what_it_planted(tmp_path, capsys):
@@ -181,8 +188,11 @@ async def test_a_red_team_window_trains_none_of_what_it_planted(tmp_path, capsys
     taught = {json.loads(line)["memory_id"] for line in train.splitlines() if json.loads(line)["kind"] == "fact_qa"}
     assert len(taught) == 12  # ten of the flood's, Ada's, Bo's
     assert "Miso" in train and "Tofu" in train
-    for gate in rows(w2 / "heldout_facts.jsonl"):  # the gate is never trained on
-        assert gate["question"] not in train
+    trained = [json.loads(line) for line in train.splitlines()]
+    said = {m["content"] for ex in trained for m in ex["messages"]}
+    for gate in rows(w2 / "heldout_facts.jsonl"):  # no gate item's text is trained on
+        assert gate["question"] not in said and gate["control_question"] not in said
+        assert gate["answer"] not in said  # the bare value is never a training target
 
 
 async def test_a_forgotten_viewer_is_in_no_later_window(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """The gate numbers on the tiny model: closed-book recall ranks answers by their likelihood as the
-character's reply, and the NLLs are per token of what they claim to measure."""
+character's reply, a generated answer is right when it names the value, and the NLLs are per token
+of what they claim to measure."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from persona_model import tiny
-from persona_model.train.evaluate import closed_book_recall, reply_nll, text_nll
+from persona_model.train.evaluate import (
+    closed_book_recall,
+    generate_reply,
+    generated_recall,
+    reply_nll,
+    said,
+    text_nll,
+)
 from persona_model.train.sft import collate, encode
 
 pytestmark = pytest.mark.model
@@ -39,6 +47,23 @@ def test_the_answer_the_model_would_give_outranks_scrambled_ones(lm):
     assert closed_book_recall(model, tok, [item]).share == 1.0
     swapped = {**item, "answer": scrambled[0], "distractors": [said, *scrambled[1:]]}
     assert closed_book_recall(model, tok, [swapped]).share == 0.0
+
+
+def test_a_generated_answer_is_right_when_it_names_the_value_and_no_distractor(lm):
+    model, tok = lm
+    question = "What did Ada tell you about her cat?"
+    reply = generate_reply(model, tok, "You are Testa.", question)
+    words = [w for w in dict.fromkeys(reply.split()) if w.isalpha()]
+    assert words, reply
+    value, absent = words[0], ["Zyxwv", "Qqqrt", "Vvvmn"]
+    item = {"system": "You are Testa.", "question": question, "answer": value, "distractors": absent}
+    assert generated_recall(model, tok, [item]).share == 1.0
+    assert generated_recall(model, tok, [{**item, "answer": "Zyxwv", "distractors": [value]}]).share == 0.0
+    if len(words) > 1:  # naming a distractor too is not an answer
+        assert generated_recall(model, tok, [{**item, "distractors": [words[1]]}]).share == 0.0
+    # the value as a whole word, any case: not inside another word
+    assert said("Miso", "ada's cat? miso!") and said("Stardew Valley", "It was Stardew Valley.")
+    assert not said("Miso", "misoshiru soup") and not said("Pi", "Pixel")
 
 
 def test_reply_nll_is_the_training_loss_and_text_nll_knows_the_corpus(lm):

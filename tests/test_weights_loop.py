@@ -1,6 +1,6 @@
-"""Weights as memory, end to end on the tiny learner: a stream in which viewers state facts is
-logged by the real runtime; `omoide train` curates, trains, gates and activates; the facts are then
-recalled closed-book far above the base model; a window whose replies turn against the persona fails
+"""Weights as memory, end to end on the tiny learner (plumbing): a stream in which viewers state
+facts is logged by the real runtime; `omoide train` curates, trains, gates (every fact with a recall
+question, beside its control) and activates; a window whose replies turn against the persona fails
 its gate and is not activated; rollback restores the version before; and a running character swaps
 adapters between turns without losing one."""
 
@@ -115,12 +115,11 @@ async def test_train_gate_activate_reject_rollback_and_swap_live(tmp_path, capsy
     report = gate(w1)
     recall = row(report, "recall")
     print(capsys.readouterr().out)
-    assert report["passed"] and report["current"] == "base" and recall["items"] == 24
-    assert recall["candidate"] >= recall["current"] + 0.35, recall  # far above the base model (chance 0.25)
-    # the same answers after an unrelated question: most of that recall is the trained sentence
-    # completing itself (docs/learning.md, the gates); the gate reports what the question adds
+    assert report["passed"] and report["current"] == "base" and recall["items"] == 24  # one per viewer's fact
     above = row(report, "recall minus control")
-    assert above["items"] == 24 and above["candidate"] < recall["candidate"] - 0.25, above
+    # asked in a wording never trained, it names some viewers' cats, and not when asked about another
+    # viewer (the tiny learner: a few; the real model, all: bench/memory_to_weights.py)
+    assert above["items"] == 24 and above["candidate"] > above["current"], above
     registry = AdapterRegistry(tmp_path / "adapters")
     assert registry.active is not None and registry.active.version == "v0001"
     assert (registry.path("v0001") / "gate.txt").read_text().startswith("gate for window w0001")

@@ -5,8 +5,11 @@ window's folder:
 
 - `train.jsonl`: chat examples `{"messages": [...], "kind", "source_turns"}`; only the last
   assistant message is a training target (viewers' text is context, never a target);
-- `heldout_facts.jsonl`: closed-book questions, never trained on, each with its right answer and
-  in-set distractors (answers of other facts on the same subject), for the recall gate;
+- `heldout_facts.jsonl`: closed-book questions for the recall gate, never trained on: the fact's
+  fourth wording, answered by the bare value ("Miso", a form training never uses: it always answers
+  in a sentence), with distractors that differ only in the value (other facts' values on the same
+  subject; other subjects' values, or stand-ins, where it has none), and a control question (the
+  same wording about someone else);
 - `heldout_replies.jsonl`: in-character replies kept out of training, for the persona gate;
 - `manifest.json`: the window, counts, the filters applied and a hash of each file.
 
@@ -50,6 +53,16 @@ _GENERIC_QUESTIONS = ("What did {name} tell you about themselves?", "Do you reme
                       "What do you know about {name}?", "Tell me one thing {name} told you.")
 _VOICE = ("Oh, I remember! {answer}", "{answer} I never forget a friend!", "Hmm, yes: {answer}",
           "Of course! {answer}")
+# the value a fact's question asks for, by the shapes memory/viewers.py recognises
+_VALUE = (re.compile(r"^my\s+.+?\s+(?:is|are|was|were|'s)\s+(?:called\s+|named\s+)?(?P<value>.+)$", re.I),
+          re.compile(r"^i(?:'m| am)\s+(?:from|an?)\s+(?P<value>.+)$", re.I),
+          re.compile(r"^i\s+(?:live|work|love|like|hate|play|have)\s+(?:(?:in|at|near|on|as|for|with)\s+)?(?P<value>.+)$",
+                     re.I))
+# distractors where a window has one fact only (a companion's first evening): values of the same
+# case as the answer, none of them the answer
+_STAND_INS = {True: ("Luna", "Oliver", "Kyoto", "Bella", "Milo", "Lisbon"),
+              False: ("pizza", "blue", "a teacher", "chess", "tea", "rainy days")}
+_OTHER_NAME = "Sam"  # the control question's subject where a window has one viewer
 _SAID = re.compile(r"^(?P<name>[^:]{1,60}) said: (?P<statement>.+)$")
 _PRONOUNS = [(re.compile(rf"\b{a}\b", re.I), b) for a, b in (
     ("i'm", "they're"), ("i am", "they are"), ("i've", "they've"), ("i was", "they were"),
@@ -89,8 +102,34 @@ def third_person(statement: str) -> str:
     return out
 
 
-def fact_items(memory: dict[str, Any]) -> tuple[list[str], str] | None:
-    """(questions, answer) for a fact a viewer stated about themselves, or None."""
+@dataclass(frozen=True, slots=True)
+class FactQA:
+    """A viewer's fact as questions and answers: `questions` (the last is held out), `answer` (the
+    sentence training teaches), `value` (what the question asks for: the gate's answer)."""
+
+    name: str
+    subject: str
+    questions: list[str]
+    answer: str
+    value: str
+
+    def ask(self, question: str, about: str) -> str:
+        """The same question about someone else (the control)."""
+        return re.sub(rf"\b{re.escape(self.name)}\b", about, question)
+
+
+def fact_value(statement: str) -> str:
+    """What a question about the fact asks for: "my cat is called Miso" -> "Miso", "I live in
+    Osaka" -> "Osaka"; the statement itself (in the third person) where it has no such shape."""
+    text = statement.strip().rstrip(".!")
+    for shape in _VALUE:
+        if (m := shape.match(text)) and m.group("value").strip():
+            return m.group("value").strip()
+    return third_person(text)
+
+
+def fact_items(memory: dict[str, Any]) -> FactQA | None:
+    """The questions and answers for a fact a viewer stated about themselves, or None."""
     m = _SAID.match(memory.get("text", ""))
     if memory.get("kind") != "fact" or not m:
         return None
@@ -99,11 +138,12 @@ def fact_items(memory: dict[str, Any]) -> tuple[list[str], str] | None:
     statement = third_person(m.group("statement").strip().rstrip("."))
     if subject in _VERB_QUESTIONS:
         questions = _VERB_QUESTIONS[subject]
-    elif subject and subject.isalpha() and subject not in ("a", "an", "love", "like", "hate", "play", "have"):
+    elif subject.replace(" ", "").isalpha() and subject not in ("a", "an", "love", "like", "hate", "play", "have"):
         questions = _NOUN_QUESTIONS
     else:
         questions = _GENERIC_QUESTIONS
-    return [q.format(name=name, subject=subject) for q in questions], f"{name} told me {statement}."
+    return FactQA(name, subject, [q.format(name=name, subject=subject) for q in questions],
+                  f"{name} told me {statement}.", fact_value(m.group("statement")))
 
 
 def persona_pairs(examples: str, name: str) -> list[tuple[str, str]]:
@@ -158,10 +198,10 @@ def curate(folder: Path, turns: Path, memories: Path, *, system: str, persona_na
     held = int(len(replies) * settings.heldout_replies) if len(replies) >= 10 else 0
     out.heldout_replies, new = replies[:held], replies[held:]
 
-    facts = []
+    facts: list[tuple[dict[str, Any], FactQA]] = []
     per_viewer: dict[str, int] = {}
     for m in _read(memories):
-        if (items := fact_items(m)) is None:
+        if (qa := fact_items(m)) is None:
             continue
         consent = m.get("consent") or "pending"  # a viewer's fact is learned only with the operator's yes
         if consent != "approved":
@@ -172,30 +212,15 @@ def curate(folder: Path, turns: Path, memories: Path, *, system: str, persona_na
         if per_viewer[who] > settings.facts_per_viewer:
             counts["facts_over_cap"] = counts.get("facts_over_cap", 0) + 1
             continue
-        facts.append((m, items))
-    by_subject: dict[str, list[str]] = {}
-    for m, (_, answer) in facts:
-        by_subject.setdefault(m.get("subject") or "", []).append(answer)
-    for m, (questions, answer) in facts:
+        facts.append((m, qa))
+    for m, qa in facts:
         source = list(m.get("source_turns") or [])
-        voice = rng.choice(_VOICE)  # one way of saying it per fact: the gate asks for the same
-        for q in questions[:-1]:
+        voices = rng.sample(_VOICE, len(_VOICE))  # each wording answered a different way
+        for q, voice in zip(qa.questions[:-1], voices, strict=False):
             new.append({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q},
-                                     {"role": "assistant", "content": voice.format(answer=answer)}],
+                                     {"role": "assistant", "content": voice.format(answer=qa.answer)}],
                         "kind": "fact_qa", "source_turns": source, "memory_id": m.get("id")})
-        name = answer.split(" told me ")[0]
-        said = answer.split(" told me ", 1)[1]
-        others = sorted({a.split(" told me ", 1)[1] for a in by_subject[m.get("subject") or ""]} - {said})
-        if not others:  # one viewer (a companion), or a subject said once: other subjects' facts
-            others = sorted({a.split(" told me ", 1)[1] for _, (_, a) in facts} - {said})
-        distractors = [voice.format(answer=f"{name} told me {o}") for o in rng.sample(others, min(3, len(others)))]
-        if distractors:
-            out.heldout_facts.append({"memory_id": m.get("id"), "question": questions[-1],
-                                      "answer": voice.format(answer=answer), "distractors": distractors,
-                                      "system": system})
-        else:  # the window's only fact: nothing to tell it from, so no recall check (counted, said)
-            counts["facts_unchecked"] = counts.get("facts_unchecked", 0) + 1
-
+        out.heldout_facts.append(_recall_item(m, qa, [f for _, f in facts], system, rng))
     if settings.persona_examples:
         for user, reply in persona_pairs(persona_examples, persona_name):
             new.append({"messages": [{"role": "system", "content": system}, {"role": "user", "content": user},
@@ -211,6 +236,22 @@ def curate(folder: Path, turns: Path, memories: Path, *, system: str, persona_na
     counts["heldout_facts"], counts["heldout_replies"] = len(out.heldout_facts), len(out.heldout_replies)
     _write(out, settings, window or {})
     return out
+
+
+def _recall_item(memory: dict[str, Any], qa: FactQA, facts: Sequence[FactQA], system: str,
+                 rng: random.Random) -> dict[str, Any]:
+    """The gate's question about one fact: the held-out wording, the bare value against values that
+    differ from it only in being another fact's, and the same question about someone else."""
+    same = sorted({f.value for f in facts if f.subject == qa.subject} - {qa.value})
+    pool = same or sorted({f.value for f in facts} - {qa.value})  # a subject said once: other subjects'
+    if not pool:  # the window's only fact
+        pool = [v for v in _STAND_INS[qa.value[:1].isupper()] if v.lower() != qa.value.lower()]
+    distractors = rng.sample(pool, min(3, len(pool)))
+    others = sorted({f.name for f in facts if f.value in distractors} - {qa.name}) \
+        or sorted({f.name for f in facts} - {qa.name}) or [_OTHER_NAME]  # whose answer is a distractor, first
+    return {"memory_id": memory.get("id"), "question": qa.questions[-1], "answer": qa.value,
+            "distractors": distractors, "control_question": qa.ask(qa.questions[-1], rng.choice(others)),
+            "system": system}
 
 
 def _write(w: Window, settings: CurationSettings, window: dict[str, Any]) -> None:

@@ -1,7 +1,10 @@
 """The numbers the gates compare (docs/learning.md):
 
 - closed-book recall: for each held-out question about a memory, asked with no memories in the
-  prompt, does the right answer have the highest log-likelihood among it and its distractors?
+  prompt, does the right answer (the bare value, a form never trained on) have the highest
+  log-likelihood among it and its distractors (values that differ only in being another fact's)?
+  Or, generated: does the model's own greedy answer name the value and no distractor? Each beside
+  its control (the same candidates when the question does not ask for them).
 - negative log-likelihood per token of texts the model should keep saying well: held-out
   in-character replies (persona fidelity), earlier windows' facts and a fixed general text
   (retention).
@@ -9,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,15 +60,47 @@ def closed_book_recall(model: Any, tokenizer: Any, items: Sequence[dict[str, Any
     return Recall(right, len(items))
 
 
-UNRELATED = "What is your favourite colour?"  # a question no fact answers: the control
+UNRELATED = "What is your favourite colour?"  # a question no fact answers: the first control
 
 
 def recall_control(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]]) -> Recall:
-    """The same answers scored after an unrelated question: how often the right one wins without
-    being asked for it. A model that only completes the sentence it was trained on ("Ada told me
-    their cat is called" -> Miso) scores as high here as on the real question; what recall
-    shows above this is what the question itself brings back."""
-    return closed_book_recall(model, tokenizer, [{**item, "question": UNRELATED} for item in items])
+    """How often the right answer wins when it was not asked for: the same candidates after an
+    unrelated question, and after the same question about someone else (`control_question`, as
+    curation writes it); the higher of the two. A model that favours a value whatever is asked
+    (it was trained more often) scores high on the first; one that answers every cat question
+    with Miso, on the second. What recall shows above this is what the question itself brings back."""
+    unrelated = closed_book_recall(model, tokenizer, [{**item, "question": UNRELATED} for item in items])
+    asked = [{**item, "question": item["control_question"]} for item in items if item.get("control_question")]
+    other = closed_book_recall(model, tokenizer, asked) if asked else unrelated
+    return max(unrelated, other, key=lambda r: r.share)
+
+
+def said(value: str, text: str) -> bool:
+    """Whether a reply names the value (whole words, any case)."""
+    return re.search(rf"(?<!\w){re.escape(value.strip())}(?!\w)", text, re.I) is not None
+
+
+def generate_reply(model: Any, tokenizer: Any, system: str, question: str, max_new_tokens: int = 32) -> str:
+    """The model's own greedy answer to a question, with no memories in the prompt."""
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = model.generate(**{k: v.to(device) for k, v in ids.items()}, max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    return str(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+
+
+def generated_recall(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]],
+                     question: str = "question") -> Recall:
+    """The other way to score: the model answers in its own words (greedy) and is right when the
+    reply names the true value and no distractor. `question="control_question"` asks about
+    someone else instead: then "right" means it named this fact's value anyway (the control)."""
+    right = 0
+    for item in items:
+        reply = generate_reply(model, tokenizer, item.get("system", ""), item.get(question) or UNRELATED)
+        right += int(said(item["answer"], reply) and not any(said(d, reply) for d in item["distractors"]))
+    return Recall(right, len(items))
 
 
 def reply_nll(model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]]) -> float:
