@@ -1,20 +1,28 @@
 """Memory to weights: the same viewers' facts, recalled two ways, in one run, on one metric.
 
-Every row is the same forced choice on the same held-out questions (a wording never trained on):
-the true answer against three in-set distractors by log-likelihood (chance 0.25), as the gate
-scores it, beside its control: the same answers after an unrelated question. "Above control" is
-what the question itself brings back.
+Every row answers the same held-out questions (a wording never trained on), scored two ways:
 
-- weights (closed book): the facts curated as questions (three wordings trained, the fourth held
-  out), a LoRA trained on the tiny learner with `omoide train`'s trainer, no memories in the prompt.
+- forced choice: the bare value ("Miso", a form training never uses: it answers in sentences)
+  against three values that differ only in being other viewers' of the same kind, by
+  log-likelihood (chance 0.25), as the gate scores it;
+- generated: the model's own greedy answer, right when it names the value and no distractor.
+
+Each beside its control: for the forced choice, the higher of the same candidates after an
+unrelated question and after the same question about another viewer; for the generated answer,
+how often it names this viewer's value when asked about another viewer. "Above" is what the
+question itself brings back.
+
+- weights (closed book): the facts curated as `omoide train` curates them (three wordings trained,
+  answered in the character's sentences, the fourth held out), a LoRA trained with its trainer, no
+  memories in the prompt;
 - retrieval, then the model answers: the facts in the real memory store (SQLite + the bundled
   embedding model), the k memories recall brings for the question in the system prompt
-  (turn.recall_k, 3 by default), answered by the base model, and by the trained one.
+  (turn.recall_k, 3 by default), answered by the base model, and by the trained one;
 - and, apart, how often retrieval found the fact at all (among the k): a property of the store,
   not of an answer, so it is not divided into anything.
 
-    python bench/memory_to_weights.py                 # 24 viewers, 300 steps
-    python bench/memory_to_weights.py --viewers 40 --steps 400
+    python bench/memory_to_weights.py                        # the bundled SmolLM2-135M, 30 viewers
+    python bench/memory_to_weights.py --model learner --steps 300   # the tiny learner (plumbing)
 """
 
 from __future__ import annotations
@@ -22,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import sys
 import tempfile
 import time
@@ -31,87 +38,109 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch  # noqa: E402
 from peft import PeftModel  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from viewer_facts import facts, names  # noqa: E402
 
 from memory.embed import Embedder, bundled_path  # noqa: E402
 from memory.store import SqliteMemory  # noqa: E402
 from persona_model import tiny  # noqa: E402
 from persona_model.train.curate import CurationSettings, curate  # noqa: E402
-from persona_model.train.evaluate import closed_book_recall, recall_control  # noqa: E402
+from persona_model.train.evaluate import closed_book_recall, generated_recall, recall_control  # noqa: E402
 from persona_model.train.sft import SftSettings, train  # noqa: E402
+from runtime.models import bundled_llm  # noqa: E402
 
-NAMES = ["Ada", "Bo", "Cy", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kai", "Lu", "Mo", "Ned", "Oz", "Pia",
-         "Quin", "Rei", "Sol", "Tam", "Uma", "Vic", "Wes", "Xia", "Yan", "Zed", "Abe", "Bea", "Cal", "Dot", "Eli",
-         "Flo", "Gil", "Hue", "Ike", "Jan", "Kit", "Lev", "Max", "Nia"]
-PETS = ["Miso", "Tofu", "Biscuit", "Pixel", "Mochi", "Yuzu", "Pepper", "Clover"]
-SYSTEM = "You are Testa, a warm VTuber."
+SYSTEM = "You are Komorebi, a warm and curious VTuber who streams cozy games."
 
 
-async def retrieved(facts: list[str], questions: list[str], k: int, db: Path) -> list[list[str]]:
+async def retrieved(texts: list[str], questions: list[str], k: int, db: Path) -> list[list[str]]:
     embedder = Embedder(bundled_path())
     store = await SqliteMemory.open(db, encoder=lambda: embedder)
     try:
         await asyncio.wait_for(store.index_ready.wait(), 120)
-        for fact in facts:
-            await store.add_memory(fact, source="twitch")
-        while len(store.index or ()) < len(facts):
+        for text in texts:
+            await store.add_memory(text, source="twitch")
+        while len(store.index or ()) < len(texts):
             await asyncio.sleep(0.05)
         return [[m.text for m in await store.recall(q, k)] for q in questions]
     finally:
         await store.aclose()
 
 
-def scored(model: Any, tok: Any, items: list[dict[str, Any]]) -> tuple[float, float]:
-    """(right, control): the share answered right, and the same answers after an unrelated question."""
-    return closed_book_recall(model, tok, items).share, recall_control(model, tok, items).share
+def scored(model: Any, tok: Any, items: list[dict[str, Any]], generate: bool) -> tuple[float, ...]:
+    """(forced choice, its control, generated, its control)."""
+    out = [closed_book_recall(model, tok, items).share, recall_control(model, tok, items).share]
+    if generate:
+        out += [generated_recall(model, tok, items).share,
+                generated_recall(model, tok, items, question="control_question").share]
+    return tuple(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--viewers", type=int, default=24)
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--model", choices=("bundled", "learner"), default="bundled")
+    ap.add_argument("--viewers", type=int, default=30)
+    ap.add_argument("--epochs", type=float, default=0.0, help="passes over the window (0: the default configuration's)")
+    ap.add_argument("--steps", type=int, default=0, help="optimizer steps (0: as many as the epochs take)")
+    ap.add_argument("--lr", type=float, default=0.0, help="0: the default configuration's (learning.lr)")
     ap.add_argument("--k", type=int, default=3)
+    ap.add_argument("--no-generate", action="store_true", help="forced choice only (faster)")
+    ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
-    rng = random.Random(0)
-    names = NAMES[:args.viewers]
-    memories = [{"id": i, "kind": "fact", "text": f"{n} said: my cat is called {rng.choice(PETS)}", "subject": "cat",
-                 "viewer_name": n, "source_turns": [], "consent": "approved"} for i, n in enumerate(names)]
+    torch.manual_seed(0)
+    memories = facts(names(args.viewers))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        base = tiny.build(work / "learner", like="learner")
+        if args.model == "bundled":
+            base = bundled_llm(Path("~/.cache/omoide/models").expanduser())
+        else:
+            base = tiny.build(work / "learner", like="learner")
         (work / "memories.jsonl").write_text("".join(json.dumps(m) + "\n" for m in memories))
         (work / "turns.jsonl").write_text("")
-        window = curate(work / "w", work / "turns.jsonl", work / "memories.jsonl", system=SYSTEM, persona_name="Testa",
-                        settings=CurationSettings(persona_examples=False))
+        window = curate(work / "w", work / "turns.jsonl", work / "memories.jsonl", system=SYSTEM,
+                        persona_name="Komorebi", settings=CurationSettings(persona_examples=False))
         held = window.heldout_facts
         tok = AutoTokenizer.from_pretrained(base)
-        plain = AutoModelForCausalLM.from_pretrained(base).eval()
-        rows = {"base model, closed book": scored(plain, tok, held)}
+        plain = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+        generate = not args.no_generate
+        rows = {"base model, closed book": scored(plain, tok, held, generate)}
 
+        defaults = SftSettings()
+        settings = SftSettings(max_steps=args.steps, lr=args.lr or defaults.lr, epochs=args.epochs or defaults.epochs,
+                               **({"lr": 5e-3, "rows": 4, "seq_len": 256} if args.model == "learner" else {}))
         t0 = time.perf_counter()
-        result = train(base, work / "w" / "train.jsonl", work / "run",
-                       SftSettings(max_steps=args.steps, lr=5e-3, rows=4, seq_len=256), progress=False)
+        result = train(base, work / "w" / "train.jsonl", work / "run", settings, progress=False)
         trained_s = time.perf_counter() - t0
-        tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(result.adapter)).eval()
-        rows["weights: trained LoRA, closed book"] = scored(tuned, tok, held)
+        tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                                          str(result.adapter)).merge_and_unload().eval()  # the same sums, faster
+        rows["weights: trained LoRA, closed book"] = scored(tuned, tok, held, generate)
 
         by_id = {m["id"]: m["text"] for m in memories}
         found = asyncio.run(retrieved([m["text"] for m in memories], [h["question"] for h in held], args.k,
                                       work / "omoide.db"))
-        retrieval = sum(by_id[h["memory_id"]] in f for h, f in zip(held, found, strict=True)) / len(held)
+        hit = sum(by_id[h["memory_id"]] in f for h, f in zip(held, found, strict=True)) / len(held)
         open_book = [{**h, "system": SYSTEM + "\n\nThings you remember:\n" + "\n".join(f"- {t}" for t in f)}
                      for h, f in zip(held, found, strict=True)]
-        rows["retrieval, then the base model answers"] = scored(plain, tok, open_book)
-        rows["retrieval, then the trained model answers"] = scored(tuned, tok, open_book)
+        rows["retrieval, then the base model answers"] = scored(plain, tok, open_book, generate)
+        rows["retrieval, then the trained model answers"] = scored(tuned, tok, open_book, generate)
 
-    print(f"memory to weights: {len(held)} viewers' facts, held-out wording, 3 in-set distractors (chance 0.25);"
-          f" the tiny learner (0.9M), {args.steps} steps ({trained_s:.0f} s on this CPU)")
-    print(f"{'how the fact is recalled':<46}{'right':>7}{'control':>9}{'above control':>15}")
-    for name, (right, control) in rows.items():
-        print(f"{name:<46}{right:>7.2f}{control:>9.2f}{right - control:>15.2f}")
-    print(f"retrieval found the fact among the {args.k} recalled memories for {retrieval:.2f} of the questions")
+    size = "SmolLM2-135M-Instruct (bundled)" if args.model == "bundled" else "the tiny learner (0.9M)"
+    print(f"memory to weights: {len(held)} viewers' facts ({len(window.train)} training examples), held-out"
+          f" wording, the bare value against 3 other viewers' values (chance 0.25); {size}, {result.steps}"
+          f" steps ({settings.epochs:g} epochs) at lr {settings.lr:g} ({trained_s:.0f} s on this machine, {result.tokens_per_s:.0f} tok/s)")
+    head = f"{'how the fact is recalled':<44}{'choice':>8}{'control':>9}{'above':>7}"
+    print(head + (f"{'said':>7}{'control':>9}{'above':>7}" if generate else ""))
+    for name, r in rows.items():
+        line = f"{name:<44}{r[0]:>8.2f}{r[1]:>9.2f}{r[0] - r[1]:>7.2f}"
+        print(line + (f"{r[2]:>7.2f}{r[3]:>9.2f}{r[2] - r[3]:>7.2f}" if generate else ""))
+    print(f"retrieval found the fact among the {args.k} recalled memories for {hit:.2f} of the questions")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "hit": hit, "steps": result.steps, "seconds": trained_s,
+                                         "facts": len(held)}, indent=2))
+
 
 if __name__ == "__main__":
     main()
