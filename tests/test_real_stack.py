@@ -12,15 +12,16 @@ import sqlite3
 import subprocess
 import sys
 import wave
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from omoide_game.tictactoe import TicTacToe
 
 from plugins.audio import PlaybackLog
-from plugins.mic_file import FileMicrophone
+from plugins.mic_file import FRAME, FRAME_S, FileMicrophone
 from plugins.tts_piper import PiperSynthesizer
 from runtime import bundled
 from runtime.app import App
@@ -150,12 +151,38 @@ async def test_her_own_piper_voice_in_the_microphone_interrupts_nothing(tmp_path
     assert records[0].false_interruptions == 0 and "barge_in" not in records[0].timings
 
 
+class CuedMicrophone(FileMicrophone):
+    """A question, then silence until `cue()` holds, then `after_s` more, then the interruption:
+    speech over her reply however long this machine takes to start it."""
+
+    def __init__(self, question: Path, interruption: Path, clock: FastClock, cue: Callable[[], bool],
+                 after_s: float) -> None:
+        super().__init__([question], clock, tail_s=0.5)
+        self.then = FileMicrophone([interruption], clock, lead_s=after_s, keep_open=True)
+        self.cue = cue
+
+    async def frames(self) -> AsyncIterator[tuple[float, np.ndarray]]:
+        async for t, frame in super().frames():
+            yield t, frame
+        while not self.cue():
+            t = self.clock.now()
+            await self.clock.sleep(FRAME_S)
+            yield t, np.zeros(FRAME, np.float32)
+        async for t, frame in self.then.frames():
+            yield t, frame
+
+
 async def test_speaking_over_her_reply_cuts_it_and_is_answered_next(tmp_path):
     # no commas: Piper pauses at one long enough to end an utterance there
     question, interruption = await piper_wavs(tmp_path, ["Hello there what are you playing today?",
                                                          "Wait wait stop talking for a second please."])
     clock = FastClock(2)
-    mic = lambda _: FileMicrophone([question, interruption], clock, gap_s=4.0, keep_open=True)  # noqa: E731
+    def mic(playback: PlaybackLog | None) -> FileMicrophone:
+        assert playback is not None
+        # once her voice is playing, three seconds more (her first sentence heard), then the viewer speaks
+        return CuedMicrophone(question, interruption, clock, lambda: bool(playback.read(clock.now() - 0.1, 1600).any()),
+                              after_s=3.0)
+
     long = ("Hello there, friend. I have a lot to say today. The first thing is about turnips. "
             "The second thing is about the weather. The third thing is about music. The fourth is a secret.")
     async with listening(tmp_path, ScriptedModel(long), clock, mic, turn={"max_sentences": 0},
