@@ -114,7 +114,8 @@ def delete(database: Path, memory_id: int) -> None:
 
 
 def pending(database: Path, viewer: str | None = None, limit: int = 100) -> list[tuple]:
-    """Viewers' facts waiting for the operator's word before they may be trained, oldest first."""
+    """Facts from chat (viewers' own, and what reflections took from the stream) waiting for the
+    operator's word before they may be trained, oldest first."""
     where, args = "consent = 'pending' AND superseded_by IS NULL", []
     if viewer:
         where += " AND viewer = ?"
@@ -145,7 +146,8 @@ def consent(database: Path, ids: list[int] | None, verdict: str, viewer: str | N
             elif row[0] == "blocked" and verdict == "approved":
                 refused.append(f"{memory_id}: holds {personal_data(row[1]) or 'personal data'}, never trained")
             elif row[0] is None:
-                refused.append(f"{memory_id}: not a viewer's fact (the operator's, the card's or the character's own)")
+                refused.append(f"{memory_id}: not from chat (the operator's or the card's facts are trained as they"
+                               " are; episodes and thoughts never)")
             else:
                 conn.execute("UPDATE memories SET consent = ?, consented_at = ? WHERE id = ?",
                              (verdict, time.time(), memory_id))

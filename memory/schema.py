@@ -138,6 +138,10 @@ MIGRATIONS: tuple[str, ...] = (
         memories      TEXT NOT NULL           -- JSON: the ids their memories had (never replayed)
     );
     """,
+    # 10: a reflection's facts come from chat: learned into the weights only with consent too
+    """
+    UPDATE memories SET consent = 'pending' WHERE source = 'reflection' AND kind = 'fact' AND consent IS NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

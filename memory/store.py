@@ -231,13 +231,17 @@ class SqliteMemory:
                 for t, at, spoken in turns]
 
     async def reflected(self, until: LoggedTurn, memories: Sequence[NewMemory]) -> None:
-        """Keep what a reflection made of the turns up to `until`, and that it is done with them."""
+        """Keep what a reflection made of the turns up to `until`, and that it is done with them.
+        Its facts come from chat: like a viewer's own, they go into the weights only with the
+        operator's yes, and never with personal data in them."""
         now = time.time()
         for m in memories:
+            consent = None if m.kind != "fact" else "blocked" if personal_data(m.text) else "pending"
             self.writer.put(
-                "INSERT OR IGNORE INTO memories (text, source, created_at, kind, viewer, importance, source_turns)"
-                " VALUES (?, 'reflection', ?, ?, ?, ?, ?)",
-                (m.text, now, m.kind, m.viewer, min(max(m.importance, 0.0), 1.0), json.dumps(list(m.source_turns))))
+                "INSERT OR IGNORE INTO memories (text, source, created_at, kind, viewer, importance, source_turns,"
+                " consent) VALUES (?, 'reflection', ?, ?, ?, ?, ?, ?)",
+                (m.text, now, m.kind, m.viewer, min(max(m.importance, 0.0), 1.0), json.dumps(list(m.source_turns)),
+                 consent))
         done = self.writer.put(
             "INSERT INTO state (key, value) VALUES ('reflected_until', ?)"
             " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (repr(until.started_at),), wait=True)

@@ -158,7 +158,7 @@ def _memory(memory: Commands) -> None:
     fg = memory.add("forget", "forget a viewer: their profile and memories go, their lines are blanked, no later"
                     " training learns from them", f"{LEARNING}:cmd_forget")
     fg.add_argument("viewer", help='"twitch:12345", or the name they chat under')
-    mp = memory.add("pending", "viewers' facts waiting for your word before they may be trained", handler)
+    mp = memory.add("pending", "facts from chat (viewers', reflections') waiting for your word before they may be trained", handler)
     mp.add_argument("--viewer", help='only this viewer\'s ("twitch:12345")')
     mp.add_argument("--limit", type=int, default=100)
     for name, text in (("approve", "let these facts be trained into the character's weights"),
@@ -176,6 +176,9 @@ def _learning(top: Commands) -> None:
                  " (low priority; exit 4 when the gate fails)", f"{LEARNING}:cmd_train")
     tr.add_argument("--window", help="train this curated window again (e.g. w0003) instead of the next")
     tr.add_argument("--steps", type=int, help="optimizer steps (default: learning.epochs over the window)")
+    tr.add_argument("--retrain", action="store_true",
+                    help="a new adapter from the base model on the live one's windows as they are now"
+                         " (after `memory forget`), gated against it")
     adapters = top.group("adapters", "the trained adapter versions: list, activate, rollback, diff")
     handler = f"{LEARNING}:cmd_adapters"
     adapters.add("list", "every version with its window, parent, gate verdict and metrics (* active)", handler)

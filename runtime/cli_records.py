@@ -79,7 +79,7 @@ def _search(args: argparse.Namespace, config: Config, db: Path) -> None:
 def _pending(args: argparse.Namespace, config: Config, db: Path) -> None:
     rows = memory_admin.pending(db, args.viewer, args.limit)
     for mid, _, viewer, _, _, _, text in rows:
-        print(f"{mid:>6}  {viewer or '-':24} {text}")
+        print(f"{mid:>6}  {viewer or '(reflection)':24} {text}")
     print(f"({len(rows)} waiting: omoide memory approve ID... or reject ID...; --all for every one)"
           if rows else "(nothing waits for approval)")
 

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -19,13 +20,15 @@ import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from memory import admin as memory_admin
 from memory.export import count_turns, export_jsonl, export_memories
-from persona_model.adapters import AdapterRegistry, AdapterVersion, diff
+from persona_model.adapters import AdapterRegistry, AdapterVersion, RegistryError, diff
 from persona_model.prompt import system_text
-from persona_model.train.curate import CurationSettings, Window, curate
+from persona_model.train.curate import CurationSettings, Window, curate, fact_items
 from persona_model.train.gate import GateSettings, evaluate_gate
+from persona_model.train.jsonl import read_jsonl
 from persona_model.train.sft import SftSettings
 from persona_model.train.sft import train as train_sft
 from runtime import models, parts
@@ -87,14 +90,23 @@ def build_window(config: Config) -> tuple[Path, Window]:
 def _describe(folder: Path, window: Window) -> str:
     c = window.counts
     return (f"{folder}: {len(window.train)} training examples ({c.get('reply', 0)} replies,"
-            f" {c.get('fact_qa', 0)} fact questions, {c.get('persona', 0)} persona lines,"
+            f" {c.get('fact_qa', 0)} fact questions{_sources(c)}, {c.get('persona', 0)} persona lines,"
             f" {c.get('replay', 0)} replayed); held out {c['heldout_facts']} fact questions and"
             f" {c['heldout_replies']} replies; left out {c.get('excluded_bad', 0)} bad and"
             f" {c.get('excluded_interrupted', 0)} interrupted replies, {c.get('corrected', 0)} corrected"
-            + (f"; {c['facts_pending']} viewers' facts wait for your approval (omoide memory pending)"
+            + (f"; {c['facts_pending']} facts from chat wait for your approval (omoide memory pending)"
                if c.get("facts_pending") else "")
             + (f"; {c['facts_blocked']} held back for personal data" if c.get("facts_blocked") else "")
-            + (f"; {c['facts_over_cap']} over the per-viewer cap" if c.get("facts_over_cap") else ""))
+            + (f"; {c['facts_over_cap']} over the per-viewer cap" if c.get("facts_over_cap") else "")
+            + (f"; {c['facts_unshaped']} facts with no sentence a question can ask for (\"X is Y\", \"X plays Y\")"
+               if c.get("facts_unshaped") else ""))
+
+
+def _sources(counts: dict[str, int]) -> str:
+    """" (from 3 viewers' facts, 1 of yours)": where the window's facts came from."""
+    names = (("viewer", "viewers'"), ("reflection", "reflections'"), ("operator", "yours"), ("card", "the card's"))
+    parts = [f"{counts[f'facts_from_{k}']} {what}" for k, what in names if counts.get(f"facts_from_{k}")]
+    return f" (from facts: {', '.join(parts)})" if parts else ""
 
 
 def cmd_dataset_build(args: argparse.Namespace) -> int:
@@ -108,6 +120,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train the next window at low priority, gate it against the live adapter, register it, and
     activate it if it passed. Resumes an interrupted run of the same window."""
     config = config_from(args)
+    if args.retrain:
+        return cmd_retrain(config, args.steps or 0)
     reg = registry(config)
     found = windows(config)
     if args.window:
@@ -123,34 +137,45 @@ def cmd_train(args: argparse.Namespace) -> int:
             shutil.rmtree(window)
             print("nothing new to learn since the last window")
             return 0
-    with contextlib.suppress(OSError):
-        os.nice(10)  # the live character keeps the CPU it needs
-    base = models.model_path(config)
-    lc = config.learning
     pinned = config.path(config.model.adapter) if config.model.adapter else None
     live = reg.active if reg.active is not None and reg.fits(reg.active) else None  # never train on a misfit
     current = pinned or (reg.path(live.version) if live else None)
     current_name = pinned.name if pinned else (live.version if live else None)
-    settings = SftSettings(rank=lc.rank, alpha=2 * lc.rank, lr=lc.lr, epochs=lc.epochs, max_steps=args.steps or 0,
+    return _train_and_gate(config, window / "train.jsonl", window / "run", window, args.steps or 0,
+                           start=current, current=current, current_name=current_name, parent=current_name)
+
+
+def _train_and_gate(config: Config, data: Path, run: Path, window: Path, steps: int, *, start: Path | None,  # noqa: PLR0913 (the one place both kinds of run end)
+                    current: Path | None, current_name: str | None, parent: str | None) -> int:
+    """Train `data` (on top of `start`, or a fresh adapter), gate the result against `current` on
+    `window`'s held-out sets and the earlier accepted windows', register it, and activate it if it
+    passed (and nothing pins another)."""
+    with contextlib.suppress(OSError):
+        os.nice(10)  # the live character keeps the CPU it needs
+    base = models.model_path(config)
+    lc = config.learning
+    settings = SftSettings(rank=lc.rank, alpha=2 * lc.rank, lr=lc.lr, epochs=lc.epochs, max_steps=steps,
                            seq_len=lc.seq_len, rows=lc.rows, accumulate=lc.accumulate,
                            checkpoint_every=lc.checkpoint_every, seed=lc.seed)
-    result = train_sft(base, window / "train.jsonl", window / "run", settings, start_adapter=current)
+    result = train_sft(base, data, run, settings, start_adapter=start)
     print(f"{window.name}: {result.steps} steps, {result.tokens} tokens ({result.target_tokens} trained on),"
           f" {result.tokens_per_s:.0f} tokens/s, loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}")
     g = lc.gate
     report = evaluate_gate(base, result.adapter, current, window, accepted(config, window),
                            GateSettings(g.recall_margin, g.retention_margin, g.persona_margin, g.general_margin),
                            current_name=current_name)
-    entry = reg.register(result.adapter, parent=current_name, window=window.name, base=models.base_of(config),
+    reg = registry(config)
+    entry = reg.register(result.adapter, parent=parent, window=window.name, base=models.base_of(config),
                          passed=report.passed, metrics=report.metrics())
     report.candidate = entry.version
-    report.save(window / "run")
+    report.save(run)
     report.save(reg.path(entry.version))
     print(report.table(), end="")
     if not report.passed:
         print(f"{entry.version} is registered but not activated; the live adapter stays"
-              f" {current_name or 'the base model'}. Its report: {window / 'run' / 'gate.txt'}")
+              f" {current_name or 'the base model'}. Its report: {run / 'gate.txt'}")
         return EXIT_GATE
+    pinned = config.path(config.model.adapter) if config.model.adapter else None
     if lc.activate and pinned is None:
         reg.activate(entry.version)
         print(f"{entry.version} is active: a running character swaps it in before its next reply")
@@ -303,13 +328,100 @@ def cmd_forget(args: argparse.Namespace) -> int:
     print(f"forgot {gone.viewer}: {len(gone.memories)} memories deleted, {gone.inputs} lines blanked in the log;"
           f" the {len(gone.turns)} turns that answered them are in no later training window or replay,"
           " and nothing they say from now on is learned")
-    hit = trained_on(config, set(gone.turns), set(gone.memories))
+    hit = trained_on(config, set(gone.turns), set(gone.memories))  # before the windows are scrubbed
+    rows = scrub_windows(config, set(gone.turns), set(gone.memories))
+    if rows:
+        print(f"took {rows} rows about them out of the training windows on disk"
+              f" ({config.path(config.learning.folder)})")
     if hit:
         active = registry(config).active
         print("adapters already trained on them (their weights still carry it): "
               + ", ".join(f"{v.version} ({v.window}){' live' if active and v.version == active.version else ''}"
                           for v in hit))
         before = [v.version for v in registry(config).versions() if v not in hit and v.passed]
-        print("to serve none of it: `omoide adapters activate " + before[-1] + "`" if before else
-              "to serve none of it: `omoide adapters rollback` until the base model is live")
+        print("to serve none of it: `omoide train --retrain` (a new adapter from the base model on the live one's"
+              " windows as they are now, gated like any), or at once `omoide adapters "
+              + (f"activate {before[-1]}`" if before else "rollback` until the base model is live"))
     return 0
+
+
+def _drop(row: dict[str, Any], name: str, turns: set[str], memories: set[int], said: tuple[set[str], set[str]]) -> bool:
+    """Whether a window file's row holds a forgotten viewer: their turns, their memories, and, in
+    a gate item about someone else, their name in its control question."""
+    if name == "turns.jsonl":
+        return row.get("metadata", {}).get("turn_id") in turns
+    if name == "memories.jsonl":
+        return row.get("id") in memories
+    if row.get("memory_id") in memories or turns & set(row.get("source_turns") or []):
+        return True
+    names, values = said
+    if name == "heldout_facts.jsonl":
+        row["distractors"] = [d for d in row.get("distractors", []) if d not in values]  # their facts' values
+        return not row["distractors"] or any(n in str(row.get("control_question", "")) for n in names)
+    return False
+
+
+def scrub_windows(config: Config, turns: set[str], memories: set[int]) -> int:
+    """Take a forgotten viewer out of every curated window on disk (its exports, training set and
+    held-out sets; the manifest's hashes follow and it says what was scrubbed). Returns the rows
+    removed. What it cannot reach: other turns that had their lines as context keep them."""
+    removed = 0
+    for folder in windows(config):
+        theirs = [m for m in read_jsonl(folder / "memories.jsonl") if m.get("id") in memories] \
+            if (folder / "memories.jsonl").is_file() else []
+        said = ({str(m["viewer_name"]) for m in theirs if m.get("viewer_name")},
+                {qa.value for m in theirs for qa in fact_items(m)})
+        manifest = json.loads((folder / "manifest.json").read_text())
+        cut = 0
+        files = [folder / name for name in ("turns.jsonl", "memories.jsonl", "train.jsonl", "heldout_facts.jsonl",
+                                            "heldout_replies.jsonl")]
+        for path in [*files, *sorted(folder.glob("retrain-*/train.jsonl"))]:  # and every retrain's set
+            if not path.is_file():
+                continue
+            rows = read_jsonl(path)
+            before = [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in rows]
+            kept = [r for r in rows if not _drop(r, path.name, turns, memories, said)]  # may edit a row
+            after = [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in kept]
+            if after != before:
+                data = "".join(line + "\n" for line in after).encode()
+                path.write_bytes(data)
+                cut += max(len(rows) - len(kept), 1)
+                if path.parent == folder and path.name in manifest.get("hashes", {}):
+                    manifest["hashes"][path.name] = hashlib.sha256(data).hexdigest()
+        if cut:
+            manifest.setdefault("scrubbed", []).append({"at": dt.datetime.now().isoformat(timespec="seconds"),
+                                                        "rows": cut, "why": "a viewer was forgotten"})
+            (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            removed += cut
+    return removed
+
+
+def cmd_retrain(config: Config, steps: int) -> int:
+    """`omoide train --retrain`: a fresh adapter from the base model on every window the live
+    adapter learned from (its own and its parents'), as they are on disk now, so without forgotten
+    viewers; gated against the live one on its window's held-out sets, registered and activated
+    like any. It learns the same data in one run, not night by night: close, not identical."""
+    reg = registry(config)
+    live = reg.active
+    if live is None or not reg.fits(live):
+        print("no adapter of this base model is live: nothing was learned that could be retrained")
+        return 0
+    lineage: list[str] = []
+    v: AdapterVersion | None = live
+    while v is not None:
+        lineage.append(v.window)
+        try:
+            v = reg.get(v.parent) if v.parent else None
+        except RegistryError:  # a pinned adapter outside the registry: its data is not ours to read
+            v = None
+    root = config.path(config.learning.folder)
+    window = root / live.window
+    out = window / f"retrain-{len(list(window.glob('retrain-*'))) + 1}"
+    examples = [ex for w in sorted(set(lineage)) for ex in read_jsonl(root / w / "train.jsonl")
+                if ex.get("kind") != "replay"]  # the originals are all here
+    out.mkdir(parents=True)
+    (out / "train.jsonl").write_text("".join(json.dumps(ex, ensure_ascii=False, sort_keys=True) + "\n"
+                                             for ex in examples), encoding="utf-8")
+    print(f"retraining {live.version} from the base model: {len(examples)} examples from {', '.join(sorted(set(lineage)))}")
+    return _train_and_gate(config, out / "train.jsonl", out / "run", window, steps, start=None,
+                           current=reg.path(live.version), current_name=live.version, parent=None)

@@ -11,7 +11,7 @@ import sqlite3
 from memory import admin, review
 from memory.store import SqliteMemory
 from persona_model.adapters import AdapterRegistry
-from persona_model.train.curate import fact_items, fact_value, persona_pairs, third_person
+from persona_model.train.curate import fact_items, fact_value, persona_pairs, statement_items, third_person
 from runtime.cli import main
 from runtime.events import ChatMessage, InputEvent, InputKind, TurnRecord, TurnStatus
 from tests.conftest import write_config
@@ -115,17 +115,76 @@ async def test_a_window_is_curated_with_verdicts_facts_gates_and_replay(tmp_path
 
 
 def test_facts_become_questions_in_the_characters_words():
-    qa = fact_items({"kind": "fact", "text": "Ada said: I live in Osaka", "subject": "live", "viewer_name": "Ada"})
-    assert qa is not None and qa.questions[0] == "Where does Ada live?"
+    [qa] = fact_items({"kind": "fact", "text": "Ada said: I live in Osaka", "subject": "live", "viewer_name": "Ada"})
+    assert qa.questions[0] == "Where does Ada live?"
     assert qa.answer == "Ada told me they live in Osaka." and qa.value == "Osaka"
-    game = fact_items({"kind": "fact", "text": "Bo said: my favourite game is Outer Wilds", "subject": "favourite game",
-                       "viewer_name": "Bo"})
-    assert game is not None and game.value == "Outer Wilds" and "favourite game" in game.questions[-1]
+    [game] = fact_items({"kind": "fact", "text": "Bo said: my favourite game is Outer Wilds", "subject": "favourite game",
+                         "viewer_name": "Bo"})
+    assert game.value == "Outer Wilds" and "favourite game" in game.questions[-1]
     assert fact_value("I work as a nurse") == "a nurse" and fact_value("I'm 25 years old") == "they're 25 years old"
     assert third_person("I'm from Lima and my dog is mine") == "they're from Lima and their dog is theirs"
-    assert fact_items({"kind": "episode", "text": "We sang."}) is None
+    assert fact_items({"kind": "episode", "text": "We sang."}) == []
     assert persona_pairs(EXAMPLES, "Testa") == [("Do you like rain?", "I love it, the moss gets so green!"),
                                                 ("What's your favourite snack?", "Roasted chestnuts, always.")]
+
+
+def test_any_fact_memory_becomes_questions_about_its_topic():
+    """Reflections', the operator's and the card's facts are third-person sentences: each with a
+    topic and a short value becomes questions about the topic; the character's own lore is asked
+    about as "your" and answered as "my"; what no question can ask for is left out."""
+    cat, cello = statement_items("Ada's cat is called Miso. Bo plays the cello, badly. She loves storms.")
+    assert (cat.name, cat.value, cat.answer) == ("Ada's cat", "Miso", "Ada's cat is called Miso.")
+    assert cat.questions[0] == "What do you know about Ada's cat?" and len(set(cat.questions)) == 4
+    assert (cello.name, cello.value) == ("Bo", "cello")  # "She loves storms": nobody a question can name
+    [tea] = statement_items("Testa's favourite tea is genmaicha, because it tastes like toast.", "Testa")
+    assert tea.questions[-1] == "What do you remember about your favourite tea?"
+    assert tea.answer.startswith("My favourite tea is genmaicha") and tea.value == "genmaicha"
+    [discord] = fact_items({"kind": "fact", "text": "The stream's Discord server is called Cozy Corner."})
+    assert discord.name == "the stream's Discord server" and discord.value == "Cozy Corner"
+    assert statement_items("Remember to drink water!") == []
+    assert statement_items("Ada is someone who always arrives late to every single stream") == []  # no short value
+    assert fact_items({"kind": "episode", "text": "Ada's cat is called Miso."}) == []
+
+
+async def test_every_kind_of_memory_can_become_weights_by_one_rule(tmp_path, capsys):
+    """The operator's memories and the card's lore are trained as they are, each example naming
+    its memory; a reflection's facts came from chat, so they wait for the operator's yes like a
+    viewer's, and one with personal data in it is never trained."""
+    from memory.store import SqliteMemory
+    from runtime.events import LoggedTurn, NewMemory
+
+    db = tmp_path / "omoide.db"
+    config = str(write_config(tmp_path, persona={"name": "Testa", "description": "A test character."}))
+    store = await SqliteMemory.open(db)
+    await store.add_memory("Testa's favourite tea is genmaicha.", source="cards/testa.png")  # a lorebook entry
+    await store.reflected(LoggedTurn("t1", 1.0, "", ""), [
+        NewMemory("Bo's guitar is called Rosie.", "fact", 0.6, None, ("t1",)),
+        NewMemory("The streamer lives at 12 Oak Street.", "fact", 0.6, None, ("t1",)),
+        NewMemory("We sang a song together.", "episode", 0.5, None, ("t1",))])
+    await store.aclose()
+    assert main(["--config", config, "memory", "add", "The stream's mascot is called Pip."]) == 0
+    capsys.readouterr()
+
+    assert main(["--config", config, "dataset", "build"]) == 0
+    out = capsys.readouterr().out
+    assert "from facts: 1 yours, 1 the card's" in out and "1 facts from chat wait for your approval" in out
+    assert "1 held back for personal data" in out
+    w1 = tmp_path / "training_logs" / "windows" / "w0001"
+    facts = [ex for ex in rows(w1 / "train.jsonl") if ex["kind"] == "fact_qa"]
+    ids = dict(sqlite3.connect(db).execute("SELECT text, id FROM memories"))
+    assert {ex["memory_id"] for ex in facts} == {ids["Testa's favourite tea is genmaicha."],
+                                                  ids["The stream's mascot is called Pip."]}
+    assert any(ex["messages"][1]["content"] == "Tell me about your favourite tea." and
+               "My favourite tea is genmaicha." in ex["messages"][-1]["content"] for ex in facts)
+    assert sorted(g["answer"] for g in rows(w1 / "heldout_facts.jsonl")) == ["Pip", "genmaicha"]
+    assert "Rosie" not in (w1 / "train.jsonl").read_text()
+
+    assert main(["--config", config, "memory", "pending"]) == 0
+    assert "(reflection)" in capsys.readouterr().out
+    assert main(["--config", config, "memory", "approve", "--all"]) == 0
+    assert main(["--config", config, "dataset", "build"]) == 0
+    train = (tmp_path / "training_logs" / "windows" / "w0002" / "train.jsonl").read_text()
+    assert "Bo's guitar is called Rosie." in train and "Oak Street" not in train and "We sang" not in train
 
 
 async def test_a_companion_with_one_person_still_gets_a_recall_check(tmp_path, capsys):
@@ -169,7 +228,7 @@ async def test_a_red_team_window_trains_none_of_what_it_planted(tmp_path, capsys
 
     assert main(["--config", config, "dataset", "build"]) == 0  # before any approval
     out = capsys.readouterr().out
-    assert "502 viewers' facts wait for your approval" in out and "3 held back for personal data" in out
+    assert "502 facts from chat wait for your approval" in out and "3 held back for personal data" in out
     w1 = tmp_path / "training_logs" / "windows" / "w0001"
     assert not [ex for ex in rows(w1 / "train.jsonl") if ex["kind"] == "fact_qa"]
 
@@ -214,6 +273,15 @@ async def test_a_forgotten_viewer_is_in_no_later_window(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "forgot twitch:ada: 1 memories deleted, 1 lines blanked" in out
     assert "v0001 (w0001) live" in out and "omoide adapters rollback" in out  # what the weights still carry
+    assert "omoide train --retrain" in out and "rows about them out of the training windows" in out
+    w1 = tmp_path / "training_logs" / "windows" / "w0001"
+    kept = "".join(p.read_text() for p in sorted(w1.glob("*.jsonl")))
+    for hers in ("Ada", "Miso"):  # nor in the windows already on disk
+        assert hers not in kept
+    assert "Tofu" in kept and "Biscuit" in kept
+    manifest = json.loads((w1 / "manifest.json").read_text())
+    assert manifest["hashes"]["train.jsonl"] == hashlib.sha256((w1 / "train.jsonl").read_bytes()).hexdigest()
+    assert manifest["scrubbed"][0]["why"] == "a viewer was forgotten"
 
     await stream(db, [("Ada", "my dog is called Rex", "Rex!", TurnStatus.COMPLETE),  # she is still in chat
                       ("Bo", "I live in Osaka", "Osaka is lovely.", TurnStatus.COMPLETE)], start=10)

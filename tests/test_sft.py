@@ -95,6 +95,35 @@ async def test_omoide_train_trains_the_latest_window(tiny_model_dir, tmp_path, c
     assert "no curated window" in capsys.readouterr().err
 
 
+async def test_a_forgotten_viewer_is_retrained_out_of_the_live_adapter(tiny_model_dir, tmp_path, capsys):
+    """`omoide memory forget` takes them out of the windows on disk; `omoide train --retrain` makes
+    a new adapter from the base model on the live one's windows as they are now, and serves it."""
+    from persona_model.adapters import AdapterRegistry
+    from runtime.cli import main
+    from runtime.events import TurnStatus
+    from tests.conftest import write_config
+    from tests.test_curation import stream
+
+    await stream(tmp_path / "omoide.db", [("Ada", "my cat is called Miso", "Miso is a lovely name!", TurnStatus.COMPLETE),
+                                          ("Bo", "my cat is called Tofu", "Tofu! Adorable.", TurnStatus.COMPLETE),
+                                          ("Cy", "my cat is called Biscuit", "Biscuit!", TurnStatus.COMPLETE)])
+    config = str(write_config(tmp_path, model={"id": str(tiny_model_dir)},
+                              learning={"seq_len": 256, "rows": 2,  # a random model: the gate waves it through
+                                        "gate": {"recall_margin": 1.0, "persona_margin": 99.0, "general_margin": 99.0}}))
+    assert main(["--config", config, "train", "--steps", "2"]) == 0
+    assert main(["--config", config, "memory", "forget", "Ada"]) == 0
+    assert "omoide train --retrain" in capsys.readouterr().out
+    assert main(["--config", config, "train", "--retrain", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "retraining v0001 from the base model" in out and "v0002 is active" in out
+    registry = AdapterRegistry(tmp_path / "training_logs" / "adapters")
+    v2 = registry.get("v0002")
+    assert v2.parent is None and v2.window == "w0001" and registry.active == v2
+    [data] = (tmp_path / "training_logs" / "windows" / "w0001").glob("retrain-1/train.jsonl")
+    text = data.read_text()
+    assert "Miso" not in text and "Ada" not in text and "Tofu" in text and "Biscuit" in text
+
+
 def test_the_loss_on_target_positions_only_is_the_models_own_loss(tiny_model_dir):
     from persona_model.train.sft import target_loss
 

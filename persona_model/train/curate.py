@@ -15,10 +15,14 @@ window's folder:
 
 What goes in: replies that were heard in full (interrupted ones contribute what was heard, or
 nothing, by `interrupted`), with an operator's correction in place of the reply and replies marked
-bad left out; each fact a viewer stated about themselves that the operator approved (`consent`;
-personal data never), at most `facts_per_viewer` of one viewer's, as questions in several wordings
-answered in the character's voice (the last wording is held out); a replay share from earlier windows and the persona's own
-example dialogue, against forgetting.
+bad left out; every memory that is a fact, by one rule: a viewer's statement about themselves, a
+fact a reflection wrote down, a memory the operator added, a lorebook entry, each sentence of it
+with a recognisable shape ("Ada's cat is called Miso", "Bo plays the cello"), as questions in
+several wordings answered in the character's voice (the last wording is held out), each example
+with its source memory id. Facts that came from chat (a viewer's, a reflection's) only with the
+operator's yes (`consent`; personal data never), at most `facts_per_viewer` of one viewer's; the
+operator's and the card's need none. Then a replay share from earlier windows and the persona's
+own example dialogue, against forgetting.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ _VERB_QUESTIONS = {
     "work": ("What does {name} do for work?", "Do you remember {name}'s work?",
              "What did {name} say about their job?", "How does {name} earn a living?"),
 }
+# questions about a memory that is not a viewer's own statement, by its topic ("Ada's cat")
+_TOPIC_QUESTIONS = ("What do you know about {name}?", "Tell me about {name}.",
+                    "What can you tell me about {name}?", "What do you remember about {name}?")
 _GENERIC_QUESTIONS = ("What did {name} tell you about themselves?", "Do you remember something {name} said?",
                       "What do you know about {name}?", "Tell me one thing {name} told you.")
 _VOICE = ("Oh, I remember! {answer}", "{answer} I never forget a friend!", "Hmm, yes: {answer}",
@@ -62,6 +69,19 @@ _VALUE = (re.compile(r"^my\s+.+?\s+(?:is|are|was|were|'s)\s+(?:called\s+|named\s
 # case as the answer, none of them the answer
 _STAND_INS = {True: ("Luna", "Oliver", "Kyoto", "Bella", "Milo", "Lisbon"),
               False: ("pizza", "blue", "a teacher", "chess", "tea", "rainy days")}
+_STATEMENT_VOICE = ("{answer}", "Hmm, let me think. {answer}", "Oh, I know this one! {answer}",
+                    "Of course! {answer}")
+# a third-person statement (a reflection's, the operator's, the card's): the topic, and the value a
+# question about it asks for; a topic that is a pronoun ("She loves storms") is nobody we can name
+_STATEMENT = re.compile(
+    r"^(?P<topic>(?!(?:he|she|it|they|this|that|there|we|i|you)\b)[^,;:]{2,60}?)\s+"
+    r"(?P<verb>is|are|was|were|has|have|had|likes|loves|hates|lives|works|plays|comes|owns|collects|drinks|eats)"
+    r"\s+(?:(?:called|named|in|at|near|on|as|for|with|from)\s+)?(?:(?:a|an|the)\s+)?(?P<value>.+)$", re.I)
+_VALUE_END = re.compile(r",|;|\s+(?:and|but|because|since|who|which|when|so)\s", re.I)
+_VAGUE = {"someone", "somebody", "something", "one", "anyone", "everyone", "nothing", "here", "there", "it",
+          "this", "that", "very", "really", "so", "not"}  # no value a question could check
+MAX_VALUE_WORDS = 5  # a longer "value" is a description no one answer names: not a checkable fact
+MAX_SENTENCES = 8  # of one memory (a long lorebook entry): the first ones
 _OTHER_NAME = "Sam"  # the control question's subject where a window has one viewer
 _SAID = re.compile(r"^(?P<name>[^:]{1,60}) said: (?P<statement>.+)$")
 _PRONOUNS = [(re.compile(rf"\b{a}\b", re.I), b) for a, b in (
@@ -112,6 +132,7 @@ class FactQA:
     questions: list[str]
     answer: str
     value: str
+    voices: Sequence[str] = _VOICE  # the ways the character says the answer, one per trained wording
 
     def ask(self, question: str, about: str) -> str:
         """The same question about someone else (the control)."""
@@ -128,10 +149,47 @@ def fact_value(statement: str) -> str:
     return third_person(text)
 
 
-def fact_items(memory: dict[str, Any]) -> FactQA | None:
-    """The questions and answers for a fact a viewer stated about themselves, or None."""
+def fact_items(memory: dict[str, Any], persona_name: str = "") -> list[FactQA]:
+    """The questions and answers a memory that is a fact becomes: a viewer's statement about
+    themselves, or each sentence of any other fact memory that has a statement's shape (see
+    `statement_items`). Nothing for other kinds (episodes, thoughts)."""
+    if memory.get("kind") != "fact":
+        return []
+    if (said := _viewer_fact(memory)) is not None:
+        return [said]
+    return statement_items(str(memory.get("text", "")), persona_name)
+
+
+def statement_items(text: str, persona_name: str = "") -> list[FactQA]:
+    """"Ada's cat is called Miso. Bo plays the cello." -> one FactQA per sentence with a topic
+    and a short value ("Ada's cat": "Miso"; "Bo": "cello"). About the character herself ("Komorebi's
+    favourite tea is genmaicha"), the questions say "your" and the answer "my"."""
+    items = []
+    for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split()))[:MAX_SENTENCES]:
+        sentence = sentence.strip().rstrip(".!")
+        m = _STATEMENT.match(sentence)
+        if not m:
+            continue
+        value = _VALUE_END.split(m.group("value"), maxsplit=1)[0].strip().rstrip(".!?")
+        topic = re.sub(r"^(?:The|A|An)\b", lambda a: a.group(0).lower(), m.group("topic").strip())
+        if not value or len(value.split()) > MAX_VALUE_WORDS or value.split()[0].lower() in _VAGUE or "?" in sentence:
+            continue
+        answer = sentence
+        if persona_name:
+            own = re.compile(rf"^{re.escape(persona_name)}(?:'s|’s)\s+", re.I)
+            if own.match(topic):
+                topic, answer = own.sub("your ", topic), own.sub("My ", sentence)
+            elif topic.lower() == persona_name.lower():
+                topic = "yourself"
+        items.append(FactQA(topic, topic.split()[-1].lower(), [q.format(name=topic) for q in _TOPIC_QUESTIONS],
+                            answer[:1].upper() + answer[1:] + ".", value, voices=_STATEMENT_VOICE))
+    return items
+
+
+def _viewer_fact(memory: dict[str, Any]) -> FactQA | None:
+    """A fact a viewer stated about themselves ("Ada said: my cat is called Miso"), or None."""
     m = _SAID.match(memory.get("text", ""))
-    if memory.get("kind") != "fact" or not m:
+    if not m:
         return None
     name = memory.get("viewer_name") or m.group("name")
     subject = (memory.get("subject") or "").strip()
@@ -201,21 +259,28 @@ def curate(folder: Path, turns: Path, memories: Path, *, system: str, persona_na
     facts: list[tuple[dict[str, Any], FactQA]] = []
     per_viewer: dict[str, int] = {}
     for m in _read(memories):
-        if (qa := fact_items(m)) is None:
+        if not (items := fact_items(m, persona_name)):
+            if m.get("kind") == "fact":
+                counts["facts_unshaped"] = counts.get("facts_unshaped", 0) + 1
             continue
-        consent = m.get("consent") or "pending"  # a viewer's fact is learned only with the operator's yes
-        if consent != "approved":
+        # what came from chat (a viewer's statement, a reflection on the stream) is learned only
+        # with the operator's yes; the operator's own memories and the card's lore have no consent
+        # to wait for (None)
+        consent = m.get("consent")
+        if consent is not None and consent != "approved":
             counts[f"facts_{consent}"] = counts.get(f"facts_{consent}", 0) + 1
             continue
-        who = str(m.get("viewer") or m.get("viewer_name") or "")
-        per_viewer[who] = per_viewer.get(who, 0) + 1
-        if per_viewer[who] > settings.facts_per_viewer:
-            counts["facts_over_cap"] = counts.get("facts_over_cap", 0) + 1
-            continue
-        facts.append((m, qa))
+        if who := str(m.get("viewer") or m.get("viewer_name") or ""):
+            per_viewer[who] = per_viewer.get(who, 0) + 1
+            if per_viewer[who] > settings.facts_per_viewer:
+                counts["facts_over_cap"] = counts.get("facts_over_cap", 0) + 1
+                continue
+        source_kind = "viewer" if _SAID.match(m.get("text", "")) else str(m.get("source") or "operator")
+        counts[f"facts_from_{_source_name(source_kind)}"] = counts.get(f"facts_from_{_source_name(source_kind)}", 0) + 1
+        facts.extend((m, qa) for qa in items)
     for m, qa in facts:
         source = list(m.get("source_turns") or [])
-        voices = rng.sample(_VOICE, len(_VOICE))  # each wording answered a different way
+        voices = rng.sample(list(qa.voices), len(qa.voices))  # each wording answered a different way
         for q, voice in zip(qa.questions[:-1], voices, strict=False):
             new.append({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q},
                                      {"role": "assistant", "content": voice.format(answer=qa.answer)}],
@@ -236,6 +301,11 @@ def curate(folder: Path, turns: Path, memories: Path, *, system: str, persona_na
     counts["heldout_facts"], counts["heldout_replies"] = len(out.heldout_facts), len(out.heldout_replies)
     _write(out, settings, window or {})
     return out
+
+
+def _source_name(source: str) -> str:
+    """Where a fact came from, for the manifest's counts: viewer, reflection, operator or card."""
+    return source if source in ("viewer", "reflection", "operator") else "card"
 
 
 def _recall_item(memory: dict[str, Any], qa: FactQA, facts: Sequence[FactQA], system: str,
