@@ -307,6 +307,8 @@ class LearningConfig(_Section):
     persona_examples: bool = _CURATION.persona_examples  # train on the card's example dialogue every window
     heldout_replies: float = Field(_CURATION.heldout_replies, ge=0, lt=1)  # kept out of training for the persona gate
     facts_per_viewer: int = Field(_CURATION.facts_per_viewer, ge=0)  # one viewer's approved facts per window, at most
+    fact_repeats: int = Field(_CURATION.fact_repeats, ge=1, le=64)  # each fact's trained wordings, this many times
+    rehearsal: float = Field(0.2, ge=0, le=5)  # the model's own everyday answers trained, per example (0: none)
     # a viewer's fact they state again at least this many hours later counts as approved (0: only you approve)
     approve_restated_after_h: float = Field(0.0, ge=0)
     seed: int = 0

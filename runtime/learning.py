@@ -29,6 +29,7 @@ from persona_model.prompt import system_text
 from persona_model.train.curate import CurationSettings, Window, curate, fact_items
 from persona_model.train.gate import GateSettings, evaluate_gate
 from persona_model.train.jsonl import read_jsonl
+from persona_model.train.rehearsal import with_rehearsal
 from persona_model.train.sft import SftSettings
 from persona_model.train.sft import train as train_sft
 from runtime import models, parts
@@ -157,6 +158,7 @@ def _train_and_gate(config: Config, data: Path, run: Path, window: Path, steps: 
     settings = SftSettings(rank=lc.rank, alpha=2 * lc.rank, lr=lc.lr, epochs=lc.epochs, max_steps=steps,
                            seq_len=lc.seq_len, rows=lc.rows, accumulate=lc.accumulate,
                            checkpoint_every=lc.checkpoint_every, seed=lc.seed)
+    data = with_rehearsal(base, start, data, run / "data.jsonl", lc.rehearsal, lc.seed)  # against forgetting
     result = train_sft(base, data, run, settings, start_adapter=start)
     print(f"{window.name}: {result.steps} steps, {result.tokens} tokens ({result.target_tokens} trained on),"
           f" {result.tokens_per_s:.0f} tokens/s, loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}")

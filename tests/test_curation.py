@@ -76,10 +76,11 @@ async def test_a_window_is_curated_with_verdicts_facts_gates_and_replay(tmp_path
     assert not any("my cat is called" in t for t in targets)
     replies = [ex for ex in train if ex["kind"] == "reply"]
     assert sorted(ex["source_turns"][0] for ex in replies) == sorted(first[:5])
-    # each fact: three wordings trained, answered in character (three ways); the fourth is held out
+    # each fact: three wordings trained, each 8 times (fact_repeats) in the four ways of the character; the fourth held out
     ada = [ex for ex in train if ex["kind"] == "fact_qa" and ex["messages"][1]["content"].count("Ada")]
-    assert len(ada) == 3 and all("Ada told me their cat is called Miso." in ex["messages"][-1]["content"] for ex in ada)
-    assert len({ex["messages"][-1]["content"] for ex in ada}) == 3
+    assert len(ada) == 3 * 8 and all("Ada told me their cat is called Miso." in ex["messages"][-1]["content"] for ex in ada)
+    assert len({ex["messages"][1]["content"] for ex in ada}) == 3  # fact_repeats: 8 times each, other voices
+    assert len({ex["messages"][-1]["content"] for ex in ada}) == 4
     gate = next(h for h in rows(w1 / "heldout_facts.jsonl") if h["answer"] == "Miso")
     # asked in a wording never trained, answered in a form never trained (the bare value), against
     # answers that differ only in the value
@@ -144,6 +145,28 @@ def test_any_fact_memory_becomes_questions_about_its_topic():
     assert statement_items("Remember to drink water!") == []
     assert statement_items("Ada is someone who always arrives late to every single stream") == []  # no short value
     assert fact_items({"kind": "episode", "text": "Ada's cat is called Miso."}) == []
+
+
+def test_fact_repeats_asks_each_wording_again_in_another_voice(tmp_path):
+    """A fact needs more passes than a reply: `fact_repeats` trains each wording that many times,
+    each time answered another way; the held-out wording stays out."""
+    from persona_model.train.curate import CurationSettings, curate
+
+    memories = tmp_path / "memories.jsonl"
+    memories.write_text("".join(json.dumps({"id": i, "kind": "fact", "text": f"{n} said: my cat is called {c}",
+                                            "subject": "cat", "viewer": f"twitch:{n}", "viewer_name": n,
+                                            "consent": "approved"}) + "\n"
+                                for i, (n, c) in enumerate([("Ada", "Miso"), ("Bo", "Tofu")])))
+    (tmp_path / "turns.jsonl").write_text("")
+    window = curate(tmp_path / "w", tmp_path / "turns.jsonl", memories, system="s", persona_name="Testa",
+                    settings=CurationSettings(fact_repeats=3))
+    ada = [ex["messages"] for ex in window.train if ex.get("memory_id") == 0]
+    assert len(ada) == 9  # three wordings, three times each
+    for question in {m[1]["content"] for m in ada}:
+        answers = [m[2]["content"] for m in ada if m[1]["content"] == question]
+        assert len(answers) == 3 and len(set(answers)) == 3
+    [held] = [h for h in window.heldout_facts if h["memory_id"] == 0]
+    assert held["question"] not in {m[1]["content"] for m in ada}
 
 
 async def test_every_kind_of_memory_can_become_weights_by_one_rule(tmp_path, capsys):

@@ -124,6 +124,31 @@ async def test_a_forgotten_viewer_is_retrained_out_of_the_live_adapter(tiny_mode
     assert "Miso" not in text and "Ada" not in text and "Tofu" in text and "Biscuit" in text
 
 
+def test_self_rehearsal_trains_the_models_own_everyday_answers_beside_the_window(tiny_model_dir, tmp_path):
+    """Against forgetting: `rehearsal` examples per window example, each an everyday question in
+    the window's system prompt answered by the model as it is now; generated once per run."""
+    from persona_model.train.evaluate import generate_reply
+    from persona_model.train.rehearsal import prompts, with_rehearsal
+
+    data = tmp_path / "train.jsonl"
+    write(data, examples(6))
+    out = with_rehearsal(tiny_model_dir, None, data, tmp_path / "run" / "data.jsonl", share=0.5)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[:6] == examples(6) and len(rows) == 9
+    own = rows[6:]
+    assert all(r["kind"] == "rehearsal" and r["messages"][0]["content"] == "You are Testa." for r in own)
+    assert len({r["messages"][1]["content"] for r in own}) == 3 and all(
+        r["messages"][1]["content"] in prompts() for r in own)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    for r in own:  # what the model itself says to that question, greedily
+        assert r["messages"][2]["content"] == generate_reply(model, tok, "You are Testa.", r["messages"][1]["content"],
+                                                             48).strip()
+    stamp = out.stat().st_mtime_ns
+    assert with_rehearsal(tiny_model_dir, None, data, out, share=0.5) == out and out.stat().st_mtime_ns == stamp
+    assert with_rehearsal(tiny_model_dir, None, data, tmp_path / "none.jsonl", share=0.0) == data
+
+
 def test_the_loss_on_target_positions_only_is_the_models_own_loss(tiny_model_dir):
     from persona_model.train.sft import target_loss
 

@@ -100,6 +100,7 @@ class CurationSettings:
     persona_examples: bool = True  # the card's example dialogue, every window
     heldout_replies: float = 0.1  # share of replies kept out of training for the persona gate
     facts_per_viewer: int = 10  # at most this many of one viewer's facts per window (a flood is not learned)
+    fact_repeats: int = 8  # each fact's trained wordings this many times, in other voices (facts need more passes than replies)
     seed: int = 0
 
 
@@ -281,10 +282,12 @@ def curate(folder: Path, turns: Path, memories: Path, *, system: str, persona_na
     for m, qa in facts:
         source = list(m.get("source_turns") or [])
         voices = rng.sample(list(qa.voices), len(qa.voices))  # each wording answered a different way
-        for q, voice in zip(qa.questions[:-1], voices, strict=False):
-            new.append({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q},
-                                     {"role": "assistant", "content": voice.format(answer=qa.answer)}],
-                        "kind": "fact_qa", "source_turns": source, "memory_id": m.get("id")})
+        for r in range(settings.fact_repeats):  # and again in another voice
+            for i, q in enumerate(qa.questions[:-1]):
+                voice = voices[(i + r) % len(voices)]
+                new.append({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q},
+                                         {"role": "assistant", "content": voice.format(answer=qa.answer)}],
+                            "kind": "fact_qa", "source_turns": source, "memory_id": m.get("id")})
         out.heldout_facts.append(_recall_item(m, qa, [f for _, f in facts], system, rng))
     if settings.persona_examples:
         for user, reply in persona_pairs(persona_examples, persona_name):
@@ -336,6 +339,7 @@ def _write(w: Window, settings: CurationSettings, window: dict[str, Any]) -> Non
                 "filters": {"interrupted": settings.interrupted, "bad_replies": "excluded",
                             "corrections": "replace the reply", "targets": "the last assistant message only",
                             "replay_share": settings.replay_share, "persona_examples": settings.persona_examples,
+                            "fact_repeats": settings.fact_repeats,
                             "heldout_replies": settings.heldout_replies, "seed": settings.seed}}
     (w.folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
