@@ -104,7 +104,7 @@ def _describe(folder: Path, window: Window) -> str:
 
 
 def _sources(counts: dict[str, int]) -> str:
-    """" (from 3 viewers' facts, 1 of yours)": where the window's facts came from."""
+    """" (from facts: 3 viewers', 1 yours)": where the window's facts came from."""
     names = (("viewer", "viewers'"), ("reflection", "reflections'"), ("operator", "yours"), ("card", "the card's"))
     parts = [f"{counts[f'facts_from_{k}']} {what}" for k, what in names if counts.get(f"facts_from_{k}")]
     return f" (from facts: {', '.join(parts)})" if parts else ""

@@ -4,7 +4,7 @@ the character's prompt, and its own answers are trained beside the window's exam
 window has nothing to teach, the targets are what the model already says, so the update is pulled
 towards staying where it was (after self-synthesized rehearsal, Huang et al. 2024). The questions
 (rehearsal_prompts.txt) are not the gate's general text, so the gate still measures what it
-claims to. Measured in docs/benchmarks.md (memory to weights: what a recipe costs).
+claims to. Measured in docs/benchmarks.md ("What a recipe teaches, and what it wears down").
 """
 
 from __future__ import annotations
