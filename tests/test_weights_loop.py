@@ -98,8 +98,10 @@ async def test_train_gate_activate_reject_rollback_and_swap_live(tmp_path, capsy
         persona={"name": "Testa", "system_prompt": "You are Testa, a warm VTuber who loves cozy puzzle games.",
                  "examples": EXAMPLES},
         turn={"first_sentence_min_chars": 1},
+        # the default recipe (each fact 8 times a pass, the model's own answers rehearsed) is sized for the
+        # real model (tests/test_real_learning.py); the tiny learner's 300 steps cover one wording per pass
         learning={"folder": str(tmp_path / "windows"), "adapters": str(tmp_path / "adapters"), "lr": 0.005,
-                  "seq_len": 256, "rows": 4, "checkpoint_every": 1000})
+                  "seq_len": 256, "rows": 4, "checkpoint_every": 1000, "fact_repeats": 1, "rehearsal": 0})
     rng = random.Random(1)
     pets = {n: rng.choice(PETS) for n in NAMES}
 
