@@ -309,6 +309,9 @@ class LearningConfig(_Section):
     facts_per_viewer: int = Field(_CURATION.facts_per_viewer, ge=0)  # one viewer's approved facts per window, at most
     fact_repeats: int = Field(_CURATION.fact_repeats, ge=1, le=64)  # each fact's trained wordings, this many times
     rehearsal: float = Field(0.2, ge=0, le=5)  # the model's own everyday answers trained, per example (0: none)
+    # how windows add up: "replay" trains the live adapter on (with replay_share of earlier examples);
+    # "ties" / "dare" train each window's own LoRA from the base model and serve them merged
+    method: Literal["replay", "ties", "dare"] = "replay"
     # a viewer's fact they state again at least this many hours later counts as approved (0: only you approve)
     approve_restated_after_h: float = Field(0.0, ge=0)
     seed: int = 0

@@ -29,6 +29,7 @@ from persona_model.prompt import system_text
 from persona_model.train.curate import CurationSettings, Window, curate, fact_items
 from persona_model.train.gate import GateSettings, evaluate_gate
 from persona_model.train.jsonl import read_jsonl
+from persona_model.train.merge import lineage_parts, merge
 from persona_model.train.rehearsal import with_rehearsal
 from persona_model.train.sft import SftSettings
 from persona_model.train.sft import train as train_sft
@@ -83,7 +84,9 @@ def build_window(config: Config) -> tuple[Path, Window]:
         folder, folder / "turns.jsonl", folder / "memories.jsonl", system=system_text(persona, "Chat"),
         persona_name=persona.name, persona_examples=persona.examples,
         earlier=[p / "train.jsonl" for p in accepted(config, folder)],
-        settings=settings(CurationSettings, lc), forgotten=memory_admin.forgotten(database),
+        # a merged window's adapter is its own: the earlier ones are merged in, not replayed
+        settings=settings(CurationSettings, lc, **({} if lc.method == "replay" else {"replay_share": 0.0})),
+        forgotten=memory_admin.forgotten(database),
         window={"id": folder.name, "since": since, "until": until, "database": str(database)})
     return folder, window
 
@@ -142,15 +145,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     live = reg.active if reg.active is not None and reg.fits(reg.active) else None  # never train on a misfit
     current = pinned or (reg.path(live.version) if live else None)
     current_name = pinned.name if pinned else (live.version if live else None)
-    return _train_and_gate(config, window / "train.jsonl", window / "run", window, args.steps or 0,
-                           start=current, current=current, current_name=current_name, parent=current_name)
+    if config.learning.method == "replay":
+        return _train_and_gate(config, window / "train.jsonl", window / "run", window, args.steps or 0,
+                               start=current, current=current, current_name=current_name, parent=current_name)
+    earlier = lineage_parts(_chain(reg, live) if live and not pinned else [current] if current else [])
+    return _train_and_gate(config, window / "train.jsonl", window / "run", window, args.steps or 0, start=None,
+                           current=current, current_name=current_name, parent=current_name, merge_with=earlier)
 
 
-def _train_and_gate(config: Config, data: Path, run: Path, window: Path, steps: int, *, start: Path | None,  # noqa: PLR0913 (the one place both kinds of run end)
-                    current: Path | None, current_name: str | None, parent: str | None) -> int:
+def _chain(reg: AdapterRegistry, version: AdapterVersion) -> list[Path]:
+    """A version's folder and its parents', newest first (as far as the registry has them)."""
+    out = [reg.path(version.version)]
+    while version.parent:
+        try:
+            version = reg.get(version.parent)
+        except RegistryError:  # a pinned adapter outside the registry: its data is not ours to read
+            break
+        out.append(reg.path(version.version))
+    return out
+
+
+def _train_and_gate(config: Config, data: Path, run: Path, window: Path, steps: int, *, start: Path | None,  # noqa: PLR0913 (the one place every kind of run ends)
+                    current: Path | None, current_name: str | None, parent: str | None,
+                    merge_with: list[Path] | None = None) -> int:
     """Train `data` (on top of `start`, or a fresh adapter), gate the result against `current` on
     `window`'s held-out sets and the earlier accepted windows', register it, and activate it if it
-    passed (and nothing pins another)."""
+    passed (and nothing pins another). With `merge_with` (learning.method "ties" or "dare"), what
+    is gated and served is the new adapter merged with those earlier windows' adapters."""
     with contextlib.suppress(OSError):
         os.nice(10)  # the live character keeps the CPU it needs
     base = models.model_path(config)
@@ -162,12 +183,16 @@ def _train_and_gate(config: Config, data: Path, run: Path, window: Path, steps: 
     result = train_sft(base, data, run, settings, start_adapter=start)
     print(f"{window.name}: {result.steps} steps, {result.tokens} tokens ({result.target_tokens} trained on),"
           f" {result.tokens_per_s:.0f} tokens/s, loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}")
+    adapter = result.adapter
+    if merge_with is not None and lc.method != "replay":
+        adapter = merge(base, [*merge_with, result.adapter], lc.method, run / "merged", lc.seed)
+        print(f"merged with {len(merge_with)} earlier window adapter(s) ({lc.method.upper()})")
     g = lc.gate
-    report = evaluate_gate(base, result.adapter, current, window, accepted(config, window),
+    report = evaluate_gate(base, adapter, current, window, accepted(config, window),
                            GateSettings(g.recall_margin, g.retention_margin, g.persona_margin, g.general_margin),
                            current_name=current_name)
     reg = registry(config)
-    entry = reg.register(result.adapter, parent=parent, window=window.name, base=models.base_of(config),
+    entry = reg.register(adapter, parent=parent, window=window.name, base=models.base_of(config),
                          passed=report.passed, metrics=report.metrics())
     report.candidate = entry.version
     report.save(run)
@@ -408,14 +433,7 @@ def cmd_retrain(config: Config, steps: int) -> int:
     if live is None or not reg.fits(live):
         print("no adapter of this base model is live: nothing was learned that could be retrained")
         return 0
-    lineage: list[str] = []
-    v: AdapterVersion | None = live
-    while v is not None:
-        lineage.append(v.window)
-        try:
-            v = reg.get(v.parent) if v.parent else None
-        except RegistryError:  # a pinned adapter outside the registry: its data is not ours to read
-            v = None
+    lineage = [reg.get(p.name).window for p in _chain(reg, live)]
     root = config.path(config.learning.folder)
     window = root / live.window
     out = window / f"retrain-{len(list(window.glob('retrain-*'))) + 1}"

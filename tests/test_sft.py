@@ -124,6 +124,48 @@ async def test_a_forgotten_viewer_is_retrained_out_of_the_live_adapter(tiny_mode
     assert "Miso" not in text and "Ada" not in text and "Tofu" in text and "Biscuit" in text
 
 
+async def test_merged_windows_serve_what_each_window_taught(tiny_model_dir, tmp_path, capsys):
+    """`[learning] method = "ties"`: each window trains its own LoRA from the base model (nothing
+    replayed) and the character is served all windows' adapters merged into one: it fits what the
+    first window taught better than the second window's adapter alone, and the second's better
+    than the first's alone."""
+    from peft import PeftModel
+
+    from persona_model.adapters import AdapterRegistry
+    from persona_model.train.evaluate import reply_nll
+    from runtime.cli import main
+    from runtime.events import TurnStatus
+    from tests.conftest import write_config
+    from tests.test_curation import rows, stream
+
+    config = str(write_config(tmp_path, model={"id": str(tiny_model_dir)},
+                              learning={"seq_len": 256, "rows": 4, "method": "ties", "lr": 0.01, "rehearsal": 0,
+                                        "gate": {"recall_margin": 1.0, "persona_margin": 99.0, "general_margin": 99.0}}))
+    windows = tmp_path / "training_logs" / "windows"
+    await stream(tmp_path / "omoide.db", [("Ada", "my cat is called Miso", "Miso is a lovely name!", TurnStatus.COMPLETE),
+                                          ("Bo", "my cat is called Tofu", "Tofu! Adorable.", TurnStatus.COMPLETE)])
+    assert main(["--config", config, "train", "--steps", "30"]) == 0
+    await stream(tmp_path / "omoide.db", [("Cy", "I live in Lisbon", "Lisbon, how sunny!", TurnStatus.COMPLETE),
+                                          ("Dee", "I live in Oslo", "Oslo is so pretty.", TurnStatus.COMPLETE)], start=2)
+    assert main(["--config", config, "train", "--steps", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "merged with 1 earlier window adapter(s) (TIES)" in out and "v0002 is active" in out
+    assert not [r for r in rows(windows / "w0002" / "train.jsonl") if r["kind"] == "replay"]
+    registry = AdapterRegistry(tmp_path / "training_logs" / "adapters")
+    v1, v2 = registry.path("v0001"), registry.path("v0002")
+    assert registry.get("v0002").parent == "v0001"
+    assert json.loads((v2 / "adapter_config.json").read_text())["r"] == 32  # two rank-16 windows, nothing cut
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    def nll(adapter, window: str) -> float:
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(adapter))
+        return reply_nll(model.eval(), tok, rows(windows / window / "train.jsonl"))
+
+    assert nll(v2, "w0001") < nll(v2 / "window", "w0001")
+    assert nll(v2, "w0002") < nll(v1, "w0002")
+
+
 def test_self_rehearsal_trains_the_models_own_everyday_answers_beside_the_window(tiny_model_dir, tmp_path):
     """Against forgetting: `rehearsal` examples per window example, each an everyday question in
     the window's system prompt answered by the model as it is now; generated once per run."""

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import (
+    LoraConfig,
+    PeftConfig,
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from persona_model.train.jsonl import read_jsonl
@@ -144,9 +151,11 @@ def read_examples(path: Path) -> list[dict[str, Any]]:
 
 def train(base: Path | str, data: Path, out: Path, settings: SftSettings = SftSettings(),  # noqa: C901 (the training loop with its checkpoint and resume)
           start_adapter: Path | None = None, progress: bool = True,
-          stop_after: int | None = None, on_step: Callable[[int, float], None] | None = None) -> SftResult:
+          stop_after: int | None = None, on_step: Callable[[int, float], None] | None = None,
+          adapter: PeftConfig | None = None) -> SftResult:
     """Train a LoRA adapter on `data` into `out` (resuming from `out/checkpoint` if there is one).
-    `start_adapter` continues an earlier adapter instead of a fresh one. `stop_after` ends the run
+    `start_adapter` continues an earlier adapter instead of a fresh one; `adapter` trains another
+    peft method (OSF: bench/continual.py) instead of the settings' LoRA. `stop_after` ends the run
     after that many optimizer steps, as an interruption would (tests)."""
     torch.manual_seed(settings.seed)
     random.seed(settings.seed)
@@ -155,6 +164,8 @@ def train(base: Path | str, data: Path, out: Path, settings: SftSettings = SftSe
     model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     if start_adapter is not None:
         model = PeftModel.from_pretrained(model, str(start_adapter), is_trainable=True)
+    elif adapter is not None:
+        model = get_peft_model(model, adapter)
     else:
         model = get_peft_model(model, LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
                                                  lora_dropout=settings.dropout,
@@ -221,7 +232,7 @@ def train(base: Path | str, data: Path, out: Path, settings: SftSettings = SftSe
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - started
-    adapter = out / "adapter"
+    saved = out / "adapter"
     if step >= total:
-        model.save_pretrained(adapter)
-    return SftResult(adapter, step, tokens, targets, seconds, losses)
+        model.save_pretrained(saved)
+    return SftResult(saved, step, tokens, targets, seconds, losses)
