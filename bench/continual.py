@@ -106,7 +106,7 @@ def simulate(method: str, base: Path, work: Path, args: argparse.Namespace) -> l
                               0.0 if method == "replay" else 0.2, seed=w)
         defaults = SftSettings()
         osf = method == "osf"
-        settings = SftSettings(seed=w, epochs=args.epochs, lr=1e-4 if osf else defaults.lr)
+        settings = SftSettings(seed=w, epochs=args.epochs, min_steps=args.min_steps, lr=1e-4 if osf else defaults.lr)
         config = OSFConfig(effective_rank=min(0.9, 0.5 + 0.04 * w), target_modules="all-linear",
                            task_type="CAUSAL_LM") if osf else None
         t0 = time.perf_counter()
@@ -193,6 +193,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=10)
     ap.add_argument("--facts", type=int, default=30, help="new viewers' facts per window")
     ap.add_argument("--epochs", type=float, default=SftSettings().epochs)
+    ap.add_argument("--min-steps", type=int, default=SftSettings().min_steps, help="at least this many steps a window")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--model", choices=("bundled", "learner"), default="bundled", help="learner: the tiny one (plumbing)")
     ap.add_argument("--out", type=Path, help="a folder for <method>.png and <method>.json (docs/continual)")
@@ -201,7 +202,7 @@ def main() -> None:
     keep = tempfile.TemporaryDirectory()
     base = (bundled_llm(Path("~/.cache/omoide/models").expanduser()) if args.model == "bundled"
             else tiny.build(Path(keep.name) / "learner", like="learner"))
-    caption = (f"{'SmolLM2-135M-Instruct' if args.model == 'bundled' else 'the tiny learner'}, {args.windows} windows x {args.facts} new facts, {args.epochs:g} epochs,"
+    caption = (f"{'SmolLM2-135M-Instruct' if args.model == 'bundled' else 'the tiny learner'}, {args.windows} windows x {args.facts} new facts, {args.epochs:g} epochs{f' (at least {args.min_steps} steps)' if args.min_steps else ''},"
                f" held-out wordings, generated answers (python bench/continual.py)")
     print(caption, flush=True)
     for method in args.methods:

@@ -318,6 +318,7 @@ class LearningConfig(_Section):
     rank: int = Field(16, ge=1, le=512)  # LoRA rank (alpha = 2 x rank)
     lr: float = Field(2e-3, gt=0, le=1)
     epochs: float = Field(3.0, gt=0)
+    min_steps: int = Field(0, ge=0)  # optimizer steps a window gets at least, whatever `epochs` gives it
     seq_len: int = Field(512, ge=32)  # tokens per packed row
     rows: int = Field(4, ge=1)  # rows per micro-batch
     accumulate: int = Field(1, ge=1)  # micro-batches per optimizer step

@@ -176,11 +176,9 @@ def _train_and_gate(config: Config, data: Path, run: Path, window: Path, steps: 
         os.nice(10)  # the live character keeps the CPU it needs
     base = models.model_path(config)
     lc = config.learning
-    settings = SftSettings(rank=lc.rank, alpha=2 * lc.rank, lr=lc.lr, epochs=lc.epochs, max_steps=steps,
-                           seq_len=lc.seq_len, rows=lc.rows, accumulate=lc.accumulate,
-                           checkpoint_every=lc.checkpoint_every, seed=lc.seed)
+    sft = settings(SftSettings, lc, alpha=2 * lc.rank, max_steps=steps)
     data = with_rehearsal(base, start, data, run / "data.jsonl", lc.rehearsal, lc.seed)  # against forgetting
-    result = train_sft(base, data, run, settings, start_adapter=start)
+    result = train_sft(base, data, run, sft, start_adapter=start)
     print(f"{window.name}: {result.steps} steps, {result.tokens} tokens ({result.target_tokens} trained on),"
           f" {result.tokens_per_s:.0f} tokens/s, loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}")
     adapter = result.adapter

@@ -5,6 +5,7 @@ uninterrupted one ends."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -93,6 +94,30 @@ async def test_omoide_train_trains_the_latest_window(tiny_model_dir, tmp_path, c
     assert (window / "run" / "adapter" / "adapter_config.json").is_file()
     assert main(["--config", config, "train", "--window", "w0009"]) == 1
     assert "no curated window" in capsys.readouterr().err
+
+
+async def test_a_quiet_window_still_gets_its_minimum_of_steps(tiny_model_dir, tmp_path, capsys):
+    """`min_steps`: the steps a window gets follow how much was said, so a quiet night's two facts
+    would get one at a tenth of a pass; with `min_steps` it gets at least that many, and a window
+    whose passes give more keeps its passes."""
+    from runtime.cli import main
+    from runtime.events import TurnStatus
+    from tests.conftest import write_config
+    from tests.test_curation import stream
+
+    await stream(tmp_path / "omoide.db", [("Ada", "my cat is called Miso", "Miso is a lovely name!", TurnStatus.COMPLETE),
+                                          ("Bo", "my cat is called Tofu", "Tofu! Adorable.", TurnStatus.COMPLETE)])
+    config = str(write_config(tmp_path, model={"id": str(tiny_model_dir)},
+                              learning={"seq_len": 256, "epochs": 0.1, "min_steps": 7, "rehearsal": 0}))
+    assert main(["--config", config, "train"]) == 0
+    assert "w0001: 7 steps" in capsys.readouterr().out
+
+    data = tmp_path / "train.jsonl"
+    write(data, examples())
+    passes = SftSettings(epochs=2, rows=1, seq_len=128)
+    steps = train(tiny_model_dir, data, tmp_path / "passes", passes, progress=False).steps
+    assert steps > 2
+    assert train(tiny_model_dir, data, tmp_path / "both", replace(passes, min_steps=2), progress=False).steps == steps
 
 
 async def test_a_forgotten_viewer_is_retrained_out_of_the_live_adapter(tiny_model_dir, tmp_path, capsys):

@@ -50,6 +50,7 @@ class SftSettings:
     lr: float = 2e-3
     epochs: float = 3.0
     max_steps: int = 0  # optimizer steps; 0: as many as `epochs` take
+    min_steps: int = 0  # at least this many, whatever `epochs` takes: a small window gets more passes
     seq_len: int = 512  # tokens per packed row
     rows: int = 4  # rows per micro-batch
     accumulate: int = 1  # micro-batches per optimizer step
@@ -175,7 +176,7 @@ def train(base: Path | str, data: Path, out: Path, settings: SftSettings = SftSe
     encoded = [encode(ex, tokenizer, longest) for ex in read_examples(data)]
     rows = pack([len(x) for x, _ in encoded], settings.seq_len)
     per_epoch = math.ceil(len(rows) / settings.rows / settings.accumulate)
-    total = settings.max_steps or max(1, round(per_epoch * settings.epochs))
+    total = settings.max_steps or max(1, settings.min_steps, round(per_epoch * settings.epochs))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / total)
     step, losses = 0, []
