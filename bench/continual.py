@@ -104,9 +104,8 @@ def simulate(method: str, base: Path, work: Path, args: argparse.Namespace) -> l
         model_base = osf_base if method == "osf" else base
         data = with_rehearsal(model_base, live, folder / "data" / "train.jsonl", folder / "run" / "data.jsonl",
                               0.0 if method == "replay" else 0.2, seed=w)
-        defaults = SftSettings()
         osf = method == "osf"
-        settings = SftSettings(seed=w, epochs=args.epochs, min_steps=args.min_steps, lr=1e-4 if osf else defaults.lr)
+        settings = SftSettings(seed=w, epochs=args.epochs, min_steps=args.min_steps, lr=1e-4 if osf else SftSettings().lr)
         config = OSFConfig(effective_rank=min(0.9, 0.5 + 0.04 * w), target_modules="all-linear",
                            task_type="CAUSAL_LM") if osf else None
         t0 = time.perf_counter()
