@@ -136,6 +136,7 @@ class Steerer:
         return add
 
     def close(self) -> None:
+        """Every coefficient back to 0 and the hooks removed: the model as it was (vectors kept)."""
         with self._lock:
             self._coefficients = dict.fromkeys(self._coefficients, 0.0)
             self._rebuild()
