@@ -82,7 +82,7 @@ def iter_examples(
     rows = conn.execute(
         "SELECT id, started_at, persona, model, adapter, messages, recalled, generated_text,"
         " spoken_text, status, interrupted_at, interrupt_reason, moderated, timings, false_interruptions,"
-        " review, corrected_text, actions"
+        " review, corrected_text, actions, traits"
         f" FROM turns WHERE status IN ({marks}) AND spoken_text != '' AND started_at >= ?"
         " ORDER BY started_at",
         (*statuses, since or 0.0),
@@ -91,7 +91,7 @@ def iter_examples(
     gone_viewers = {str(v) for v, _ in forgotten}
     gone_turns = {str(t) for _, turns in forgotten for t in json.loads(turns)}
     for (turn_id, started_at, persona, model, adapter, messages, recalled, generated, spoken,
-         status, cut_at, reason, moderated, timings, false_interruptions, review, corrected, actions) in rows:
+         status, cut_at, reason, moderated, timings, false_interruptions, review, corrected, actions, traits) in rows:
         if turn_id in gone_turns:  # it answered a viewer who asked to be forgotten
             continue
         inputs = conn.execute(
@@ -111,6 +111,7 @@ def iter_examples(
                 "persona": persona,
                 "model": model,
                 "adapter": adapter,
+                "traits": json.loads(traits),
                 "status": status,
                 "interrupted": status == "interrupted",
                 "interrupted_at": cut_at,

@@ -142,6 +142,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     UPDATE memories SET consent = 'pending' WHERE source = 'reflection' AND kind = 'fact' AND consent IS NULL;
     """,
+    # 11: the trait sliders a reply was generated with (docs/traits.md#sliders)
+    """
+    ALTER TABLE turns ADD COLUMN traits TEXT NOT NULL DEFAULT '{}';  -- JSON: trait -> setting, those not at 0
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -163,9 +163,10 @@ class SqliteMemory:
         self.writer.put(
             "INSERT INTO turns (id, started_at, updated_at, persona, model, adapter, prompt,"
             " messages, recalled, generated_text, spoken_text, status, interrupted_at,"
-            " interrupt_reason, moderated, error, timings, false_interruptions, actions)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " interrupt_reason, moderated, error, timings, false_interruptions, actions, traits)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at, adapter = excluded.adapter,"
+            " traits = excluded.traits,"
             " prompt = excluded.prompt, messages = excluded.messages,"
             " recalled = excluded.recalled, generated_text = excluded.generated_text,"
             " spoken_text = excluded.spoken_text, status = excluded.status,"
@@ -178,7 +179,8 @@ class SqliteMemory:
              json.dumps(list(record.recalled)), record.generated_text, record.spoken_text,
              str(record.status), record.interrupted_at, record.interrupt_reason,
              json.dumps(list(record.moderated)), record.error, json.dumps(record.timings),
-             record.false_interruptions, json.dumps(list(record.actions), ensure_ascii=False)))
+             record.false_interruptions, json.dumps(list(record.actions), ensure_ascii=False),
+             json.dumps(record.traits)))
         for event in record.inputs:
             self.writer.put("UPDATE inputs SET turn_id = ? WHERE id = ?", (record.turn_id, event.id))
 

@@ -32,6 +32,7 @@ from persona_model.constrained import SchemaProcessor, ll_tokenizer
 from persona_model.generation import GenerationStats, Sampling
 from persona_model.json_schema import TruncatedJson, grammar, tighten, validate
 from persona_model.prompt import PromptRenderer
+from persona_model.steering import Sliders
 from runtime.events import Prompt, PromptContext
 from runtime.ports import ThreadStream, Worker
 
@@ -149,6 +150,8 @@ class LocalPersonaModel:
         self.swaps: list[float] = []  # seconds each swap held the model
         self.prefix_cache = prefix_cache
         self._kv: tuple[list[int], Any] | None = None  # token ids and the key/value cache that holds them
+        self.sliders: Sliders | None = None  # the traits a running character can set (attach_sliders)
+        self._traits: dict[str, float] = {}  # the slider settings replies are generated with now
 
     @classmethod
     def load(cls, path: Path | str, *, name: str | None = None, adapter_path: Path | str | None = None,
@@ -252,6 +255,38 @@ class LocalPersonaModel:
         self.swaps.append(held)
         return held
 
+    # ---- sliders -----------------------------------------------------------------------------
+    def attach_sliders(self, sliders: Sliders) -> None:
+        """Let `set_traits` steer this model with `sliders`' vectors (built on this model)."""
+        self.sliders = sliders
+
+    def set_traits(self, settings: dict[str, float]) -> None:
+        """Take these slider settings (those not named: 0) between replies: queued on the
+        generation thread, so a reply being generated keeps the ones it started with and the next
+        one starts with these. Checked now: SliderError for a bad one."""
+        if self.sliders is None:
+            raise ValueError("this model has no sliders")
+        wanted = self.sliders.check(settings)
+        self._worker.submit(lambda: self._apply_traits(wanted))
+
+    @property
+    def traits(self) -> dict[str, float]:
+        """The slider settings replies are generated with now (those not at 0)."""
+        return dict(self._traits)
+
+    def _apply_traits(self, wanted: dict[str, float]) -> None:
+        assert self.sliders is not None
+        try:
+            self.sliders.model = self.model  # an adapter swap may have wrapped it
+            now = {k: v for k, v in self.sliders.apply(wanted).items() if v}
+        except Exception as exc:  # noqa: BLE001 - on the generation thread: say it, keep the settings before
+            log.error("the sliders could not be set; replies keep the settings before",
+                      extra={"error": str(exc), "settings": wanted})
+            return
+        if now != self._traits:
+            self._kv = None  # the kept prefix was computed with the old settings
+        self._traits = now
+
     @property
     def name(self) -> str:
         return self._name
@@ -299,6 +334,8 @@ class LocalPersonaModel:
             await asyncio.shield(swap)
         if self._staged is not None:
             await self._swap()
+        if self._worker.busy:  # slider settings given while the adapter was swapped: taken first
+            await asyncio.to_thread(self._worker.idle)
         stream: ThreadStream[str] = ThreadStream()
         stats = GenerationStats()
         self.last_stats = stats

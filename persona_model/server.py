@@ -98,6 +98,11 @@ class ServerPersonaModel:
     def adapter(self) -> str | None:
         return self._adapter
 
+    @property
+    def traits(self) -> dict[str, float]:
+        """Sliders steer the local backend only (a llama.cpp server takes a control vector at its start)."""
+        return {}
+
     def render(self, context: PromptContext) -> Prompt:
         return self.renderer.render(context)
 

@@ -10,8 +10,11 @@ steers a llama.cpp server the same way (`--control-vector-scaled FILE COEFFICIEN
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,13 @@ import gguf
 import numpy as np
 import torch
 
-from persona_model.traits import Trait
+from persona_model.sliders import parse_settings
+from persona_model.traits import Trait, steering_prompts
 from persona_model.traits.measure import prefixed
 
+log = logging.getLogger(__name__)
 GGUF_ARCH = "controlvector"  # what llama.cpp's control-vector loader reads
+LAYER_SHARE = 0.4  # the sliders' default layer, as a share of the model's depth (12 of the bundled model's 30)
 
 
 class SteeringError(ValueError):
@@ -180,3 +186,91 @@ def read_gguf(path: Path | str) -> dict[int, np.ndarray]:
         if t.name.startswith("direction."):
             out[int(t.name.split(".", 1)[1])] = np.array(t.data, dtype=np.float32).reshape(-1)
     return out
+
+
+def default_layer(model: Any) -> int:
+    n = len(decoder_layers(model))
+    if n < 3:
+        raise SteeringError(f"the model has {n} decoder layers: too few to steer (sliders need 3 or more)")
+    return min(max(1, round(n * LAYER_SHARE)), n - 2)
+
+
+class Sliders:
+    """The steering vectors behind the sliders and the Steerer that adds them to the model.
+
+    `apply` is blocking (the first time a trait moves on a model and card, its vector is computed:
+    about 8 s for the bundled model on 2 CPU cores; then read from its file in milliseconds) and must
+    run when no generation does: the local backend runs it on its generation thread, between replies."""
+
+    def __init__(self, model: Any, tokenizer: Any, traits: Mapping[str, Trait], system: str, *,
+                 model_name: str, layer: int = 0, cache: Path | None = None, limit: float = 8.0) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.traits = dict(traits)
+        self.system = system
+        self.cache = cache
+        self.limit = limit
+        self.model_name = model_name
+        self.steerer = Steerer(model)
+        n = len(decoder_layers(model))
+        self._lock = threading.Lock()
+        self.layer = layer or default_layer(model)
+        if not 0 < self.layer < n - 1:
+            raise SteeringError(f"sliders.layer = {self.layer} is outside 1..{n - 2} (the model has {n} decoder layers)")
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.traits)
+
+    def settings(self) -> dict[str, float]:
+        """The settings in effect (every slider, 0 for those at rest)."""
+        now = self.steerer.coefficients()
+        return {name: now.get(name, 0.0) for name in self.traits}
+
+    def check(self, settings: Mapping[str, Any], where: str = "sliders") -> dict[str, float]:
+        """The settings, or SliderError naming the first one that cannot be used."""
+        return parse_settings(dict(settings), self.names, self.limit, where)
+
+    def apply(self, settings: Mapping[str, float]) -> dict[str, float]:
+        """Set every slider (those not named go back to 0); returns the settings in effect."""
+        wanted = self.check(settings)
+        with self._lock:
+            missing = [n for n, v in wanted.items() if v and n not in self.steerer.traits]
+            if missing:
+                self.steerer.close()  # vectors are read from the model as it is, unsteered
+                for name in missing:
+                    self.steerer.add(self._vector(name))
+            for name in self.steerer.traits:
+                self.steerer.set(name, wanted.get(name, 0.0))
+        return self.settings()
+
+    def vector(self, name: str) -> tuple[SteeringVector, Path | None]:
+        """A slider's vector (computed, or read from its file) and the file that keeps it."""
+        with self._lock:
+            return self._vector(name), self._cache_path(self.traits[name])
+
+    def _vector(self, name: str) -> SteeringVector:
+        trait = self.traits[name]
+        path = self._cache_path(trait)
+        if path is not None and path.is_file():
+            try:
+                layers = read_gguf(path)
+                if list(layers) == [self.layer]:
+                    return SteeringVector(name, self.layer, layers[self.layer])
+            except SteeringError as exc:
+                log.warning("a steering vector file is unreadable: computing it again", extra={"error": str(exc)})
+        vector = compute(self.model, self.tokenizer, trait, steering_prompts(), self.layer, self.system)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                export_gguf([(vector, 1.0)], path, self.model_name)
+            except OSError as exc:
+                log.warning("the steering vector could not be kept", extra={"path": str(path), "error": str(exc)})
+        return vector
+
+    def _cache_path(self, trait: Trait) -> Path | None:
+        """One file per model, card, layer and trait definition: a change to any computes anew."""
+        if self.cache is None:
+            return None
+        key = json.dumps([self.model_name, self.layer, self.system, repr(trait), steering_prompts()])
+        return self.cache / f"{trait.name}-L{self.layer}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.gguf"

@@ -25,6 +25,7 @@ from omoide_game.tictactoe import TicTacToe
 from memory.schema import SchemaError
 from memory.store import SqliteMemory
 from persona_model.adapters import AdapterFollower, AdapterTarget
+from persona_model.prompt import system_text
 from plugins.audio import PlaybackLog
 from plugins.avatar_vts import VtsAvatar
 from plugins.avatar_ws import AvatarServer
@@ -62,6 +63,7 @@ from runtime.parts import (
 )
 from runtime.ports import Clock, MonotonicClock, OutputSink, PersonaModel, Source
 from runtime.reflection import ReflectionSettings, Reflector
+from runtime.sliders import LiveSliders, live_sliders, slider_commands
 from runtime.turn import Cast, TurnSettings
 
 log = logging.getLogger(__name__)
@@ -86,11 +88,14 @@ class App:
     reflector: Reflector | None = None
     follower: AdapterFollower | None = None  # swaps in newly activated adapters
     games: GameServer | None = None  # the game API, when on
+    sliders: LiveSliders | None = None  # the trait sliders, when the model can be steered
 
     async def aclose(self) -> None:
         for sink in self.sinks:
             with contextlib.suppress(Exception):
                 await sink.aclose()
+        if self.sliders is not None:
+            await self.sliders.aclose()
         await self.director.cast.model.aclose()
         await self.memory.aclose()
 
@@ -154,12 +159,16 @@ async def build(
             model = await asyncio.to_thread(load_persona_model, config)
         for text in lore:
             await memory.add_memory(text, source=persona.source)
+        sliders = live_sliders(config, model, system_text(persona, config.chat.console.name))
+        if sliders is not None:
+            opened.append(sliders)
         out = await outputs(config, clock, persona.name, playback, opened)
         ins = await inputs(config, clock, persona.name, [*sources, *([listener] if listener else [])],
                            console, stdin, stdout, opened)
         inbox = inbox_from(config, clock, persona)
         activity = Activity(inbox)
-        jobs = background_from(config, model, memory, clock, activity, persona, background)
+        jobs = background_from(config, model, memory, clock, activity, persona,
+                               [*background, *([lambda: sliders.watch(clock)] if sliders else [])])
         cast = Cast(
             persona=persona, model=model, synthesizer=synthesizer, playout=out.playout, memory=memory,
             moderator=moderator, clock=clock, observers=(*out.observers, *ins.observers),
@@ -171,6 +180,8 @@ async def build(
         if out.avatar is not None:
             out.avatar.commands.update(channel_commands(
                 director.submit, clock, config.chat.console.name, config.path(config.memory.database), ins.games))
+            if sliders is not None:
+                out.avatar.commands.update(slider_commands(sliders))
             await start_avatar(config, out.avatar)
             opened.append(out.avatar)
     except BaseException:
@@ -179,7 +190,7 @@ async def build(
                 await thing.aclose()
         raise
     return App(config, director, memory, out.avatar, [out.playout, *cast.observers], jobs.reflector, jobs.follower,
-               ins.games)
+               ins.games, sliders)
 
 
 async def memory_from(config: Config, clock: Clock) -> SqliteMemory:

@@ -73,6 +73,14 @@ def parser() -> argparse.ArgumentParser:
     database = _options(("--database", dict(help="database file (default: memory.database)")))
     _memory(top.group("memory", "what the character remembers: list, search, add, edit, pin, delete", [database]))
     _learning(top)
+    persona = top.group("persona", "the character's trait sliders: her mood, set live (docs/traits.md#sliders)")
+    persona.add("sliders", "each trait slider, what its ends mean and its setting", "runtime.cli_persona:cmd_sliders")
+    ps = persona.add("set", "move trait sliders; a running character takes them before its next reply",
+                     "runtime.cli_persona:cmd_set")
+    ps.add_argument("settings", nargs="*", metavar="NAME=VALUE", help="e.g. energy=3 sass=-2")
+    ps.add_argument("--reset", action="store_true", help="every slider not named goes back to 0")
+    persona.add("vectors", "compute the sliders' steering vectors for the configured model and card now"
+                " (llama.cpp control-vector files)", "runtime.sliders:cmd_vectors")
 
     vts = top.group("vts", "VTube Studio")
     vts.add("hotkeys", "list the loaded model's hotkeys (to map expression tags to)", f"{CHARACTER}:cmd_vts_hotkeys")

@@ -283,6 +283,15 @@ class MemoryConfig(_Section):
     reflection: ReflectionConfig = ReflectionConfig()
 
 
+class SlidersConfig(_Section):
+    enabled: bool = True  # trait sliders a running character takes live (the local backend)
+    traits: list[str] = Field(default_factory=lambda: ["energy", "warmth", "sass"])  # bundled names or trait files
+    file: str = "training_logs/sliders.json"  # the live settings: the CLI, the avatar channel and the page write it
+    layer: int = Field(0, ge=0)  # the decoder layer vectors are added after (0: two fifths in; 12 of 30)
+    limit: float = Field(8.0, gt=0, le=64)  # the largest setting either way
+    cache: str = "training_logs/steering"  # the vectors, as llama.cpp control-vector files
+
+
 class GateConfig(_Section):
     recall_margin: float = Field(0.0, ge=0, le=1)  # share of this window's fact questions a candidate may lose
     retention_margin: float = Field(0.05, ge=0, le=1)  # ... of earlier windows' fact questions
@@ -354,6 +363,7 @@ class Config(_Section):
     vts: VtsConfig = VtsConfig()
     chat: ChatConfig = ChatConfig()
     memory: MemoryConfig = MemoryConfig()
+    sliders: SlidersConfig = SlidersConfig()
     learning: LearningConfig = LearningConfig()
     log: LogConfig = LogConfig()
 

@@ -298,6 +298,7 @@ class TurnRecord:
     false_interruptions: int = 0  # barge-ins that paused the turn but said nothing
     actions: tuple[ActionAttempt, ...] = ()  # game actions tried
     timings: dict[str, float] = field(default_factory=dict)  # Stage -> seconds since input
+    traits: dict[str, float] = field(default_factory=dict)  # the trait sliders the reply was generated with
 
     @property
     def interrupted(self) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 from runtime.events import Prompt, PromptContext
@@ -34,6 +34,10 @@ class FallbackModel:
     @property
     def adapter(self) -> str | None:
         return self._serving.adapter
+
+    @property
+    def traits(self) -> Mapping[str, float]:
+        return self._serving.traits
 
     def _primary_out(self) -> bool:
         return self._retry_at is not None and self.clock() < self._retry_at

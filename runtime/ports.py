@@ -209,6 +209,11 @@ class PersonaModel(Protocol):
     @property
     def adapter(self) -> str | None: ...
 
+    @property
+    def traits(self) -> Mapping[str, float]:
+        """The trait sliders' settings replies are generated with now (those not at 0)."""
+        ...
+
     def render(self, context: PromptContext) -> Prompt:
         """The exact prompt for this context, within the model's token budget."""
         ...

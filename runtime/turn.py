@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import re
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +71,10 @@ class CannedReply:
     @property
     def adapter(self) -> str | None:
         return None
+
+    @property
+    def traits(self) -> Mapping[str, float]:
+        return {}
 
     def render(self, context: PromptContext) -> Prompt:
         messages = (ChatMessage("user", input_text(context.inputs)),)
@@ -270,6 +274,7 @@ class TurnHandle:
                         break
                     if not self._generated:  # the model and adapter that generated it (they may change between turns)
                         self.record.model, self.record.adapter = self.cast.model.name, self.cast.model.adapter
+                        self.record.traits = dict(self.cast.model.traits)
                     self.mark(Stage.FIRST_TOKEN)
                     self._generated.append(piece)
                     cut = cutter.feed(piece)

@@ -14,6 +14,7 @@ class ScriptedModel:
 
     name = "scripted"
     adapter = None
+    traits: dict[str, float] = {}
 
     def __init__(self, text: str, delay: float = 0.002) -> None:
         self.text = text

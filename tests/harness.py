@@ -160,6 +160,7 @@ class TimelineModel:
 
     name = "timeline"
     adapter = None
+    traits: dict[str, float] = {}
 
     def __init__(self, clock: VirtualClock, reply: str, word_s: float = 0.05) -> None:
         self.clock, self.reply, self.word_s = clock, reply, word_s

@@ -13,7 +13,8 @@ L0 = {"runtime.events", "runtime.ports"}
 # the wiring: what reads the configuration and picks concrete classes (docs/architecture.md)
 # and the command line (runtime.cli and its handlers, runtime.cli_*)
 L3 = {"runtime.app", "runtime.parts", "runtime.models", "runtime.embedding", "runtime.avatar_commands",
-      "runtime.heap", "runtime.errors", "runtime.config", "runtime.learning", "runtime.log_format"}
+      "runtime.heap", "runtime.errors", "runtime.config", "runtime.learning", "runtime.log_format",
+      "runtime.sliders"}
 
 
 def layer(module: str) -> tuple[int, str]:

@@ -246,6 +246,10 @@ class Breaking:
     def adapter(self) -> str | None:
         return self.model.adapter
 
+    @property
+    def traits(self) -> Any:
+        return self.model.traits
+
     def render(self, context: PromptContext) -> Prompt:
         return self.model.render(context)
 

@@ -25,6 +25,7 @@ class ThoughtfulModel:
 
     name = "thoughtful"
     adapter = None
+    traits: dict[str, float] = {}
 
     def __init__(self) -> None:
         self.events: list[str] = []

@@ -32,6 +32,7 @@ class EchoModel:
 
     name = "echo"
     adapter = None
+    traits: dict[str, float] = {}
 
     def render(self, context: PromptContext) -> Prompt:
         said = " ".join(e.text for e in context.inputs)

@@ -45,6 +45,7 @@ class Character:
     or one gone wrong), so the log holds replies a real persona model would give."""
 
     adapter = None
+    traits: dict[str, float] = {}
 
     def __init__(self, lines: list[str]) -> None:
         self.lines = lines
