@@ -12,7 +12,17 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from runtime.events import VIEWER_CHAT, ChatMessage, Memory, Persona, Prompt, PromptContext, input_text
+from persona_model.lorebook import active, lore_text, within
+from runtime.events import (
+    VIEWER_CHAT,
+    ChatMessage,
+    LoreEntry,
+    Memory,
+    Persona,
+    Prompt,
+    PromptContext,
+    input_text,
+)
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -29,6 +39,7 @@ DEFAULT_SYSTEM = (
 )
 _USER = re.compile(r"\{\{user\}\}|<user>", re.IGNORECASE)
 _CHAR = re.compile(r"\{\{char\}\}|<bot>", re.IGNORECASE)  # a card's are replaced on load; [persona]'s here
+_ORIGINAL = re.compile(r"\{\{original\}\}", re.IGNORECASE)  # a card's prompt around the default one (V2 spec)
 
 
 BYTES_PER_TOKEN = 3.5  # English BPE averages about 4; a little under, so estimates err long
@@ -48,8 +59,14 @@ def chatml(messages: Sequence[ChatMessage]) -> str:
     return "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
 
 
+def fill(text: str, persona: Persona, user: str) -> str:
+    """A card's macros filled: {{char}} (and <BOT>) is the character, {{user}} (and <USER>) the user."""
+    return _CHAR.sub(persona.name, _USER.sub(user, text))
+
+
 def system_text(persona: Persona, user: str) -> str:
-    parts = [persona.system_prompt or DEFAULT_SYSTEM.format(name=persona.name)]
+    default = DEFAULT_SYSTEM.format(name=persona.name)
+    parts = [_ORIGINAL.sub(default, persona.system_prompt) if persona.system_prompt else default]
     if persona.description:
         parts.append(persona.description)
     if persona.personality:
@@ -59,7 +76,22 @@ def system_text(persona: Persona, user: str) -> str:
     if persona.examples:
         parts.append(f"Example dialogue:\n{persona.examples}")
     parts.append(CHAT_RULE.format(marker=VIEWER_CHAT))
-    return _CHAR.sub(persona.name, _USER.sub(user, "\n\n".join(parts)))
+    return fill("\n\n".join(parts), persona, user)
+
+
+def post_history_text(persona: Persona, user: str) -> str:
+    """The card's note after the conversation ({{original}} is the default one: none)."""
+    return fill(_ORIGINAL.sub("", persona.post_history_instructions), persona, user).strip()
+
+
+def scanned_text(context: PromptContext) -> str:
+    """What a lorebook's keys are looked for in: this turn's input and the messages before it, as
+    many as the card's scan_depth counts (the input is one)."""
+    depth = context.persona.scan_depth
+    if depth <= 0:
+        return ""
+    earlier = [m.content for m in context.history[len(context.history) - (depth - 1):]] if depth > 1 else []
+    return "\n".join([*earlier, *(e.text for e in context.inputs)])
 
 
 def memory_text(memories: Sequence[Memory]) -> str:
@@ -79,20 +111,25 @@ class PromptRenderer:
         self.memory_share = memory_share
         self.template = None if getattr(tokenizer, "chat_template", None) else CHATML
 
-    def messages(self, context: PromptContext, history: int, memories: int) -> list[ChatMessage]:
+    def messages(self, context: PromptContext, history: int, memories: int,
+                 lore: Sequence[LoreEntry] = ()) -> list[ChatMessage]:
         user = next((e.author for e in context.inputs if e.author), "Chat")
         # {{user}} in the card is whoever is talking, which on a stream is chat; the speaker's name
         # is on their line. So the system prompt stays the same from turn to turn (its key/value
-        # cache is reused) and is what training used (curation renders it with "Chat" too).
+        # cache is reused) and is what training used (curation renders it with "Chat" too). The
+        # lorebook's entries and the memories come after it, their macros filled the same way.
         system = system_text(context.persona, "Chat")
-        recalled = memory_text(context.memories[:memories])
-        if recalled:
-            system += "\n\n" + recalled
+        said = {e.content for e in lore}  # an entry in by its keys is not recalled a second time as a memory
+        recalled = [m for m in context.memories[:memories] if m.text not in said]
+        for extra in (lore_text(lore), memory_text(recalled)):
+            if extra:
+                system += "\n\n" + fill(extra, context.persona, "Chat")
         msgs = [ChatMessage("system", system)]
         msgs += context.history[len(context.history) - history :] if history else []
         msgs.append(ChatMessage("user", input_text(context.inputs)))
-        if context.persona.post_history_instructions:
-            msgs.append(ChatMessage("system", _USER.sub(user, context.persona.post_history_instructions)))
+        note = post_history_text(context.persona, user)
+        if note:
+            msgs.append(ChatMessage("system", note))
         return msgs
 
     def text(self, messages: Sequence[ChatMessage]) -> str:
@@ -114,11 +151,15 @@ class PromptRenderer:
     def render(self, context: PromptContext) -> Prompt:
         n_hist, n_mem = len(context.history), len(context.memories)
         share = int(self.max_tokens * self.memory_share)
+        # the lorebook's entries that fire first (within the share), then memories in what is left
+        lore = within(active(context.persona.lorebook, scanned_text(context)),
+                      lambda entries: self.count(lore_text(entries)) <= share)
+        share -= self.count(lore_text(lore)) if lore else 0
         while n_mem and self.count(memory_text(context.memories[:n_mem])) > share:
             n_mem -= 1  # recall ranks best first: the last ones go
 
         def fits(history: int, memories: int) -> tuple[bool, str, int, list[ChatMessage]]:
-            msgs = self.messages(context, history, memories)
+            msgs = self.messages(context, history, memories, lore)
             text = self.text(msgs)
             tokens = self.count(text)
             return tokens <= self.max_tokens, text, tokens, msgs

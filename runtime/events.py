@@ -189,6 +189,24 @@ class ChatMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class LoreEntry:
+    """A lorebook entry of a character card that enters the prompt by its keys, or always
+    (docs/cards.md#lorebooks). Entries with neither become memories recalled by meaning."""
+
+    content: str
+    keys: tuple[str, ...] = ()
+    secondary_keys: tuple[str, ...] = ()
+    selective: bool = False  # with secondary keys: they must appear too, as `logic` says
+    logic: int = 0  # SillyTavern's selectiveLogic: 0 and-any, 1 not-all, 2 not-any, 3 and-all
+    constant: bool = False  # always in the prompt
+    order: int = 100  # insertion_order: lower comes first in the prompt
+    priority: int = 100  # over the budget, the lowest priority is left out first
+    case_sensitive: bool = False
+    regex: bool = False  # the keys are regular expressions (V3 use_regex)
+    name: str = ""  # the entry's name or comment, for messages
+
+
+@dataclass(frozen=True, slots=True)
 class Persona:
     """Who the character is. Loaded from a character card or the config's [persona] table."""
 
@@ -201,6 +219,8 @@ class Persona:
     system_prompt: str = ""
     post_history_instructions: str = ""
     source: str = "config"  # where it came from, for logs and the interaction record
+    lorebook: tuple[LoreEntry, ...] = ()  # the entries with keys, and the constant ones
+    scan_depth: int = 2  # messages the keys are looked for in: this turn's input and the line before
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,7 +203,14 @@ CARD = {"spec": "chara_card_v2", "spec_version": "2.0",
 @given(card=json_values | st.fixed_dictionaries({"spec": json_values, "data": json_values})
        | st.fixed_dictionaries({"spec": st.just("chara_card_v3"), "data": st.dictionaries(
            st.sampled_from(["name", "description", "first_mes", "mes_example", "character_book", "assets"]),
-           json_values)}))
+           json_values)})
+       | st.fixed_dictionaries({"spec": st.just("chara_card_v2"), "data": st.fixed_dictionaries(
+           {"name": st.just("F"), "character_book": st.fixed_dictionaries({"entries": st.lists(st.dictionaries(
+               st.sampled_from(["keys", "secondary_keys", "content", "constant", "selective", "insertion_order",
+                                "priority", "enabled", "use_regex", "case_sensitive", "extensions"]),
+               json_values | st.lists(st.text(max_size=8), max_size=3)), max_size=3)})})})
+       | st.dictionaries(st.sampled_from(["name", "bio", "lore", "messageExamples", "style", "adjectives",
+                                          "topics", "system", "knowledge"]), json_values).map(lambda d: {"bio": "", **d}))
 def test_a_card_loads_or_is_refused_naming_the_field(card):
     try:
         persona, lore = parse_card(card, "fuzz.json")
