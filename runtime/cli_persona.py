@@ -41,7 +41,7 @@ def cmd_set(args: argparse.Namespace) -> int:
             changes[name.strip()] = float(value)
         except ValueError:
             raise SliderError(f"{item!r}: the setting must be a number, as in energy=3") from None
-    checked = parse_settings(changes, list(traits), limit, "omoide persona set")
+    checked = parse_settings(changes, list(traits), limit, "sliders")
     try:
         now = {} if args.reset else read_settings(path, list(traits), limit)
     except SliderError as exc:

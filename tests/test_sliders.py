@@ -37,13 +37,7 @@ SYSTEM = "You are Testa, a VTuber. Answer the viewer in one or two sentences."
 @pytest.fixture(scope="module")
 def greedy(bundled_model_dir: Path) -> Any:
     """The bundled model, greedy: the same prompt and setting give the same words."""
-    return LocalPersonaModel.load(bundled_model_dir, name="bundled", sampling=Sampling(temperature=0, max_new_tokens=20))
-
-
-@pytest.fixture(scope="module")
-def vectors(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the steering vectors are kept: computed once for the module's tests."""
-    return tmp_path_factory.mktemp("steering")
+    return LocalPersonaModel.load(bundled_model_dir, name="bundled", sampling=Sampling(temperature=0, max_new_tokens=16))
 
 
 def prompt(model: LocalPersonaModel, text: str) -> Prompt:
@@ -68,9 +62,9 @@ async def sliders_on(model: LocalPersonaModel, cache: Path) -> AsyncIterator[Sli
         await asyncio.to_thread(model.join)
 
 
-async def test_a_setting_changes_her_next_reply_and_at_zero_she_is_herself_again(greedy, vectors):
+async def test_a_setting_changes_her_next_reply_only_and_at_zero_she_is_herself_again(greedy, tmp_path):
     p = prompt(greedy, "What are we playing today?")
-    async with sliders_on(greedy, vectors):
+    async with sliders_on(greedy, tmp_path):
         plain, _ = await reply(greedy, p)
         again, cached = await reply(greedy, p)
         assert again == plain and cached > 16  # the same prompt again: its start comes from the kept cache
@@ -83,25 +77,20 @@ async def test_a_setting_changes_her_next_reply_and_at_zero_she_is_herself_again
         assert quiet not in (plain, loud)
         greedy.set_traits({})
         assert (await reply(greedy, p))[0] == plain and greedy.traits == {}
-    # the vector is kept as a llama.cpp control vector (layer 12 of 30, the model's hidden size)
-    [kept] = vectors.iterdir()
-    assert kept.name.startswith("energy-L12-") and kept.suffix == ".gguf"
-    [(layer, direction)] = read_gguf(kept).items()
-    assert layer == 12 and direction.shape == (greedy.model.config.hidden_size,)
-
-
-async def test_a_reply_being_generated_keeps_the_setting_it_started_with(greedy, vectors):
-    p = prompt(greedy, "Tell me about your favourite food.")
-    async with sliders_on(greedy, vectors):
-        plain, _ = await reply(greedy, p)
+        # moved while she speaks: the reply being generated keeps the setting it started with
         pieces = []
         async with contextlib.aclosing(greedy.stream(p)) as stream:
             async for piece in stream:
                 if not pieces:
-                    greedy.set_traits({"energy": 8.0})  # moved while she speaks
+                    greedy.set_traits({"energy": 8.0})
                 pieces.append(piece)
         assert "".join(pieces) == plain and greedy.traits == {}
-        assert (await reply(greedy, p))[0] != plain and greedy.traits == {"energy": 8.0}
+        assert (await reply(greedy, p))[0] == loud and greedy.traits == {"energy": 8.0}
+    # the vector is kept as a llama.cpp control vector (layer 12 of 30, the model's hidden size)
+    [kept] = tmp_path.iterdir()
+    assert kept.name.startswith("energy-L12-") and kept.suffix == ".gguf"
+    [(layer, direction)] = read_gguf(kept).items()
+    assert layer == 12 and direction.shape == (greedy.model.config.hidden_size,)
 
 
 async def ask(ws: Any, message: dict[str, Any]) -> dict[str, Any]:
@@ -173,6 +162,7 @@ def test_the_cli_lists_sets_and_refuses_a_bad_setting_by_name(tmp_path, capsys):
     assert json.loads((tmp_path / "training_logs" / "sliders.json").read_text()) == {"energy": 1.0}
 
 
+@pytest.mark.slow
 @needs_chromium
 async def test_the_companion_page_shows_the_sliders_and_moving_one_reaches_her_next_reply(greedy, tmp_path):
     config = write_config(tmp_path)
