@@ -24,8 +24,9 @@ class SliderError(ValueError):
     """A setting, a settings file or a trait list that cannot be used; the message names it."""
 
 
-def traits_from(names: Sequence[str], base: Path | None = None) -> dict[str, Trait]:
-    """The slider traits: bundled names (energy, warmth, sass) or trait JSON files."""
+def traits_from(names: Sequence[str], base: Path | None = None, key: str = "sliders.traits") -> dict[str, Trait]:
+    """Traits named in the configuration (`key`): bundled names (energy, warmth, sass) or trait JSON
+    files (relative to `base`)."""
     bundled = bundled_traits()
     out: dict[str, Trait] = {}
     for name in names:
@@ -36,12 +37,12 @@ def traits_from(names: Sequence[str], base: Path | None = None) -> dict[str, Tra
             try:
                 trait = load_trait(path if path.is_absolute() or base is None else base / path)
             except TraitError as exc:
-                raise SliderError(f"sliders.traits: {exc}") from None
+                raise SliderError(f"{key}: {exc}") from None
         else:
-            raise SliderError(f"sliders.traits: {name!r} is neither a bundled trait ({', '.join(bundled)})"
+            raise SliderError(f"{key}: {name!r} is neither a bundled trait ({', '.join(bundled)})"
                               " nor a trait file (.json)")
         if trait.name in out:
-            raise SliderError(f"sliders.traits: {trait.name!r} is named twice")
+            raise SliderError(f"{key}: {trait.name!r} is named twice")
         out[trait.name] = trait
     return out
 

@@ -79,6 +79,8 @@ def parser() -> argparse.ArgumentParser:
                      "runtime.cli_persona:cmd_set")
     ps.add_argument("settings", nargs="*", metavar="NAME=VALUE", help="e.g. energy=3 sass=-2")
     ps.add_argument("--reset", action="store_true", help="every slider not named goes back to 0")
+    persona.add("measure", "her trait scores as she runs (model, live adapter, card): the drift gate's numbers",
+                "runtime.sliders:cmd_measure")
     persona.add("vectors", "compute the sliders' steering vectors for the configured model and card now"
                 " (llama.cpp control-vector files)", "runtime.sliders:cmd_vectors")
 

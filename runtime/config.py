@@ -297,12 +297,25 @@ class GateConfig(_Section):
     retention_margin: float = Field(0.05, ge=0, le=1)  # ... of earlier windows' fact questions
     persona_margin: float = Field(0.1, ge=0)  # nats per token the persona NLLs may rise
     general_margin: float = Field(0.05, ge=0)  # nats per token the general text NLL may rise
+    traits: list[str] = Field(default_factory=lambda: ["energy", "warmth", "sass"])  # the drift gate's ([]: none)
+    trait_margin: float = Field(0.1, ge=0)  # nats per token a trait score may move from its target
+    trait_targets: dict[str, float] = Field(default_factory=dict)  # trait -> score (default: the live one's)
 
 
 class ScheduleConfig(_Section):
     after_turns: int = Field(0, ge=0)  # train once this many new turns are logged (0: never)
     at: str = Field("", pattern=r"^(|([01]\d|2[0-3]):[0-5]\d)$")  # and/or daily at this local time, "04:30"
     min_turns: int = Field(1, ge=1)  # the daily run waits for at least this many new turns
+
+
+class PreferenceConfig(_Section):
+    enabled: bool = True  # train on the operator's marks (KTO: good/bad; DPO: corrections) when there are enough
+    min_marks: int = Field(8, ge=2)  # fewer marks than this (all windows together): no preference stage
+    heldout: float = Field(0.25, gt=0, lt=1)  # share of marks kept out of training, for the gate
+    min_accuracy: float = Field(0.7, ge=0, le=1)  # held-out reward accuracy the candidate must reach
+    beta: float = Field(0.1, gt=0)  # how far the adapter may move from the reference (KTO's, DPO's beta)
+    lr: float = Field(5e-4, gt=0, le=1)
+    epochs: float = Field(3.0, gt=0)
 
 
 class LearningConfig(_Section):
@@ -334,6 +347,7 @@ class LearningConfig(_Section):
     checkpoint_every: int = Field(50, ge=1)  # optimizer steps
     gate: GateConfig = GateConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    preference: PreferenceConfig = PreferenceConfig()
 
 
 class LogConfig(_Section):

@@ -26,16 +26,20 @@ from memory import admin as memory_admin
 from memory.export import count_turns, export_jsonl, export_memories
 from persona_model.adapters import AdapterRegistry, AdapterVersion, RegistryError, diff
 from persona_model.prompt import system_text
+from persona_model.sliders import SliderError, traits_from
 from persona_model.train.curate import CurationSettings, Window, curate, fact_items
 from persona_model.train.gate import GateSettings, evaluate_gate
 from persona_model.train.jsonl import read_jsonl
 from persona_model.train.merge import lineage_parts, merge
+from persona_model.train.preference import Marks, PreferenceSettings, marks_from, split, train_preferences
 from persona_model.train.rehearsal import with_rehearsal
 from persona_model.train.sft import SftSettings
 from persona_model.train.sft import train as train_sft
+from persona_model.traits import Trait
 from runtime import models, parts
 from runtime.cli_common import config_from, database_from
 from runtime.config import Config, ScheduleConfig, settings
+from runtime.errors import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,20 @@ def last_until(config: Config) -> float | None:
     return json.loads((found[-1] / "manifest.json").read_text())["window"]["until"] if found else None
 
 
+def card_system(config: Config) -> str:
+    """The card's system prompt as training and the gate see it."""
+    persona, _ = parts.persona_from(config)
+    return system_text(persona, "Chat")
+
+
+def gate_traits(config: Config) -> list[Trait]:
+    """The traits the drift gate holds steady ([learning.gate] traits)."""
+    try:
+        return list(traits_from(config.learning.gate.traits, config.base_dir, "learning.gate.traits").values())
+    except SliderError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def build_window(config: Config) -> tuple[Path, Window]:
     """Curate the next update window: everything logged since the last one."""
     database = config.path(config.memory.database)
@@ -81,7 +99,7 @@ def build_window(config: Config) -> tuple[Path, Window]:
     persona, _ = parts.persona_from(config)
     lc = config.learning
     window = curate(
-        folder, folder / "turns.jsonl", folder / "memories.jsonl", system=system_text(persona, "Chat"),
+        folder, folder / "turns.jsonl", folder / "memories.jsonl", system=card_system(config),
         persona_name=persona.name, persona_examples=persona.examples,
         earlier=[p / "train.jsonl" for p in accepted(config, folder)],
         # a merged window's adapter is its own: the earlier ones are merged in, not replayed
@@ -124,6 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train the next window at low priority, gate it against the live adapter, register it, and
     activate it if it passed. Resumes an interrupted run of the same window."""
     config = config_from(args)
+    gate_traits(config)  # a wrong trait list stops here, not after the training
     if args.retrain:
         return cmd_retrain(config, args.steps or 0)
     reg = registry(config)
@@ -185,10 +204,15 @@ def _train_and_gate(config: Config, data: Path, run: Path, window: Path, steps: 
     if merge_with is not None and lc.method != "replay":
         adapter = merge(base, [*merge_with, result.adapter], lc.method, run / "merged", lc.seed)
         print(f"merged with {len(merge_with)} earlier window adapter(s) ({lc.method.upper()})")
+    held = None
+    if lc.preference.enabled:
+        adapter, held = preference_stage(config, window, base, adapter, run)
     g = lc.gate
     report = evaluate_gate(base, adapter, current, window, accepted(config, window),
-                           GateSettings(g.recall_margin, g.retention_margin, g.persona_margin, g.general_margin),
-                           current_name=current_name)
+                           settings(GateSettings, g, trait_targets=dict(g.trait_targets),
+                                    min_accuracy=lc.preference.min_accuracy),
+                           current_name=current_name, traits=gate_traits(config), system=card_system(config),
+                           marks=held)
     reg = registry(config)
     entry = reg.register(adapter, parent=parent, window=window.name, base=models.base_of(config),
                          passed=report.passed, metrics=report.metrics())
@@ -209,6 +233,25 @@ def _train_and_gate(config: Config, data: Path, run: Path, window: Path, steps: 
         print(f"{entry.version} passed and is registered; not activated ({why}):"
               f" `omoide adapters activate {entry.version}`")
     return 0
+
+
+def preference_stage(config: Config, window: Path, base: Path, adapter: Path, run: Path) -> tuple[Path, Marks | None]:
+    """Train `adapter` on the operator's marks (every accepted window's and this one's), some held
+    out for the gate; returns the adapter to gate and the held-out marks (None: too few marks)."""
+    pc = config.learning.preference
+    turns = [w / "turns.jsonl" for w in [*accepted(config, window), window]]
+    marks = marks_from(row for path in turns if path.is_file() for row in read_jsonl(path))
+    if len(marks) < pc.min_marks:
+        if len(marks):
+            print(f"{len(marks)} marked replies: the preference stage waits for {pc.min_marks}"
+                  " (learning.preference.min_marks)")
+        return adapter, None
+    train, held = split(marks, pc.heldout)
+    print(f"preference stage: {len(train.marks)} good/bad marks (KTO), {len(train.pairs)} corrections (DPO);"
+          f" {len(held)} held out for the gate")
+    tuned = train_preferences(base, adapter, train, run / "preference",
+                              settings(PreferenceSettings, pc, seed=config.learning.seed))
+    return tuned, held
 
 
 def _row(v: AdapterVersion, active: str | None, fits: bool = True) -> str:

@@ -19,10 +19,12 @@ from persona_model.prompt import system_text
 from persona_model.sliders import SliderError, parse_settings, read_settings, traits_from, write_settings
 from persona_model.steering import Sliders, SteeringError
 from persona_model.traits import Trait
+from persona_model.traits.measure import likelihood_score
 from runtime.cli_common import config_from
 from runtime.config import Config
 from runtime.errors import StartupError
 from runtime.events import Persona
+from runtime.learning import card_system, gate_traits
 from runtime.models import backends, model_from
 from runtime.parts import persona_from
 from runtime.ports import Clock, PersonaModel
@@ -187,4 +189,20 @@ def cmd_vectors(args: argparse.Namespace) -> int:
         print(f"{name:10} layer {vector.layer}  {path}")
     print("llama.cpp: llama-server -m MODEL.gguf --control-vector-scaled FILE SETTING (one setting for every"
           " request; the vectors fit only the model they were computed on)")
+    return 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    """`omoide persona measure`: her trait scores as she runs (the configured model, the live
+    adapter, the card), the numbers the drift gate's `trait_targets` take."""
+    config = config_from(args)
+    traits = gate_traits(config)
+    model = model_from(config)
+    system = card_system(config)
+    print(f"trait scores of {model.name}{f' + {model.adapter}' if model.adapter else ''} under the card"
+          " (nats/token, high reply minus low; docs/traits.md):")
+    for trait in traits:
+        print(f"  {likelihood_score(model.model, model.tokenizer, system, trait)}")
+    print(f"the drift gate ([learning.gate]) keeps each within {config.learning.gate.trait_margin:g} of"
+          " trait_targets (default: the live adapter's own)")
     return 0

@@ -168,3 +168,40 @@ def test_a_trait_lora_moves_its_trait_on_the_real_model_with_its_scale(bundled_m
         set_scale(lora, scale)
         scores[scale] = likelihood_score(lora, tok, card, trait).score
     assert scores[1.0] > scores[0.0] > scores[-1.0], scores
+
+
+@pytest.mark.slow
+def test_the_drift_gate_refuses_a_candidate_that_moves_a_trait_unless_the_target_asks_for_it(
+        bundled_model_dir, card, tmp_path):
+    """A candidate trained on energetic replies moves energy far past the margin: refused, in the
+    same report as the other gates; a new LoRA (no change) passes; and with a target that asks for
+    more energy the same energetic candidate passes, the live one being further from it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from persona_model.train.gate import GateSettings, evaluate_gate
+    from persona_model.train.sft import SftSettings, train
+    from persona_model.traits.lora import written_examples
+
+    energy = bundled_traits()["energy"]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in written_examples(card, "energy")))
+    energetic = train(bundled_model_dir, data, tmp_path / "energetic", SftSettings(epochs=2.0), progress=False).adapter
+    unchanged = tmp_path / "unchanged"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(bundled_model_dir),
+                   LoraConfig(r=8, target_modules="all-linear")).save_pretrained(str(unchanged))
+    window = tmp_path / "w0001"
+    window.mkdir()  # no facts or replies: the general text and the trait are scored
+
+    def gate(candidate, **targets):
+        report = evaluate_gate(bundled_model_dir, candidate, None, window, settings=GateSettings(
+            trait_margin=0.1, trait_targets=targets), traits=[energy], system=card)
+        return report, next(r for r in report.rows if r.metric == "trait: energy")
+
+    report, row = gate(energetic)
+    assert not report.passed and not row.passed and row.candidate - row.current > 0.3, report.table()
+    assert "trait: energy" in report.table() and "FAIL" in report.table() and "general NLL" in report.table()
+    same, row0 = gate(unchanged)
+    assert row0.passed and abs(row0.candidate - row0.current) < 1e-6
+    wanted, row2 = gate(energetic, energy=row.candidate)  # the streamer asks for her more energetic
+    assert row2.passed and row2.allowed > 0.3, wanted.table()

@@ -103,18 +103,22 @@ def generated_recall(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]]
     return Recall(right, len(items))
 
 
+def reply_logprob(model: Any, tokenizer: Any, example: dict[str, Any]) -> tuple[float, int]:
+    """The log-likelihood (nats) of an example's last assistant message after the rest, and its
+    token count."""
+    device = next(model.parameters()).device
+    x, y = encode(example, tokenizer, 1024)
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([x], device=device), labels=torch.tensor([y], device=device))
+    n = sum(1 for t in y[1:] if t != IGNORE)
+    return -float(out.loss) * n, n
+
+
 def reply_nll(model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]]) -> float:
     """Mean negative log-likelihood per target token of the examples' last assistant messages."""
-    total = count = 0.0
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        for ex in examples:
-            x, y = encode(ex, tokenizer, 1024)
-            out = model(input_ids=torch.tensor([x], device=device), labels=torch.tensor([y], device=device))
-            n = sum(1 for t in y[1:] if t != IGNORE)
-            total += float(out.loss) * n
-            count += n
-    return total / count if count else float("nan")
+    scored = [reply_logprob(model, tokenizer, ex) for ex in examples]
+    count = sum(n for _, n in scored)
+    return -sum(lp for lp, _ in scored) / count if count else float("nan")
 
 
 def text_nll(model: Any, tokenizer: Any, text: str, window: int = 256) -> float:
