@@ -101,8 +101,21 @@ def parse_card(card: Any, where: str = "card") -> tuple[Persona, tuple[str, ...]
         if not isinstance(value, str):
             raise CardError(f"{where}: {prefix}{key} must be text, not {type(value).__name__}")
         fields[attr] = _CHAR.sub(name, value).strip()
-    book, depth, lore = _lore(data.get("character_book"), f"{where}: {prefix}character_book", name)
-    return Persona(name=name, source=where, lorebook=book, scan_depth=depth, **fields), lore
+    where_book = f"{where}: {prefix}character_book"
+    book, depth, lore = _lore(data.get("character_book"), where_book, name)
+    budget, recursive = _book_settings(data.get("character_book"), where_book)
+    return Persona(name=name, source=where, lorebook=book, scan_depth=depth, lore_budget=budget,
+                   lore_recursive=recursive, **fields), lore
+
+
+def _book_settings(book: Any, where: str) -> tuple[int, bool]:
+    """The book's token_budget (0: none) and recursive_scanning."""
+    if not isinstance(book, dict):
+        return 0, False
+    budget = book.get("token_budget") or 0
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+        raise CardError(f"{where}.token_budget must be a whole number of tokens, not {budget!r:.40}")
+    return budget, bool(book.get("recursive_scanning"))
 
 
 def _lore(book: Any, where: str, name: str) -> tuple[tuple[LoreEntry, ...], int, tuple[str, ...]]:
@@ -133,7 +146,9 @@ def _entry(raw: Any, where: str, name: str, index: int) -> LoreEntry | None:
     """One lorebook entry (None: disabled or empty); CardError naming the field that is wrong."""
     if not isinstance(raw, dict) or not isinstance(raw.get("content"), str):
         raise CardError(f"{where}.content is missing or not text")
-    if raw.get("enabled", True) is False or not raw["content"].strip():
+    # V3 decorators ("@@depth 4", "@@activate") open an entry's text: taken out, not acted on
+    content = "\n".join(line for line in raw["content"].splitlines() if not line.lstrip().startswith("@@"))
+    if raw.get("enabled", True) is False or not content.strip():
         return None
     extensions: dict[str, Any] = raw["extensions"] if isinstance(raw.get("extensions"), dict) else {}
 
@@ -162,10 +177,11 @@ def _entry(raw: Any, where: str, name: str, index: int) -> LoreEntry | None:
     order = number("insertion_order", 100)
     label = raw.get("name") or raw.get("comment") or f"entry {index}"
     return LoreEntry(
-        content=_CHAR.sub(name, raw["content"]).strip(), keys=primary, secondary_keys=secondary,
+        content=_CHAR.sub(name, content).strip(), keys=primary, secondary_keys=secondary,
         selective=bool(raw.get("selective")), logic=number("selectiveLogic", 0, extensions.get("selectiveLogic")),
         constant=bool(raw.get("constant")), order=order, priority=number("priority", order),
-        case_sensitive=case_sensitive, regex=regex, name=str(label)[:80])
+        case_sensitive=case_sensitive, regex=regex, name=str(label)[:80],
+        recurse=not bool(extensions.get("exclude_recursion")))
 
 
 def parse_eliza(card: dict[str, Any], where: str = "character") -> tuple[Persona, tuple[str, ...]]:

@@ -56,9 +56,20 @@ def fires(entry: LoreEntry, text: str) -> bool:
             AND_ALL: all(second)}.get(entry.logic, any(second))
 
 
-def active(book: Sequence[LoreEntry], text: str) -> list[LoreEntry]:
-    """The entries that enter the prompt for `text`, in insertion order."""
-    return sorted((e for e in book if fires(e, text)), key=lambda e: e.order)
+MAX_ROUNDS = 4  # recursive scanning: entries firing entries, at most this many rounds deep
+
+
+def active(book: Sequence[LoreEntry], text: str, recursive: bool = False) -> list[LoreEntry]:
+    """The entries that enter the prompt for `text`, in insertion order; `recursive`: the text of
+    those in may fire more (an entry with `recurse` off does not fire others)."""
+    fired = [e for e in book if fires(e, text)]
+    for _ in range(MAX_ROUNDS if recursive else 0):
+        said = "\n".join(e.content for e in fired if e.recurse)
+        more = [e for e in book if e not in fired and fires(e, said)]
+        if not more:
+            break
+        fired += more
+    return sorted(fired, key=lambda e: e.order)
 
 
 def lore_text(entries: Sequence[LoreEntry]) -> str:

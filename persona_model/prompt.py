@@ -151,9 +151,12 @@ class PromptRenderer:
     def render(self, context: PromptContext) -> Prompt:
         n_hist, n_mem = len(context.history), len(context.memories)
         share = int(self.max_tokens * self.memory_share)
-        # the lorebook's entries that fire first (within the share), then memories in what is left
-        lore = within(active(context.persona.lorebook, scanned_text(context)),
-                      lambda entries: self.count(lore_text(entries)) <= share)
+        # the lorebook's entries that fire first (within the share, and the book's own budget), then
+        # memories in what is left
+        persona = context.persona
+        budget = min(share, persona.lore_budget) if persona.lore_budget else share
+        lore = within(active(persona.lorebook, scanned_text(context), persona.lore_recursive),
+                      lambda entries: self.count(lore_text(entries)) <= budget)
         share -= self.count(lore_text(lore)) if lore else 0
         while n_mem and self.count(memory_text(context.memories[:n_mem])) > share:
             n_mem -= 1  # recall ranks best first: the last ones go

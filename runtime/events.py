@@ -191,7 +191,7 @@ class ChatMessage:
 @dataclass(frozen=True, slots=True)
 class LoreEntry:
     """A lorebook entry of a character card that enters the prompt by its keys, or always
-    (docs/cards.md#lorebooks). Entries with neither become memories recalled by meaning."""
+    (docs/cards.md#lorebooks). Every enabled entry is a memory too, recalled by meaning."""
 
     content: str
     keys: tuple[str, ...] = ()
@@ -204,6 +204,7 @@ class LoreEntry:
     case_sensitive: bool = False
     regex: bool = False  # the keys are regular expressions (V3 use_regex)
     name: str = ""  # the entry's name or comment, for messages
+    recurse: bool = True  # its text may fire other entries (with the book's recursive_scanning)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +222,8 @@ class Persona:
     source: str = "config"  # where it came from, for logs and the interaction record
     lorebook: tuple[LoreEntry, ...] = ()  # the entries with keys, and the constant ones
     scan_depth: int = 2  # messages the keys are looked for in: this turn's input and the line before
+    lore_budget: int = 0  # the book's token_budget for its entries (0: the memories' share of the prompt)
+    lore_recursive: bool = False  # entries in the prompt may fire others by their keys (recursive_scanning)
 
 
 @dataclass(frozen=True, slots=True)

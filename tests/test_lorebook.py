@@ -91,7 +91,8 @@ def test_a_v3_png_card_with_regex_keys_and_not_any_logic(tmp_path):
     (tmp_path / "juniper.png").write_bytes(png_with_card(png_with_card(tiny_png(), v2, "chara"), card, "ccv3"))
     persona, _ = load_card(tmp_path / "juniper.png")
     assert persona.name == "Juniper"  # ccv3 before chara
-    assert "Gerald" in system_of(persona, "is that a Venus Flytrap?")  # /pattern/i
+    flytrap = system_of(persona, "is that a Venus Flytrap?")
+    assert "Gerald" in flytrap and "@@" not in flytrap  # /pattern/i; the V3 decorator line is no text
     assert "open at dusk" in system_of(persona, "the moon flowers are pretty")  # use_regex
     assert "open at dusk" not in system_of(persona, "the moon is pretty")
     assert "roof leaks" in system_of(persona, "does it rain a lot?")  # not-any: no secondary key said
@@ -161,3 +162,26 @@ async def test_a_running_character_brings_up_the_entry_each_time_it_is_asked(tmp
     lamp = "a Fresnel lens from 1889"
     assert [lamp in r.messages[0].content for r in records] == [True, True, True, "lamp" in records[2].spoken_text]
     assert all("cat named Fog" in r.messages[0].content for r in records)
+
+
+def test_recursive_scanning_and_the_books_token_budget():
+    def card(**book):
+        return parse_card({"spec": "chara_card_v2", "data": {"name": "Wren", "character_book": {**book, "entries": [
+            {"keys": ["lamp"], "content": "The lamp was a gift from the Merrow's captain.", "insertion_order": 1,
+             "priority": 10},
+            {"keys": ["captain"], "content": "The captain is called Ide and fishes for eels.", "insertion_order": 2,
+             "priority": 5},
+            {"keys": ["eels"], "content": "Eels are Wren's least favourite food.", "insertion_order": 3,
+             "priority": 1, "extensions": {"exclude_recursion": True}},
+            {"keys": ["food"], "content": "Wren eats porridge every morning.", "insertion_order": 4}]}}}, "w.json")[0]
+
+    plain = system_of(card(), "tell me about the lamp")
+    assert "gift from the Merrow" in plain and "called Ide" not in plain  # keys in entries fire nothing by default
+    deep = system_of(card(recursive_scanning=True), "tell me about the lamp")
+    assert "called Ide" in deep and "least favourite food" in deep  # lamp -> captain -> eels
+    assert "porridge" not in deep  # the eels entry is excluded from recursion: its "food" fires nothing
+    tight = system_of(card(recursive_scanning=True, token_budget=30), "tell me about the lamp")
+    assert "gift from the Merrow" in tight and "called Ide" not in tight  # over budget: lowest priority out first
+    assert "least favourite" not in tight
+    with pytest.raises(CardError, match="token_budget must be a whole number"):
+        card(token_budget="lots")
