@@ -73,7 +73,7 @@ async def main() -> None:
         update={"seed": 1, "max_new_tokens": args.max_new_tokens})})
     card, _ = persona_from(config)
     model = model_from(config)
-    system = slider_system(config, card)
+    system = slider_system(card)
     traits = slider_traits(config)
     with tempfile.TemporaryDirectory() as tmp:
         config = config.model_copy(update={"sliders": config.sliders.model_copy(update={"cache": tmp})})

@@ -25,7 +25,6 @@ from omoide_game.tictactoe import TicTacToe
 from memory.schema import SchemaError
 from memory.store import SqliteMemory
 from persona_model.adapters import AdapterFollower, AdapterTarget
-from persona_model.prompt import system_text
 from plugins.audio import PlaybackLog
 from plugins.avatar_vts import VtsAvatar
 from plugins.avatar_ws import AvatarServer
@@ -63,7 +62,7 @@ from runtime.parts import (
 )
 from runtime.ports import Clock, MonotonicClock, OutputSink, PersonaModel, Source
 from runtime.reflection import ReflectionSettings, Reflector
-from runtime.sliders import LiveSliders, live_sliders, slider_commands
+from runtime.sliders import LiveSliders, live_sliders, slider_commands, slider_system
 from runtime.turn import Cast, TurnSettings
 
 log = logging.getLogger(__name__)
@@ -159,7 +158,7 @@ async def build(
             model = await asyncio.to_thread(load_persona_model, config)
         for text in lore:
             await memory.add_memory(text, source=persona.source)
-        sliders = live_sliders(config, model, system_text(persona, config.chat.console.name))
+        sliders = live_sliders(config, model, slider_system(persona))
         if sliders is not None:
             opened.append(sliders)
         out = await outputs(config, clock, persona.name, playback, opened)

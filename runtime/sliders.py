@@ -111,9 +111,9 @@ class LiveSliders:
                 self.load()
 
 
-def slider_system(config: Config, persona: Persona) -> str:
-    """The system prompt the vectors are computed under: the character's own, as she is spoken to."""
-    return system_text(persona, config.chat.console.name)
+def slider_system(persona: Persona) -> str:
+    """The system prompt the vectors are computed under: her card's, as every turn renders it."""
+    return system_text(persona, "Chat")
 
 
 def sliders_on(config: Config, model: LocalPersonaModel, traits: Mapping[str, Trait], system: str) -> Sliders:
@@ -183,7 +183,7 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     config = config_from(args)
     persona, _ = persona_from(config)
     model = model_from(config)
-    sliders = sliders_on(config, model, slider_traits(config), slider_system(config, persona))
+    sliders = sliders_on(config, model, slider_traits(config), slider_system(persona))
     for name in sliders.names:
         vector, path = sliders.vector(name)
         print(f"{name:10} layer {vector.layer}  {path}")
