@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from persona_model.generation import Sampling
 from persona_model.train.sft import IGNORE, encode
 
 
@@ -80,14 +81,22 @@ def said(value: str, text: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(value.strip())}(?!\w)", text, re.I) is not None
 
 
-def generate_reply(model: Any, tokenizer: Any, system: str, question: str, max_new_tokens: int = 32) -> str:
-    """The model's own greedy answer to a question, with no memories in the prompt."""
+def generate_reply(model: Any, tokenizer: Any, system: str, question: str, max_new_tokens: int = 32,
+                   sampling: Sampling | None = None, seed: int = 0) -> str:
+    """The model's own answer to a question, with no memories in the prompt: greedy, or drawn as
+    `sampling` draws (its length, temperature, top-p and repetition penalty) from `seed`."""
     messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     device = next(model.parameters()).device
+    drawn: dict[str, Any] = {"do_sample": False}
+    if sampling is not None:
+        torch.manual_seed(seed)
+        greedy, max_new_tokens = sampling.temperature <= 0, sampling.max_new_tokens
+        drawn = {"do_sample": not greedy, "temperature": None if greedy else sampling.temperature,
+                 "top_p": None if greedy else sampling.top_p, "repetition_penalty": sampling.repetition_penalty}
     with torch.inference_mode():
         out = model.generate(**{k: v.to(device) for k, v in ids.items()}, max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id, **drawn)
     return str(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
 
 

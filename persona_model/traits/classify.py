@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from persona_model.generation import Sampling
+from persona_model.train.evaluate import generate_reply
 from persona_model.traits import Situation, Trait
 
 Embed = Callable[[list[str]], np.ndarray]
@@ -92,17 +92,7 @@ def held_out_accuracy(embed: Embed, trait: Trait, controls: int = 10) -> HeldOut
 
 def sampled_reply(model: Any, tokenizer: Any, system: str, prompt: str, sampling: Sampling, seed: int) -> str:
     """One reply drawn as the character draws hers (the configuration's sampling), from `seed`."""
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
-    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    device = next(model.parameters()).device
-    torch.manual_seed(seed)
-    greedy = sampling.temperature <= 0
-    with torch.inference_mode():
-        out = model.generate(**{k: v.to(device) for k, v in enc.items()}, max_new_tokens=sampling.max_new_tokens,
-                             do_sample=not greedy, temperature=None if greedy else sampling.temperature,
-                             top_p=None if greedy else sampling.top_p, repetition_penalty=sampling.repetition_penalty,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    return str(tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)).strip()
+    return generate_reply(model, tokenizer, system, prompt, sampling=sampling, seed=seed).strip()
 
 
 def generated_score(model: Any, tokenizer: Any, system: str, situations: Sequence[Situation],
