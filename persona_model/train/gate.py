@@ -148,8 +148,7 @@ def evaluate_gate(base: Path | str, candidate: Path, current: Path | None, windo
     replies = _read(window / "heldout_replies.jsonl")
     persona = [r for w in earlier for r in _read(w / "heldout_replies.jsonl")]  # never trained on, like every set here
     general = GENERAL_TEXT.read_text(encoding="utf-8")
-    duels = 0 if marks is None else sum(m.liked for m in marks.marks) * sum(not m.liked for m in marks.marks) \
-        + len(marks.pairs)
+    duels = 0 if marks is None else marks.duels
 
     def measure(which: str) -> dict[str, float]:
         out: dict[str, float] = {}

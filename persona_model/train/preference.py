@@ -57,6 +57,12 @@ class Marks:
     def __len__(self) -> int:
         return len(self.marks) + len(self.pairs)
 
+    @property
+    def duels(self) -> int:
+        """How many (liked, disliked) pairs reward_accuracy scores: every liked mark against every
+        disliked one, and each correction against its original."""
+        return sum(m.liked for m in self.marks) * sum(not m.liked for m in self.marks) + len(self.pairs)
+
 
 @dataclass(frozen=True, slots=True)
 class PreferenceSettings:
@@ -106,8 +112,12 @@ def split(marks: Marks, share: float) -> tuple[Marks, Marks]:
     return train, held
 
 
+def _conversational(prompt: tuple[tuple[str, str], ...]) -> Messages:
+    return [{"role": r, "content": c} for r, c in prompt]
+
+
 def _example(prompt: tuple[tuple[str, str], ...], reply: str) -> dict[str, Any]:
-    return {"messages": [{"role": r, "content": c} for r, c in prompt] + [{"role": "assistant", "content": reply}]}
+    return {"messages": [*_conversational(prompt), {"role": "assistant", "content": reply}]}
 
 
 def rewards(model: Any, tokenizer: Any, prompt: tuple[tuple[str, str], ...], replies: Sequence[str]) -> list[float]:
@@ -136,10 +146,6 @@ def reward_accuracy(model: Any, tokenizer: Any, held: Marks) -> tuple[float, int
         return float("nan"), 0
     wins = sum(1.0 if a > b + 1e-9 else 0.5 if abs(a - b) <= 1e-9 else 0.0 for a, b in duels)
     return wins / len(duels), len(duels)
-
-
-def _conversational(prompt: tuple[tuple[str, str], ...]) -> Messages:
-    return [{"role": r, "content": c} for r, c in prompt]
 
 
 def train_preferences(base: Path | str, adapter: Path, train: Marks, out: Path,
