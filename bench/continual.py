@@ -70,9 +70,9 @@ UNTRAINED = [("What do you do on a rainy day?", "I curl up with tea and a cozy g
              ("What makes a good stream?", "Warm chat, a calm game and a lot of curiosity, I think!")]
 
 
-def window_facts(w: int, per: int) -> list[dict[str, Any]]:
-    people = names((w + 1) * per)[w * per:]
-    return facts(people, seed=w, first_id=w * per)
+def window_facts(w: int, per: int, seed: int = 0) -> list[dict[str, Any]]:
+    people = names((w + 1) * per, seed=seed)[w * per:]
+    return facts(people, seed=seed * 1000 + w, first_id=w * per)
 
 
 def simulate(method: str, base: Path, work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -90,22 +90,23 @@ def simulate(method: str, base: Path, work: Path, args: argparse.Namespace) -> l
     windows: list[Path] = []
     rows = []
     for w in range(args.windows):
+        s = args.seed * 1000 + w  # seed 0 is the recorded run
         folder = work / method / f"w{w + 1:02d}"
         folder.mkdir(parents=True)
-        (folder / "memories.jsonl").write_text("".join(json.dumps(m) + "\n" for m in window_facts(w, args.facts)))
+        (folder / "memories.jsonl").write_text("".join(json.dumps(m) + "\n" for m in window_facts(w, args.facts, args.seed)))
         (folder / "turns.jsonl").write_text("")
         replay = method in ("replay", "rehearse")
         window = curate(folder / "data", folder / "turns.jsonl", folder / "memories.jsonl", system=SYSTEM,
                         persona_name="Komorebi", persona_examples=TRAINED,
                         earlier=[p / "data" / "train.jsonl" for p in windows] if replay else (),
-                        settings=CurationSettings(seed=w))
+                        settings=CurationSettings(seed=s))
         windows.append(folder)
         held.append(window.heldout_facts)
         model_base = osf_base if method == "osf" else base
         data = with_rehearsal(model_base, live, folder / "data" / "train.jsonl", folder / "run" / "data.jsonl",
-                              0.0 if method == "replay" else 0.2, seed=w)
+                              0.0 if method == "replay" else 0.2, seed=s)
         osf = method == "osf"
-        settings = SftSettings(seed=w, epochs=args.epochs, min_steps=args.min_steps, lr=1e-4 if osf else SftSettings().lr)
+        settings = SftSettings(seed=s, epochs=args.epochs, min_steps=args.min_steps, lr=1e-4 if osf else SftSettings().lr)
         config = OSFConfig(effective_rank=min(0.9, 0.5 + 0.04 * w), target_modules="all-linear",
                            task_type="CAUSAL_LM") if osf else None
         t0 = time.perf_counter()
@@ -125,7 +126,7 @@ def simulate(method: str, base: Path, work: Path, args: argparse.Namespace) -> l
             osf_base = folder / "weights"
         else:
             adapters.append(result.adapter)
-            served = merge(base, adapters, "ties" if method == "ties" else "dare", folder / "merged", seed=w)
+            served = merge(base, adapters, "ties" if method == "ties" else "dare", folder / "merged", seed=s)
             model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
                                               str(served)).merge_and_unload().eval()
         recall = [generated_recall(model, tok, items).share
@@ -195,14 +196,15 @@ def main() -> None:
     ap.add_argument("--min-steps", type=int, default=SftSettings().min_steps, help="at least this many steps a window")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--model", choices=("bundled", "learner"), default="bundled", help="learner: the tiny one (plumbing)")
+    ap.add_argument("--seed", type=int, default=0, help="other viewers, facts, curation and training order")
     ap.add_argument("--out", type=Path, help="a folder for <method>.png and <method>.json (docs/continual)")
     args = ap.parse_args()
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     keep = tempfile.TemporaryDirectory()
     base = (bundled_llm(Path("~/.cache/omoide/models").expanduser()) if args.model == "bundled"
             else tiny.build(Path(keep.name) / "learner", like="learner"))
     caption = (f"{'SmolLM2-135M-Instruct' if args.model == 'bundled' else 'the tiny learner'}, {args.windows} windows x {args.facts} new facts, {args.epochs:g} epochs{f' (at least {args.min_steps} steps)' if args.min_steps else ''},"
-               f" held-out wordings, generated answers (python bench/continual.py)")
+               f" held-out wordings, generated answers, seed {args.seed} (python bench/continual.py)")
     print(caption, flush=True)
     for method in args.methods:
         with tempfile.TemporaryDirectory() as tmp:
@@ -210,9 +212,10 @@ def main() -> None:
         print(table(method, rows), flush=True)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / f"{method}.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()
+            name = method + (f"-seed{args.seed}" if args.seed else "")
+            (args.out / f"{name}.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()
                                                                           if k != "out"}, "rows": rows}, indent=1))
-            plot(method, rows, args.out / f"{method}.png", f"{method}: {caption}")
+            plot(method, rows, args.out / f"{name}.png", f"{method}: {caption}")
 
 
 if __name__ == "__main__":

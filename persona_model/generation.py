@@ -22,6 +22,7 @@ class GenerationStats:
 
     prompt_tokens: int = 0
     cached_tokens: int = 0  # of the prompt, taken from the kept prefix cache instead of computed
+    prepared_tokens: int = 0  # of those, computed ahead by `prepare` (while the last reply was spoken)
     new_tokens: int = 0
     stopped_early: bool = False  # the stream was closed before the model finished
     started_at: float = 0.0  # just before generate() was called, in the worker thread

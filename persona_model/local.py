@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    DynamicCache,
     LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
@@ -38,6 +39,7 @@ from runtime.ports import ThreadStream, Worker
 
 log = logging.getLogger(__name__)
 MIN_REUSE = 16  # tokens a prompt must share with the last one for its cache to be reused
+WARM_CHUNK = 64  # tokens `prepare` computes at a time; a generation asked for waits at most one chunk
 
 
 class _Stop(StoppingCriteria):
@@ -150,6 +152,8 @@ class LocalPersonaModel:
         self.swaps: list[float] = []  # seconds each swap held the model
         self.prefix_cache = prefix_cache
         self._kv: tuple[list[int], Any] | None = None  # token ids and the key/value cache that holds them
+        self._hurry = threading.Event()  # a generation is waiting: `prepare`'s work stops
+        self._prepared = 0  # tokens `prepare` computed since the last generation
         self.sliders: Sliders | None = None  # the traits a running character can set (attach_sliders)
         self._traits: dict[str, float] = {}  # the slider settings replies are generated with now
 
@@ -206,8 +210,10 @@ class LocalPersonaModel:
         generation does it first. Returns the seconds the swap took, or None if it was left."""
         if self._staged is None or self._swap_done is not None or self._streaming:
             return None
-        if self._worker.busy:  # a closed stream's generation, ending
+        if self._worker.busy:  # a closed stream's generation, ending, or `prepare`'s work
+            self._hurry.set()
             await asyncio.to_thread(self._worker.idle)
+            self._hurry.clear()
             if self._staged is None or self._swap_done is not None or self._streaming:
                 return None
         return await self._swap()
@@ -327,9 +333,12 @@ class LocalPersonaModel:
 
     async def _generate(self, prompt: Prompt, processor: SchemaProcessor | None = None,  # noqa: C901 (the generation thread: stop, cancel, prefix cache and adapter swap in one place)
                         max_new_tokens: int | None = None) -> AsyncGenerator[str, None]:
-        # one generation at a time: wait for the last one (it stops within one token)
+        # one generation at a time: wait for the last one (it stops within one token) or for
+        # `prepare` (it stops within a chunk)
         if self._worker.busy:
+            self._hurry.set()
             await asyncio.to_thread(self._worker.idle)
+        self._hurry.clear()
         while (swap := self._swap_done) is not None:  # this generation uses the adapter being swapped in
             await asyncio.shield(swap)
         if self._staged is not None:
@@ -349,6 +358,8 @@ class LocalPersonaModel:
         if reuse is not None:
             kwargs["past_key_values"] = reuse
             stats.cached_tokens = int(reuse.get_seq_length())
+            stats.prepared_tokens = min(self._prepared, stats.cached_tokens)
+        self._prepared = 0
         if processor is not None:  # JSON: the grammar decides what may come; no repetition penalty
             kwargs.update(logits_processor=LogitsProcessorList([processor]), repetition_penalty=None)
         if max_new_tokens is not None:
@@ -384,6 +395,48 @@ class LocalPersonaModel:
             self._streaming = False
             stats.stopped_early = not finished
             stream.close()
+
+    def prepare(self, context: PromptContext) -> None:
+        """Compute the key/value cache of the start every next prompt will have (the persona, the
+        rules, constant lore and `context`'s history), on the generation thread once it is free:
+        a turn asks while its last words are spoken, with its own exchange in the history, so the
+        next reply computes only its memories and input. A generation asked meanwhile stops it
+        after the chunk it is computing; an adapter being swapped in skips it (the cache goes)."""
+        if not self.prefix_cache or self._staged is not None or self._swap_done is not None:
+            return
+        text = self.renderer.prefix(context)
+        if text is None:
+            return
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        self._worker.submit(lambda: self._warm(ids))
+
+    def _warm(self, ids: list[int]) -> None:
+        held, cache = self._kv if self._kv is not None else ([], None)
+        shared = 0
+        limit = min(len(held), len(ids))
+        while shared < limit and held[shared] == ids[shared]:
+            shared += 1
+        if shared == len(ids) or self._hurry.is_set():
+            return
+        self._kv = None  # while it changes
+        if cache is None:
+            cache = DynamicCache(config=self.model.config)
+        elif shared < cache.get_seq_length():
+            cache.crop(shared - cache.get_seq_length())
+        done = shared
+        device = next(self.model.parameters()).device
+        try:
+            with torch.inference_mode():
+                while done < len(ids) and not self._hurry.is_set():
+                    chunk = ids[done:done + WARM_CHUNK]
+                    self.model(input_ids=torch.tensor([chunk], device=device), past_key_values=cache, use_cache=True)
+                    done += len(chunk)
+        except Exception as exc:  # noqa: BLE001 - on the generation thread: the next reply computes it all
+            log.warning("the next prompt could not be prepared", extra={"error": str(exc)})
+            return
+        if done >= MIN_REUSE:
+            self._kv = (ids[:done], cache)
+            self._prepared += done - shared
 
     def _reusable(self, ids: list[int]) -> Any:
         """The kept cache cut to the longest prefix this prompt shares with what it holds (at least

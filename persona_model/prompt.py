@@ -1,9 +1,13 @@
 """Render a turn's prompt with the model's chat template, inside a token budget.
 
-The order is fixed so the start of the prompt stays the same from turn to turn (good for caches):
-the persona and system prompt first, then recalled memories, then recent history, then the
-inputs. Memories get at most their share of the budget (the lowest ranked go first); when the
-budget is still tight the oldest history goes, then more memories.
+The order runs from the most stable to the most volatile, so the start of the prompt stays the
+same from turn to turn and its key/value cache is reused (docs/architecture.md#the-prompt): the
+persona, the rules and the card's constant lore first; then the conversation, which only grows
+at its end; then what changes every turn (the lore the input's keys fired, the viewer's profile,
+recalled memories) in a system message just before the input; then the input, then the card's
+post-history note. Lore and memories get at most their share of the budget (constant lore first,
+then fired lore, then memories best ranked first); when the budget is still tight the oldest
+history goes, then more memories.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import Any
+
+from jinja2 import TemplateError
 
 from persona_model.lorebook import active, lore_text, within
 from runtime.events import (
@@ -94,6 +100,25 @@ def scanned_text(context: PromptContext) -> str:
     return "\n".join([*earlier, *(e.text for e in context.inputs)])
 
 
+def folded(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """The messages with every system message after the first joined to the user message after it
+    (or, if none follows, the one before): for chat templates that reject them."""
+    out = [*messages]
+    for i in range(len(out) - 1, 0, -1):
+        if out[i].role != "system":
+            continue
+        after = next((j for j in range(i + 1, len(out)) if out[j].role == "user"), None)
+        before = next((j for j in range(i - 1, -1, -1) if out[j].role == "user"), None)
+        if after is not None:
+            out[after] = ChatMessage("user", f"{out[i].content}\n\n{out[after].content}")
+        elif before is not None:
+            out[before] = ChatMessage("user", f"{out[before].content}\n\n{out[i].content}")
+        else:
+            continue
+        del out[i]
+    return out
+
+
 def memory_text(memories: Sequence[Memory]) -> str:
     if not memories:
         return ""
@@ -118,14 +143,18 @@ class PromptRenderer:
         # is on their line. So the system prompt stays the same from turn to turn (its key/value
         # cache is reused) and is what training used (curation renders it with "Chat" too). The
         # lorebook's entries and the memories come after it, their macros filled the same way.
-        system = system_text(context.persona, "Chat")
+        persona = context.persona
+        system = system_text(persona, "Chat")
+        always = [e for e in lore if e.constant]  # the same every turn: cached with the persona
+        if always:
+            system += "\n\n" + fill(lore_text(always), persona, "Chat")
         said = {e.content for e in lore}  # an entry in by its keys is not recalled a second time as a memory
         recalled = [m for m in context.memories[:memories] if m.text not in said]
-        for extra in (lore_text(lore), memory_text(recalled)):
-            if extra:
-                system += "\n\n" + fill(extra, context.persona, "Chat")
+        now = "\n\n".join(t for t in (lore_text([e for e in lore if not e.constant]), memory_text(recalled)) if t)
         msgs = [ChatMessage("system", system)]
         msgs += context.history[len(context.history) - history :] if history else []
+        if now:  # after the conversation: what changes every turn never breaks the cached part
+            msgs.append(ChatMessage("system", fill(now, persona, "Chat")))
         msgs.append(ChatMessage("user", input_text(context.inputs)))
         note = post_history_text(context.persona, user)
         if note:
@@ -135,11 +164,18 @@ class PromptRenderer:
     def text(self, messages: Sequence[ChatMessage]) -> str:
         if self.tokenizer is None:
             return chatml(messages)
+        try:
+            return self._template(messages)
+        except TemplateError:  # a template that takes a system message only first (Gemma, Mistral's)
+            return self._template(folded(messages))
+
+    def _template(self, messages: Sequence[ChatMessage], reply: bool = True) -> str:
+        assert self.tokenizer is not None
         result = self.tokenizer.apply_chat_template(
             [{"role": m.role, "content": m.content} for m in messages],
             chat_template=self.template,
             tokenize=False,
-            add_generation_prompt=True,
+            add_generation_prompt=reply,
         )
         return str(result)
 
@@ -148,15 +184,38 @@ class PromptRenderer:
             return estimate_tokens(text)
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def _lore_budget(self, persona: Persona, share: int) -> int:
+        return min(share, persona.lore_budget) if persona.lore_budget else share
+
+    def _constant_lore(self, persona: Persona, budget: int) -> list[LoreEntry]:
+        """The card's constant entries, which claim the lore budget first whatever fires: the
+        cached part of the prompt stays the same."""
+        return within([e for e in persona.lorebook if e.constant], lambda e: self.count(lore_text(e)) <= budget)
+
+    def prefix(self, context: PromptContext) -> str | None:
+        """The text every prompt for `context`'s persona and history starts with, whatever the
+        turn's input, memories and fired lore: the persona, the rules, constant lore and the
+        conversation. None when that alone would not leave room in the budget (the oldest history
+        will be trimmed, and the start will differ)."""
+        if self.tokenizer is None:
+            return None
+        persona = context.persona
+        lore = self._constant_lore(persona, self._lore_budget(persona, int(self.max_tokens * self.memory_share)))
+        history = len(context.history)
+        msgs = self.messages(PromptContext(persona, (), context.history), history, 0, lore)[: 1 + history]
+        text = self._template(msgs, reply=False)
+        return text if self.count(text) < self.max_tokens * 0.75 else None
+
     def render(self, context: PromptContext) -> Prompt:
         n_hist, n_mem = len(context.history), len(context.memories)
         share = int(self.max_tokens * self.memory_share)
         # the lorebook's entries that fire first (within the share, and the book's own budget), then
         # memories in what is left
         persona = context.persona
-        budget = min(share, persona.lore_budget) if persona.lore_budget else share
-        lore = within(active(persona.lorebook, scanned_text(context), persona.lore_recursive),
-                      lambda entries: self.count(lore_text(entries)) <= budget)
+        budget = self._lore_budget(persona, share)
+        always = self._constant_lore(persona, budget)
+        fired = [e for e in active(persona.lorebook, scanned_text(context), persona.lore_recursive) if not e.constant]
+        lore = always + within(fired, lambda entries: self.count(lore_text(always + entries)) <= budget)
         share -= self.count(lore_text(lore)) if lore else 0
         while n_mem and self.count(memory_text(context.memories[:n_mem])) > share:
             n_mem -= 1  # recall ranks best first: the last ones go

@@ -80,7 +80,7 @@ class Director:
         self.sources = tuple(sources)
         self.settings = settings
         self.on_turn = on_turn
-        self.history: deque[ChatMessage] = deque(maxlen=max(settings.history_messages, 0))
+        self.history: deque[ChatMessage] = deque()  # at most history_messages (_keep)
         self.current: TurnHandle | None = None
         self._committed: dict[str, Awaitable[None]] = {}
         self._stop = asyncio.Event()
@@ -161,6 +161,7 @@ class Director:
         """Run until stop() (or, if configured, until every source has ended)."""
         if self.settings.history_messages:
             self.history.extend(await self.memory.recent_history(self.settings.history_messages))
+            self._keep()
         if self.settings.greeting:  # first, before anyone is answered
             self.inbox.put(InputEvent(InputKind.IDLE, "(the character starts)", "director", self.cast.clock.now(),
                                       priority=Priority.HIGH, meta={"event": GREETING}))
@@ -251,7 +252,8 @@ class Director:
         template = self.settings.greeting if kind == GREETING else self.settings.thanks.get(kind)
         if template:  # a channel event thanked with a line of the streamer's, not the model
             cast = dataclasses.replace(cast, model=CannedReply(_fill(template, inputs[0])))
-        turn = TurnHandle(new_id(), inputs, tuple(self.history), cast)
+        turn = TurnHandle(new_id(), inputs, tuple(self.history), cast,
+                          prepare_next=bool(self.settings.history_messages) and kind != GREETING)
         self.current = turn
         try:
             record = await turn.run()
@@ -265,12 +267,28 @@ class Director:
             self.history.append(ChatMessage("user", input_text(inputs)))
         if record.spoken_text:
             self.history.append(ChatMessage("assistant", record.spoken_text))
+        self._keep(turn.history_dropped)
         log.info(
             "turn done",
             extra={"turn_id": record.turn_id, "status": str(record.status), "timings": record.timings},
         )
         if self.on_turn is not None:
             self.on_turn(record)
+
+    def _keep(self, dropped: int = 0) -> None:
+        """History over its count (or more than the prompt's budget took: `dropped`) loses its oldest
+        messages in a block, at least half of history_messages, starting again at a viewer's line. So
+        the conversation part of the prompt only grows at its end for several turns, and its cached
+        keys and values are reused, instead of shifting by one exchange every turn."""
+        limit = max(self.settings.history_messages, 0)
+        over = len(self.history) - limit
+        if over <= 0 and not dropped:
+            return
+        n = min(len(self.history), max(over, dropped, limit // 2))
+        while n < len(self.history) and self.history[n].role != "user":
+            n += 1
+        for _ in range(n):
+            self.history.popleft()
 
     def _check_done(self) -> None:
         if (

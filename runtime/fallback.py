@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 from runtime.events import Prompt, PromptContext
-from runtime.ports import ModelUnavailable, PersonaModel
+from runtime.ports import ModelUnavailable, PersonaModel, Preparing
 
 
 class FallbackModel:
@@ -38,6 +38,10 @@ class FallbackModel:
     @property
     def traits(self) -> Mapping[str, float]:
         return self._serving.traits
+
+    def prepare(self, context: PromptContext) -> None:
+        if isinstance(self._serving, Preparing):
+            self._serving.prepare(context)
 
     def _primary_out(self) -> bool:
         return self._retry_at is not None and self.clock() < self._retry_at

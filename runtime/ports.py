@@ -232,6 +232,18 @@ class PersonaModel(Protocol):
         ...
 
 
+@runtime_checkable
+class Preparing(Protocol):
+    """A PersonaModel that can compute the start of its next prompt ahead of time (the local
+    backend's key/value cache); the turn asks it to while the reply's last words are spoken."""
+
+    def prepare(self, context: PromptContext) -> None:
+        """Compute, when nothing is being generated, what the prompt that starts with `context`'s
+        persona and history (its inputs are ignored) needs, so the next reply computes only what
+        is new. Returns at once; a generation asked meanwhile goes first."""
+        ...
+
+
 class Games(Protocol):
     """The games the character plays (the Neuro game API server): what it may do, and doing it."""
 

@@ -34,7 +34,16 @@ from runtime.events import (
 )
 from runtime.game import GameSettings
 from runtime.moderation import Moderator, Verdict
-from runtime.ports import Clock, Games, MemoryStore, ModelUnavailable, OutputSink, PersonaModel, Synthesizer
+from runtime.ports import (
+    Clock,
+    Games,
+    MemoryStore,
+    ModelUnavailable,
+    OutputSink,
+    PersonaModel,
+    Preparing,
+    Synthesizer,
+)
 from runtime.sentences import SentenceCutter, looping
 
 log = logging.getLogger(__name__)
@@ -120,11 +129,14 @@ class TurnHandle:
     """Runs one turn. `await handle.run()` returns its TurnRecord, also when it was interrupted."""
 
     def __init__(
-        self, turn_id: str, inputs: tuple[InputEvent, ...], history: Sequence[ChatMessage], cast: Cast
+        self, turn_id: str, inputs: tuple[InputEvent, ...], history: Sequence[ChatMessage], cast: Cast,
+        prepare_next: bool = False,
     ) -> None:
         self.turn_id = turn_id
         self.inputs = inputs
         self.history = tuple(history)
+        self.history_dropped = 0  # the oldest history messages the prompt's budget left out
+        self.prepare_next = prepare_next  # this exchange goes into the history: the next prompt starts with it
         self.cast = cast
         self.clock = cast.clock
         self.settings = cast.settings
@@ -141,6 +153,7 @@ class TurnHandle:
         self._generated: list[str] = []
         self._delivered: list[_Spoken] = []
         self._moderated: list[str] = []
+        self._planned: list[str] = []  # every sentence queued to be said, in order
         self._work: asyncio.Task[None] | None = None
         self._cancel_reason: str | None = None
         self._failure: str | None = None  # the model failed and the fallback line was said
@@ -226,6 +239,7 @@ class TurnHandle:
         prompt = await asyncio.to_thread(self.cast.model.render, context)
         self.record.prompt = prompt.text
         self.record.messages = prompt.messages
+        self.history_dropped = prompt.history_dropped
         kept = memories[: len(memories) - prompt.memories_dropped]
         self.record.recalled = tuple(m.id for m in kept if m.id > 0)  # a viewer's profile is no memory row
         self.mark(Stage.PROMPT_READY)
@@ -312,11 +326,13 @@ class TurnHandle:
                 )
                 if self.cast.moderator.replacement:  # said instead, so the reply does not just stop
                     self.mark(Stage.FIRST_SENTENCE)
+                    self._planned.append(self.cast.moderator.replacement)
                     await out.put(Sentence(sentence.turn_id, sentence.seq, self.cast.moderator.replacement))
                 if verdict is Verdict.STOP:
                     return False
                 continue
             self.mark(Stage.FIRST_SENTENCE)
+            self._planned.append(sentence.text)
             await out.put(sentence)
         return True
 
@@ -349,7 +365,23 @@ class TurnHandle:
                               extra={"turn_id": self.turn_id, "seq": sentence.seq})
             finally:
                 chunks.put_nowait(None)
+        self._prepare_next()
         await out.put(None)
+
+    def _prepare_next(self) -> None:
+        """Every sentence is synthesized, the last still being spoken: let the model compute the
+        start of the next prompt (this exchange appended to the history, as the director will) now,
+        instead of when the next input arrives. If she is cut off, what was heard differs from the
+        plan, and the next prompt reuses what still matches."""
+        model = self.cast.model
+        said = " ".join(t for t in self._planned if t)
+        if not self.prepare_next or not said or not isinstance(model, Preparing):
+            return
+        history = (*self.history, ChatMessage("user", input_text(self.inputs)), ChatMessage("assistant", said))
+        try:
+            model.prepare(PromptContext(self.cast.persona, (), history))
+        except Exception:  # noqa: BLE001 - an optimisation: the next reply computes it all instead
+            log.exception("the next prompt could not be prepared", extra={"turn_id": self.turn_id})
 
     async def _deliver(
         self, inp: asyncio.Queue[tuple[Sentence, asyncio.Queue[AudioChunk | None]] | None]

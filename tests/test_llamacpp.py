@@ -180,7 +180,7 @@ async def test_the_bundled_gguf_served_by_llamacpp_answers_as_the_character(tmp_
     server = await asyncio.to_thread(LlamaServer, gguf, free_port(), tmp_path / "server.log")
     try:
         card = CARD
-        path = write_config(tmp_path, model={"backend": "server", "seed": 1, "max_new_tokens": 60},
+        path = write_config(tmp_path, model={"backend": "server", "seed": 2, "max_new_tokens": 60},
                             server={"url": server.url, "tokenizer": str(bundled_model_dir)},
                             character={"card": str(card), "greet": False})
         async with running(path, server_model_from(load(path, env={}))) as (app, records):

@@ -101,10 +101,11 @@ def test_the_budget_trims_oldest_history_first_then_memories(tiny_model):
     assert p.tokens <= budget
     assert p.history_dropped > 0 and p.memories_dropped == 0
     assert "message number 19" in p.text and "message number 0 " not in p.text
-    kept = [m.content for m in p.messages[1:-1]]
+    kept = [m.content for m in p.messages[1:-2]]
     assert kept == [m.content for m in history[p.history_dropped:]]  # a suffix: newest kept
-    # the persona and system prompt stay first and unchanged
-    assert p.messages[0].content.startswith(full.messages[0].content.split("Things you remember")[0])
+    # the persona and system prompt stay first and unchanged; the memories come after the history
+    assert p.messages[0].content == full.messages[0].content and "Things you remember" not in p.messages[0].content
+    assert p.messages[-2].content.startswith("Things you remember")
     tight = PromptRenderer(tiny_model.tokenizer, 230).render(ctx(history=history, memories=memories))
     assert tight.history_dropped == 20 and tight.memories_dropped > 0
 

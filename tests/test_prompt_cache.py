@@ -1,0 +1,126 @@
+"""The prompt is laid out for the key/value cache: what changes every turn (fired lore, the
+viewer's profile with its message count, recalled memories) comes after the conversation, and
+history is trimmed in blocks, so the start of the prompt a turn computed is the start of the
+next turn's prompt and is not computed again."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from runtime.events import ChatMessage, TurnRecord
+from tests.conftest import running, write_config
+from tests.harness import until
+from tests.test_live_loop import say
+
+CARDS = Path(__file__).parent / "data" / "cards"
+
+
+def stable(record: TurnRecord) -> str:
+    """The prompt's text before what changes every turn: the rendered text up to the system
+    message after the conversation (or, without one, up to this turn's input)."""
+    last = record.messages[-1] if record.messages[-1].role == "user" else record.messages[-2]
+    volatile = [m for m in record.messages[1:] if m.role == "system" and m.content in record.prompt]
+    start = min([record.prompt.rindex(m.content) for m in volatile] + [record.prompt.rindex(last.content)])
+    return record.prompt[:record.prompt.rindex("<|im_start|>", 0, start)]
+
+
+async def session(tmp_path: Path, model: Any, lines: list[tuple[str, str]], **turn: Any) -> tuple[
+        list[TurnRecord], list[tuple[int, int]]]:
+    config = write_config(tmp_path, character={"card": str(CARDS / "v2-wren.json"), "greet": False},
+                          turn={"recall_k": 3, **turn})
+    reused: list[tuple[int, int]] = []
+    async with running(config, model) as (app, records):
+        app.director.on_turn = lambda r: (records.append(r), reused.append((model.last_stats.cached_tokens,
+                                                                            model.last_stats.prepared_tokens)))
+        for n, (author, text) in enumerate(lines, 1):
+            say(app, text, author)
+            await until(lambda n=n: len(records) == n)
+    return records, reused
+
+
+async def test_the_cached_part_does_not_change_when_only_chat_arrives(tmp_path, tiny_model):
+    lines = [("Ada", "hi Wren, my cat is called Miso"), ("Ada", "how old is the lamp?"),
+             ("Ada", "do you remember my cat?"), ("Bo", "hello from Bo!"), ("Ada", "what about the lamp?"),
+             ("Ada", "and my cat, Miso?")]
+    records, reused = await session(tmp_path, tiny_model, lines)
+    assert all(r.status == "complete" for r in records), [r.error for r in records]
+    # what changes every turn is there, after the conversation: the fired lore, the viewer's profile
+    assert "Fresnel lens" in records[1].prompt and "Fresnel lens" not in stable(records[1])
+    profiles = [m.content for r in records for m in r.messages[1:] if m.role == "system" and "About Ada" in m.content]
+    assert len(set(profiles)) >= 3  # her message count moves every turn...
+    assert "cat named Fog" in stable(records[0])  # the card's constant lore is cached with the persona
+    for before, after, (cached, prepared) in zip(records[:-1], records[1:], reused[1:], strict=True):
+        # ...and the start of each prompt is the start of the next: the persona, the rules and the
+        # whole conversation before this exchange...
+        assert after.prompt.startswith(stable(before)), after.turn_id
+        assert stable(after).startswith(stable(before))
+        # ...computed once: the exchange before this one while its reply was still being spoken
+        assert prepared > 0 and cached >= len(tiny_model.tokenizer(stable(after), add_special_tokens=False)["input_ids"]) - 1
+
+
+async def test_history_is_trimmed_in_blocks_so_the_cache_survives_most_turns(tmp_path, tiny_model):
+    lines = [("Ada", f"line number {i} from Ada") for i in range(9)]
+    records, reused = await session(tmp_path, tiny_model, lines, history_messages=8)
+    history = [[m for m in r.messages[1:] if m.role != "system"][:-1] for r in records]
+    assert max(len(h) for h in history) <= 8
+    kept = sum(after.prompt.startswith(stable(before)) for before, after in zip(records[:-1], records[1:], strict=True))
+    # one exchange in, one out, every turn would keep none of 8 turns once full; in blocks of half:
+    assert kept >= 5, [len(h) for h in history]
+    for h in history:  # a trimmed conversation still starts with a viewer's line
+        assert not h or h[0].role == "user"
+    assert all(isinstance(m, ChatMessage) for h in history for m in h)
+
+
+async def test_a_prepared_prompt_gives_the_same_reply_and_yields_to_a_generation(tiny_model_dir):
+    from persona_model.generation import Sampling
+    from persona_model.local import LocalPersonaModel
+    from runtime.events import InputEvent, InputKind, Memory, Persona, PromptContext
+
+    greedy = Sampling(max_new_tokens=12, temperature=0)
+    cached = LocalPersonaModel.load(tiny_model_dir, sampling=greedy)
+    plain = LocalPersonaModel.load(tiny_model_dir, sampling=greedy, prefix_cache=False)
+    card = Persona("Testa", "A cheerful robot who loves puzzles and tea. " * 10)
+
+    def chat(text: str, history: tuple[ChatMessage, ...]) -> PromptContext:
+        return PromptContext(card, (InputEvent(InputKind.CHAT, text, "test", 0.0, "Ada"),), history,
+                             (Memory(1, f"Ada asked about {text}"),))
+
+    first = cached.render(chat("hello there", ()))
+    reply = "".join([p async for p in cached.stream(first)])
+    history = (ChatMessage("user", "Ada: hello there"), ChatMessage("assistant", reply or "hi"))
+    cached.prepare(PromptContext(card, (), history))  # while her reply is spoken
+    assert await asyncio.to_thread(cached._worker.idle, 60)
+    second = cached.render(chat("what do you like?", history))
+    again = "".join([p async for p in cached.stream(second)])
+    assert again == "".join([p async for p in plain.stream(second)])  # greedy: the same reply
+    stats = cached.last_stats
+    start = cached.renderer.prefix(PromptContext(card, (), history))
+    assert start is not None and second.text.startswith(start)
+    # only the turn's memories and input were computed when she was asked
+    assert stats.prepared_tokens > 0 and stats.cached_tokens >= cached.renderer.count(start) - 1
+    # a long history being prepared: a reply asked for meanwhile starts within a chunk, not after it all
+    long = tuple(ChatMessage("user" if i % 2 == 0 else "assistant", f"line {i} " + "words " * 60) for i in range(16))
+    cached.prepare(PromptContext(card, (), long))
+    third = "".join([p async for p in cached.stream(cached.render(chat("and games?", history)))])
+    assert third == "".join([p async for p in plain.stream(cached.render(chat("and games?", history)))])
+
+
+def test_a_template_that_takes_a_system_message_only_first_gets_the_turns_context_in_the_user_turn(tiny_model):
+    from persona_model.prompt import PromptRenderer
+    from runtime.events import InputEvent, InputKind, Memory, Persona, PromptContext
+
+    strict = ("{% for m in messages %}{% if m['role'] == 'system' and not loop.first %}"
+              "{{ raise_exception('System role only at the start') }}{% endif %}"
+              "<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
+              "{% if add_generation_prompt %}<assistant>{% endif %}")
+    renderer = PromptRenderer(tiny_model.tokenizer, 2000)
+    renderer.template = strict
+    persona = Persona("Testa", "A test character.", post_history_instructions="Keep it short.")
+    context = PromptContext(persona, (InputEvent(InputKind.CHAT, "and my cat?", "test", 0.0, "Ada"),),
+                            (ChatMessage("user", "Ada: hi"), ChatMessage("assistant", "Hello!")),
+                            (Memory(1, "Ada's cat is called Miso."),))
+    text = renderer.render(context).text
+    assert text.count("<system>") == 1 and text.endswith("</user><assistant>")
+    assert "<user>Things you remember:\n- Ada's cat is called Miso.\n\nAda: and my cat?\n\nKeep it short.</user>" in text
