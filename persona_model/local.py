@@ -353,13 +353,16 @@ class LocalPersonaModel:
         stats.prompt_tokens = int(enc["input_ids"].shape[1])
         kwargs = self._generate_kwargs(enc, streamer, stream.stop)
         ids = enc["input_ids"][0].tolist()
-        reuse = self._reusable(ids)  # the cache of the prompt before, cut to what this one shares
-        self._kv = None  # the generation owns it now; it is kept again only if generation ends well
+        keep = self.prefix_cache and not prompt.aside
+        reuse = self._reusable(ids) if keep else None  # the cache of the prompt before, cut to what this one shares
+        if keep:
+            self._kv = None  # the generation owns it now; it is kept again only if generation ends well
         if reuse is not None:
             kwargs["past_key_values"] = reuse
             stats.cached_tokens = int(reuse.get_seq_length())
             stats.prepared_tokens = min(self._prepared, stats.cached_tokens)
-        self._prepared = 0
+        if keep:
+            self._prepared = 0
         if processor is not None:  # JSON: the grammar decides what may come; no repetition penalty
             kwargs.update(logits_processor=LogitsProcessorList([processor]), repetition_penalty=None)
         if max_new_tokens is not None:
@@ -376,7 +379,7 @@ class LocalPersonaModel:
                 stats.started_at = time.monotonic()
                 with torch.inference_mode():
                     out = self.model.generate(**kwargs, return_dict_in_generate=True)
-                if self.prefix_cache and out.past_key_values is not None:
+                if keep and out.past_key_values is not None:
                     cached = int(out.past_key_values.get_seq_length())
                     self._kv = (out.sequences[0].tolist()[:cached], out.past_key_values)
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side

@@ -10,6 +10,7 @@ input arrives it stops (the model stops within one token) and tries again later.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -129,7 +130,8 @@ class Reflector:
             event = InputEvent(InputKind.IDLE, transcript(turns, self.persona.name), "reflection",
                                self.clock.now(), priority=Priority.LOW)
             try:
-                prompt = self.model.render(PromptContext(persona, (event,)))
+                # aside: the conversation's cached start is kept for the next reply
+                prompt = dataclasses.replace(self.model.render(PromptContext(persona, (event,))), aside=True)
                 break
             except ValueError:  # too long for the model: the older half now, the rest next time
                 if len(turns) == 1:

@@ -124,3 +124,25 @@ def test_a_template_that_takes_a_system_message_only_first_gets_the_turns_contex
     text = renderer.render(context).text
     assert text.count("<system>") == 1 and text.endswith("</user><assistant>")
     assert "<user>Things you remember:\n- Ada's cat is called Miso.\n\nAda: and my cat?\n\nKeep it short.</user>" in text
+
+
+async def test_a_prompt_aside_such_as_reflection_leaves_the_conversations_cache(tiny_model_dir):
+    import dataclasses
+
+    from persona_model.generation import Sampling
+    from persona_model.local import LocalPersonaModel
+    from runtime.events import InputEvent, InputKind, Persona, PromptContext
+
+    model = LocalPersonaModel.load(tiny_model_dir, sampling=Sampling(max_new_tokens=6, temperature=0))
+    card = Persona("Testa", "A cheerful robot who loves puzzles and tea. " * 10)
+
+    def chat(text: str, persona: Persona = card) -> PromptContext:
+        return PromptContext(persona, (InputEvent(InputKind.CHAT, text, "test", 0.0, "Ada"),))
+
+    [_ async for _ in model.stream(model.render(chat("hello")))]
+    other = Persona("Testa", system_prompt="Look back over the stream and write what you learned.")
+    aside = dataclasses.replace(model.render(chat("a long transcript", other)), aside=True)
+    [_ async for _ in model.stream(aside)]
+    assert model.last_stats.cached_tokens == 0
+    [_ async for _ in model.stream(model.render(chat("and games?")))]
+    assert model.last_stats.cached_tokens > 100  # the card was not computed again
