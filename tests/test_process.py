@@ -35,7 +35,9 @@ def read_until(proc: subprocess.Popen, marker: bytes, timeout: float) -> bytes:
     deadline = time.monotonic() + timeout
     while marker not in seen:
         left = deadline - time.monotonic()
-        assert left > 0 and proc.poll() is None, f"no {marker!r} on stdout; stderr: {proc.stderr.read()[-2000:]!r}"
+        if left <= 0 or proc.poll() is not None:
+            proc.kill()  # its stderr ends only with it
+            raise AssertionError(f"no {marker!r} on stdout (it had {seen[-500:]!r}); stderr: {proc.stderr.read()[-2000:]!r}")
         ready, _, _ = select.select([proc.stdout], [], [], min(left, 0.5))
         if ready:
             seen += os.read(proc.stdout.fileno(), 4096)
