@@ -1,7 +1,7 @@
 """Render a turn's prompt with the model's chat template, inside a token budget.
 
 The order runs from the most stable to the most volatile, so the start of the prompt stays the
-same from turn to turn and its key/value cache is reused (docs/architecture.md#the-prompt): the
+same from turn to turn and its key/value cache is reused (docs/architecture.md, "One turn"): the
 persona, the rules and the card's constant lore first; then the conversation, which only grows
 at its end; then what changes every turn (the lore the input's keys fired, the viewer's profile,
 recalled memories) in a system message just before the input; then the input, then the card's

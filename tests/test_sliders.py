@@ -84,7 +84,7 @@ async def test_a_setting_changes_her_next_reply_only_and_at_zero_she_is_herself_
                 if not pieces:
                     greedy.set_traits({"energy": 8.0})
                 pieces.append(piece)
-        assert "".join(pieces) == plain and greedy.traits == {}
+        assert "".join(pieces) == plain  # (the new setting may be taken the moment this reply ends)
         assert (await reply(greedy, p))[0] == loud and greedy.traits == {"energy": 8.0}
     # the vector is kept as a llama.cpp control vector (layer 12 of 30, the model's hidden size)
     [kept] = tmp_path.iterdir()
