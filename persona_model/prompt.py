@@ -195,8 +195,8 @@ class PromptRenderer:
     def prefix(self, context: PromptContext) -> str | None:
         """The text every prompt for `context`'s persona and history starts with, whatever the
         turn's input, memories and fired lore: the persona, the rules, constant lore and the
-        conversation. None when that alone would not leave room in the budget (the oldest history
-        will be trimmed, and the start will differ)."""
+        conversation. None when that alone fills the budget (the oldest history will be trimmed,
+        and the start will differ)."""
         if self.tokenizer is None:
             return None
         persona = context.persona
@@ -204,7 +204,7 @@ class PromptRenderer:
         history = len(context.history)
         msgs = self.messages(PromptContext(persona, (), context.history), history, 0, lore)[: 1 + history]
         text = self._template(msgs, reply=False)
-        return text if self.count(text) < self.max_tokens * 0.75 else None
+        return text if self.count(text) < self.max_tokens else None
 
     def render(self, context: PromptContext) -> Prompt:
         n_hist, n_mem = len(context.history), len(context.memories)
@@ -253,5 +253,6 @@ class PromptRenderer:
             tokens=tokens,
             history_dropped=n_hist - keep_hist,
             memories_dropped=len(context.memories) - keep_mem,  # over their share, or squeezed out
+            budget=self.max_tokens,
             context=context,
         )

@@ -26,7 +26,7 @@ from runtime.events import (
 from runtime.inbox import Inbox, event_type
 from runtime.moderation import ChatFilter
 from runtime.ports import Controllable, Source
-from runtime.turn import CannedReply, Cast, TurnHandle
+from runtime.turn import CannedReply, Cast, TurnHandle, trimmed
 
 log = logging.getLogger(__name__)
 GREETING = "greeting"  # meta["event"] of the turn that says the greeting
@@ -253,7 +253,7 @@ class Director:
         if template:  # a channel event thanked with a line of the streamer's, not the model
             cast = dataclasses.replace(cast, model=CannedReply(_fill(template, inputs[0])))
         turn = TurnHandle(new_id(), inputs, tuple(self.history), cast,
-                          prepare_next=bool(self.settings.history_messages) and kind != GREETING)
+                          history_limit=self.settings.history_messages if kind != GREETING else 0)
         self.current = turn
         try:
             record = await turn.run()
@@ -276,19 +276,8 @@ class Director:
             self.on_turn(record)
 
     def _keep(self, dropped: int = 0) -> None:
-        """History over its count (or more than the prompt's budget took: `dropped`) loses its oldest
-        messages in a block, at least half of history_messages, starting again at a viewer's line. So
-        the conversation part of the prompt only grows at its end for several turns, and its cached
-        keys and values are reused, instead of shifting by one exchange every turn."""
-        limit = max(self.settings.history_messages, 0)
-        over = len(self.history) - limit
-        if over <= 0 and not dropped:
-            return
-        n = min(len(self.history), max(over, dropped, limit // 2))
-        while n < len(self.history) and self.history[n].role != "user":
-            n += 1
-        for _ in range(n):
-            self.history.popleft()
+        """History trimmed in blocks (runtime.turn.trimmed), as the turn prepared it."""
+        self.history = deque(trimmed(self.history, self.settings.history_messages, dropped))
 
     def _check_done(self) -> None:
         if (

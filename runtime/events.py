@@ -275,6 +275,7 @@ class Prompt:
     tokens: int
     history_dropped: int = 0  # oldest history messages left out to fit the budget
     memories_dropped: int = 0
+    budget: int = 0  # the token budget it was rendered within (0: none known)
     # off the conversation (reflection): computed whole, and the conversation's kept cache stays
     aside: bool = False
     # what it was rendered from: another model (a fallback) renders its own prompt from it

@@ -47,6 +47,9 @@ from runtime.ports import (
 from runtime.sentences import SentenceCutter, looping
 
 log = logging.getLogger(__name__)
+# a prompt past this share of its budget: the next (this exchange longer) would be trimmed by the
+# budget, one exchange at a time; the history is trimmed in a block instead, and prepared so
+NEAR_BUDGET = 0.85
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,13 +133,17 @@ class TurnHandle:
 
     def __init__(
         self, turn_id: str, inputs: tuple[InputEvent, ...], history: Sequence[ChatMessage], cast: Cast,
-        prepare_next: bool = False,
+        history_limit: int = 0,
     ) -> None:
         self.turn_id = turn_id
         self.inputs = inputs
         self.history = tuple(history)
-        self.history_dropped = 0  # the oldest history messages the prompt's budget left out
-        self.prepare_next = prepare_next  # this exchange goes into the history: the next prompt starts with it
+        # the oldest history messages the prompt's budget left out (1 when it came near the budget):
+        # the director trims a block of history after this turn
+        self.history_dropped = 0
+        # history_messages when this exchange goes into the history (the next prompt starts with it,
+        # and is prepared while she speaks); 0: it does not
+        self.history_limit = history_limit
         self.cast = cast
         self.clock = cast.clock
         self.settings = cast.settings
@@ -239,7 +246,8 @@ class TurnHandle:
         prompt = await asyncio.to_thread(self.cast.model.render, context)
         self.record.prompt = prompt.text
         self.record.messages = prompt.messages
-        self.history_dropped = prompt.history_dropped
+        near = prompt.budget and prompt.tokens > NEAR_BUDGET * prompt.budget
+        self.history_dropped = prompt.history_dropped or int(bool(near))
         kept = memories[: len(memories) - prompt.memories_dropped]
         self.record.recalled = tuple(m.id for m in kept if m.id > 0)  # a viewer's profile is no memory row
         self.mark(Stage.PROMPT_READY)
@@ -375,9 +383,10 @@ class TurnHandle:
         plan, and the next prompt reuses what still matches."""
         model = self.cast.model
         said = " ".join(t for t in self._planned if t)
-        if not self.prepare_next or not said or not isinstance(model, Preparing):
+        if not self.history_limit or not said or not isinstance(model, Preparing):
             return
-        history = (*self.history, ChatMessage("user", input_text(self.inputs)), ChatMessage("assistant", said))
+        history = trimmed((*self.history, ChatMessage("user", input_text(self.inputs)), ChatMessage("assistant", said)),
+                          self.history_limit, self.history_dropped)
         try:
             model.prepare(PromptContext(self.cast.persona, (), history))
         except Exception:  # noqa: BLE001 - an optimisation: the next reply computes it all instead
@@ -437,6 +446,22 @@ def _repeats(sentence: Sentence, said: set[str]) -> bool:
         return True
     said.add(words)
     return False
+
+
+def trimmed(history: Sequence[ChatMessage], limit: int, dropped: int = 0) -> tuple[ChatMessage, ...]:
+    """The history kept after a turn: over `limit` messages (or when the prompt's budget left
+    `dropped` out, or came near it), the oldest go in a block, at least half of `limit`, starting
+    again at a viewer's line. So the conversation part of the prompt only grows at its end for
+    several turns, and its cached keys and values are reused, instead of shifting by one exchange
+    every turn; the director keeps this, and the turn prepares the next prompt's start with it."""
+    history = tuple(history)
+    over = len(history) - max(limit, 0)
+    if over <= 0 and not dropped:
+        return history
+    n = min(len(history), max(over, dropped, limit // 2))
+    while n < len(history) and history[n].role != "user":
+        n += 1
+    return history[n:]
 
 
 def _heard(delivered: list[_Spoken], unheard: int, complete: bool) -> tuple[str, int | None]:

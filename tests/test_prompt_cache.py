@@ -68,6 +68,9 @@ async def test_history_is_trimmed_in_blocks_so_the_cache_survives_most_turns(tmp
     kept = sum(after.prompt.startswith(stable(before)) for before, after in zip(records[:-1], records[1:], strict=True))
     # one exchange in, one out, every turn would keep none of 8 turns once full; in blocks of half:
     assert kept >= 5, [len(h) for h in history]
+    # and where a block went, the shorter conversation was prepared while she spoke: still reused
+    for record, (cached, _) in zip(records[1:], reused[1:], strict=True):
+        assert cached >= len(tiny_model.tokenizer(stable(record), add_special_tokens=False)["input_ids"]) - 1
     for h in history:  # a trimmed conversation still starts with a viewer's line
         assert not h or h[0].role == "user"
     assert all(isinstance(m, ChatMessage) for h in history for m in h)
