@@ -15,17 +15,7 @@ Then the same work is done again without the runtime ("direct"): the same prompt
 (same seed) from plain transformers in a thread until the same first sentence, and espeak-ng run
 by hand on it. runtime / direct compares the two whole paths.
 
-With --config, the character is the one that configuration builds, as a user runs it (the shipped
-config.toml: the bundled SmolLM2-135M-Instruct and its card, recall of 3 memories by MiniLM
-embedding, 24 messages of history, the viewer's profile, reflection, Piper), with a fresh
-database, silent speakers and no greeting; viewers take turns and each reply is spoken to its end
-before the next message, so history, memories and the prefix cache are as in a live chat. Recall
-is timed as an engine too (it is the runtime's own work: it counts in the overhead), and the
-direct path computes the prompt whole (plain transformers has no cache) and runs the same voice
-engine by hand.
-
-    python bench/first_audio.py --config config.toml --trials 15      # the default configuration
-    python bench/first_audio.py --like smollm2-135m --trials 15        # stripped: no recall, no history, espeak-ng
+    python bench/first_audio.py --like smollm2-135m --trials 15
 """
 
 from __future__ import annotations
@@ -50,7 +40,6 @@ import websockets
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from persona_model import tiny  # noqa: E402
 from persona_model.generation import Sampling  # noqa: E402
@@ -82,30 +71,6 @@ class TimedModel:
 
     def stream(self, prompt: Prompt):  # noqa: ANN201
         return self.inner.stream(prompt)
-
-    @property
-    def traits(self) -> dict[str, float]:
-        return self.inner.traits
-
-    def prepare(self, context: PromptContext) -> None:
-        self.inner.prepare(context)
-
-
-class TimedMemory:
-    """The MemoryStore port around the real store, timing recall()."""
-
-    def __init__(self, inner) -> None:  # noqa: ANN001
-        self.inner = inner
-        self.recall_s = 0.0
-
-    async def recall(self, text: str, k: int, viewer: str | None = None):  # noqa: ANN201
-        t = time.perf_counter()
-        found = await self.inner.recall(text, k, viewer)
-        self.recall_s = time.perf_counter() - t
-        return found
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 class TimedSynth:
@@ -214,41 +179,24 @@ async def main() -> None:
     ap.add_argument("--trials", type=int, default=15)
     ap.add_argument("--models-dir", default="~/.cache/omoide/bench")
     ap.add_argument("--json", help="also write the raw figures here")
-    ap.add_argument("--config", help="the character this configuration builds, as a user runs it (config.toml)")
     args = ap.parse_args()
 
-    global FIRST_MIN, MAX_CHARS
+    path = model_dir(args.like, Path(args.models_dir).expanduser())  # noqa: ASYNC240
+    sampling = Sampling(max_new_tokens=80, temperature=0.8, top_p=0.95, repetition_penalty=1.1, seed=1)
+    model = LocalPersonaModel.load(path, name=args.like, sampling=sampling)
     work = Path(tempfile.mkdtemp(prefix="omoide-bench-"))
-    if args.config:
-        from replies import bench_config
-
-        from runtime.models import load_persona_model
-
-        config = bench_config(args.config, work, avatar={"enabled": True, "port": 0})
-        FIRST_MIN, MAX_CHARS = config.turn.first_sentence_min_chars, config.turn.max_sentence_chars
-        model = await asyncio.to_thread(load_persona_model, config)
-        assert isinstance(model, LocalPersonaModel), "the default configuration runs the local backend"
-        if model.sampling.seed is None:
-            model.sampling = dataclasses.replace(model.sampling, seed=1)  # the direct path draws the same tokens
-        label = f"{model.name} with its card, the configuration in {args.config}"
-    else:
-        path = model_dir(args.like, Path(args.models_dir).expanduser())  # noqa: ASYNC240
-        sampling = Sampling(max_new_tokens=80, temperature=0.8, top_p=0.95, repetition_penalty=1.1, seed=1)
-        model = LocalPersonaModel.load(path, name=args.like, sampling=sampling)
-        cfg_file = work / "config.toml"
-        cfg_file.write_text(
-            f'[memory]\ndatabase = "{work / "bench.db"}"\n[audio]\noutput = "silent"\n[avatar]\nport = 0\n'
-            f"[chat.console]\nenabled = false\n[turn]\nhistory_messages = 0\nrecall_k = 0\n"
-            f"first_sentence_min_chars = {FIRST_MIN}\nmax_sentence_chars = {MAX_CHARS}\n[tts]\nengine = \"espeak\"\n"
-        )
-        config = load(cfg_file, env={})
-        label = f"{args.like} (random weights, real shape), stripped: no recall, no history, espeak-ng"
+    cfg_file = work / "config.toml"
+    cfg_file.write_text(
+        f'[memory]\ndatabase = "{work / "bench.db"}"\n[audio]\noutput = "silent"\n[avatar]\nport = 0\n'
+        f"[chat.console]\nenabled = false\n[turn]\nhistory_messages = 0\nrecall_k = 0\n"
+        f"first_sentence_min_chars = {FIRST_MIN}\nmax_sentence_chars = {MAX_CHARS}\n"
+    )
+    config = load(cfg_file, env={})
     timed = TimedModel(model)
     app = await build(config, model=timed, console=False)
     director = app.director
     synth = TimedSynth(director.cast.synthesizer)
-    memory = TimedMemory(director.cast.memory)
-    director.cast = dataclasses.replace(director.cast, synthesizer=synth, memory=memory)
+    director.cast = dataclasses.replace(director.cast, synthesizer=synth)
     runner = asyncio.create_task(director.run(), name="bench-director")
     assert app.avatar is not None
     client = await websockets.connect(f"ws://127.0.0.1:{app.avatar.port}")
@@ -264,43 +212,27 @@ async def main() -> None:
     director.on_turn = records.append
     rows = []
     chunk = int(config.tts.chunk_ms / 20) * (22050 * 20 // 1000) * 2
-    viewers = ["mika", "juno_", "pixelfox", "tea_time", "orbit"]
     for i in range(args.trials + 1):  # the first trial warms up and is not counted
         text = f"hey, what do you think about question number {i}?"
-        who = viewers[i % len(viewers)] if args.config else "viewer"
-        event = InputEvent(InputKind.CHAT, text, "bench", director.cast.clock.now(), who,
-                           meta={"untrusted": True, "user_id": str(1000 + i % len(viewers))} if args.config else {})
+        event = InputEvent(InputKind.CHAT, text, "bench", director.cast.clock.now(), "viewer")
         director.submit(event)
         while director.current is None or Stage.FIRST_AUDIO not in director.current.record.timings:
             await asyncio.sleep(0.001)
-        if not args.config:  # stripped: cut at the first audio; the default: spoken to its end
-            director.interrupt("bench")
+        director.interrupt("bench")
         while len(records) < i + 1:
             await asyncio.sleep(0.001)
         rec = records[-1]
-        e_recall = memory.recall_s
         cutter = SentenceCutter("rt", FIRST_MIN, MAX_CHARS)
         cut = cutter.feed(rec.generated_text) + cutter.flush()
         rt_sentence = cut[0].text if cut else ""
         await asyncio.to_thread(model.join)  # the stopped generation has ended: no shared RNG or CPU
         # direct path, same prompt and seed
-        if args.config:  # the prompt the turn had (its memories and history), computed whole
-            prompt = Prompt(rec.prompt, rec.messages, len(model.tokenizer(rec.prompt, add_special_tokens=False)["input_ids"]))
-            d_render = timed.render_s
-        else:
-            t0 = time.perf_counter()
-            prompt = model.render(PromptContext(director.cast.persona, (event,)))
-            d_render = time.perf_counter() - t0
-            assert prompt.text == rec.prompt, "direct and runtime prompts differ"
+        t0 = time.perf_counter()
+        prompt = model.render(PromptContext(director.cast.persona, (event,)))
+        d_render = time.perf_counter() - t0
+        assert prompt.text == rec.prompt, "direct and runtime prompts differ"
         d_gen, d_sentence = await asyncio.to_thread(direct_generation, model, prompt.text)
-        if config.tts.engine == "espeak":
-            d_tts = direct_tts(d_sentence, config.tts.espeak.voice, config.tts.espeak.speed, config.tts.espeak.pitch, chunk)
-        else:  # the same engine object, asked by hand
-            t0 = time.perf_counter()
-            voice = synth.inner.synthesize(Sentence("direct", 0, d_sentence or "Hello there."))
-            await anext(voice)
-            d_tts = time.perf_counter() - t0
-            await voice.aclose()
+        d_tts = direct_tts(d_sentence, config.tts.espeak.voice, config.tts.espeak.speed, config.tts.espeak.pitch, chunk)
         if i == 0:
             continue
         t = rec.timings
@@ -310,10 +242,8 @@ async def main() -> None:
         rows.append({
             "prompt_ready": t[Stage.PROMPT_READY], "first_token": t[Stage.FIRST_TOKEN],
             "first_sentence": t[Stage.FIRST_SENTENCE], "first_audio": t[Stage.FIRST_AUDIO],
-            "engine_recall": e_recall, "engine_render": e_render, "engine_model": e_model, "engine_tts": e_tts,
+            "engine_render": e_render, "engine_model": e_model, "engine_tts": e_tts,
             "overhead": t[Stage.FIRST_AUDIO] - (e_render + e_model + e_tts),
-            "overhead_without_recall": t[Stage.FIRST_AUDIO] - (e_recall + e_render + e_model + e_tts),
-            "cached_tokens": model.last_stats.cached_tokens,
             "direct_render": d_render, "direct_generation": d_gen, "direct_tts": d_tts,
             "same_first_sentence": rt_sentence == d_sentence,
             "prompt_tokens": prompt.tokens,
@@ -326,17 +256,15 @@ async def main() -> None:
 
     med, p90 = stats_ms(rows)
 
-    print(f"\nmodel: {label}, {torch.get_num_threads()} torch threads, {args.trials} trials, prompt"
-          f" {statistics.median(r['prompt_tokens'] for r in rows):.0f} tokens (median; from the cache"
-          f" {statistics.median(r['cached_tokens'] for r in rows):.0f}), avatar clients: 1, voice {config.tts.engine}")
+    print(f"\nmodel: {args.like} (random weights, real shape), {torch.get_num_threads()} torch threads,"
+          f" {args.trials} trials, prompt {rows[0]['prompt_tokens']} tokens, avatar clients: 1")
     print(f"{'stage (ms since the message)':34} {'median':>8} {'p90':>8}")
     for key in ("prompt_ready", "first_token", "first_sentence", "first_audio"):
         print(f"  runtime {key:25} {med(key):8.1f} {p90(key):8.1f}")
     print("engines' own work inside the runtime run")
-    for key in ("engine_recall", "engine_render", "engine_model", "engine_tts"):
+    for key in ("engine_render", "engine_model", "engine_tts"):
         print(f"  {key:33} {med(key):8.1f} {p90(key):8.1f}")
-    print(f"  {'runtime overhead (recall in it)':33} {med('overhead'):8.1f} {p90('overhead'):8.1f}")
-    print(f"  {'  of which not recall':33} {med('overhead_without_recall'):8.1f} {p90('overhead_without_recall'):8.1f}")
+    print(f"  {'runtime overhead':33} {med('overhead'):8.1f} {p90('overhead'):8.1f}")
     print("direct path (no runtime), same prompt, tokens and sentence")
     for key in ("direct_render", "direct_generation", "direct_tts"):
         print(f"  {key:33} {med(key):8.1f} {p90(key):8.1f}")

@@ -39,6 +39,9 @@ def fts_query(text: str) -> str:
     return " OR ".join(f'"{w}"' for w in words)
 
 
+AHEAD = 16  # queries embedded ahead and kept until recall asks for them
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RecallSettings:
     """How recall ranks memories: similarity to what was said, plus a bonus for recent ones,
@@ -83,6 +86,7 @@ class Recall:
         self._dirty = asyncio.Event()  # new memories to embed
         self._bulk = 0  # add_embedded writes in flight
         self._task: asyncio.Task[None] | None = None
+        self._ahead: dict[str, asyncio.Future[np.ndarray]] = {}  # query text -> its vector, being made
 
     def start(self) -> None:
         if self._load_encoder is not None:
@@ -116,10 +120,22 @@ class Recall:
             unique.setdefault(m.id, m)  # first mention wins, in order
         return list(unique.values())[: k + (1 if viewer is not None else 0)]
 
+    def embed_ahead(self, text: str) -> None:
+        """Start embedding a query recall will be asked soon (an input as it arrives), so the
+        embedding is not on the way to the reply's first token. The last few are kept."""
+        encoder = self.encoder
+        if encoder is None or not self.index_ready.is_set() or text in self._ahead:
+            return
+        self._ahead[text] = asyncio.get_running_loop().run_in_executor(None, lambda: encoder.encode([text])[0])
+        while len(self._ahead) > AHEAD:
+            stale = self._ahead.pop(next(iter(self._ahead)))
+            stale.cancel()  # not started yet: never made; made: dropped
+
     async def _ranked(self, text: str, k: int, viewer: str | None) -> list[Memory]:
         assert self.encoder is not None
-        query = await asyncio.to_thread(self.encoder.encode, [text])
-        return await self.ranked_by_vector(query[0], k, viewer)
+        ahead = self._ahead.pop(text, None)
+        query = await ahead if ahead is not None else (await asyncio.to_thread(self.encoder.encode, [text]))[0]
+        return await self.ranked_by_vector(query, k, viewer)
 
     async def ranked_by_vector(self, query: np.ndarray, k: int, viewer: str | None = None) -> list[Memory]:
         """Recall's ranking for a query vector already made (`recall` embeds the text first)."""

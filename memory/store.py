@@ -208,6 +208,9 @@ class SqliteMemory:
     async def recall(self, text: str, k: int, viewer: str | None = None) -> list[Memory]:
         return await self.recaller.recall(text, k, viewer)
 
+    def recall_ahead(self, text: str) -> None:
+        self.recaller.embed_ahead(text)
+
     async def ranked_by_vector(self, query: np.ndarray, k: int, viewer: str | None = None) -> list[Memory]:
         return await self.recaller.ranked_by_vector(query, k, viewer)
 

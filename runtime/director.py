@@ -25,10 +25,11 @@ from runtime.events import (
 )
 from runtime.inbox import Inbox, event_type
 from runtime.moderation import ChatFilter
-from runtime.ports import Controllable, Source
+from runtime.ports import Controllable, RecallAhead, Source
 from runtime.turn import CannedReply, Cast, TurnHandle, trimmed
 
 log = logging.getLogger(__name__)
+RECALL_AHEAD = 8  # inputs waiting at most for a new one's query to be embedded as it arrives
 GREETING = "greeting"  # meta["event"] of the turn that says the greeting
 COMMIT_WAIT_S = 2.0  # how long a reply waits for its input to be stored (a stalled disk: no longer)
 MICROPHONE_COMMANDS = {Control.MUTE, Control.UNMUTE, Control.TALK_START, Control.TALK_STOP}
@@ -111,6 +112,10 @@ class Director:
             self._committed[event.id] = self.memory.log_input(event)
             self.memory.learn(event)
         accepted = self.inbox.put(event)
+        if accepted and not event.is_control and self.cast.settings.recall_k and len(self.inbox) <= RECALL_AHEAD \
+                and isinstance(self.memory, RecallAhead):
+            # its recall's query embedded now, not when its turn comes (a flood is left alone)
+            self.memory.recall_ahead(input_text((event,)))
         if not accepted:
             log.info("inbox full; input dropped", extra={"source": event.source, "input_id": event.id})
         elif (

@@ -264,6 +264,16 @@ class Games(Protocol):
         ...
 
 
+@runtime_checkable
+class RecallAhead(Protocol):
+    """A MemoryStore that can start on a recall's query before it is asked (its embedding)."""
+
+    def recall_ahead(self, text: str) -> None:
+        """`text` will be recalled for soon: start the work that does not depend on what is
+        stored (embedding it), in the background. Returns at once."""
+        ...
+
+
 class MemoryStore(Protocol):
     """The local store: the interaction log and what the character remembers."""
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -264,3 +265,30 @@ def test_past_its_budget_a_search_says_what_it_left_out(tmp_path, embedder):
         admin.add(db, f"memory number {i} about trains")
     rows, left_out = admin.search_by_meaning(db, "trains", embedder, limit=3, embed_at_most=2)
     assert left_out == 3 and len(rows) == 2
+
+
+async def test_a_query_embedded_as_the_input_arrives_is_recalled_the_same_and_not_embedded_again(tmp_path, embedder):
+    store = await open_store(tmp_path / "omoide.db", embedder)
+    calls: list[list[str]] = []
+    encode = embedder.encode
+
+    def counted(texts: list[str]) -> Any:
+        calls.append(list(texts))
+        return encode(texts)
+
+    try:
+        await store.add_memory("We played Celeste and Bo cheered at the summit.", source="x")
+        await store.add_memory("The weather in Oslo was grey all week.", source="x")
+        await indexed(store, 2)
+        question = "remember when we climbed the mountain in Celeste?"
+        plain = await store.recall(question, 2)
+        store.recaller.encoder = type("Counted", (), {"encode": staticmethod(counted)})()
+        store.recall_ahead(question)  # as the input arrives
+        await asyncio.sleep(0.5)  # the reply before it is still being spoken
+        ahead = await store.recall(question, 2)
+        assert [m.id for m in ahead] == [m.id for m in plain]
+        assert calls == [[question]]  # embedded once, ahead: the recall itself embedded nothing
+        await store.recall(question, 2)  # asked again: used once, then embedded as usual
+        assert len(calls) == 2
+    finally:
+        await store.aclose()
