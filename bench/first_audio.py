@@ -72,6 +72,16 @@ class TimedModel:
     def stream(self, prompt: Prompt):  # noqa: ANN201
         return self.inner.stream(prompt)
 
+    async def json(self, prompt: Prompt, schema: dict[str, Any], max_new_tokens: int = 256) -> str:
+        return await self.inner.json(prompt, schema, max_new_tokens)
+
+    @property
+    def traits(self) -> dict[str, float]:
+        return self.inner.traits
+
+    def prepare(self, context: PromptContext) -> None:  # the next prompt's start, while she speaks
+        self.inner.prepare(context)
+
 
 class TimedSynth:
     """The Synthesizer port around espeak-ng, timing each sentence's first chunk."""
