@@ -91,9 +91,12 @@ async def collect(model: ServerPersonaModel | LocalPersonaModel, prompt: Prompt)
 
 async def test_llamacpp_streams_the_same_greedy_reply_as_the_local_backend(llama, tiny_model_dir):
     local = LocalPersonaModel.load(tiny_model_dir, name="tiny", sampling=GREEDY)
-    server = ServerPersonaModel(ServerSettings(llama.url, sampling=GREEDY, extra=NO_PENALTY), tokenizer=local.tokenizer)
+    # the server reads 2,048 positions (--n_ctx), as the tiny model does: the same prompt budget
+    budget = local.renderer.max_tokens
+    server = ServerPersonaModel(ServerSettings(llama.url, sampling=GREEDY, extra=NO_PENALTY, max_prompt_tokens=budget),
+                                tokenizer=local.tokenizer)
     prompt = server.render(context())
-    assert prompt == local.render(context())  # the same tokenizer: the same prompt and budget
+    assert prompt == local.render(context())  # the same tokenizer and budget: the same prompt
     pieces = await collect(server, prompt)
     assert len(pieces) > 5  # streamed, piece by piece
     assert "".join(pieces) == "".join(await collect(local, prompt)) != ""
