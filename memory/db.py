@@ -55,6 +55,31 @@ def prepare(path: Path) -> None:
         conn.close()
 
 
+def owner(path: Path) -> str | None:
+    """Whose memories the file holds: the character that first ran on it (None for a new file,
+    or one an older Omoide wrote, which its next character takes as hers)."""
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT value FROM state WHERE key = 'character'").fetchall()
+    except sqlite3.DatabaseError:  # no state table yet, or not an Omoide file: prepare() says which
+        return None
+    finally:
+        conn.close()
+    return str(rows[0][0]) if rows else None
+
+
+def claim(path: Path, character: str) -> None:
+    """Mark the file as `character`'s (prepare() first); a file that is someone's stays theirs."""
+    conn = connect_sync(path)
+    try:
+        conn.execute("INSERT OR IGNORE INTO state (key, value) VALUES ('character', ?)", (character,))
+        conn.commit()
+    finally:
+        conn.close()
+
+
 async def open_async(path: Path) -> aiosqlite.Connection:
     """The running character's connection (prepare() first)."""
     db = await aiosqlite.connect(path)

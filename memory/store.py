@@ -21,7 +21,7 @@ from typing import Any
 import aiosqlite
 import numpy as np
 
-from memory.db import open_async, prepare
+from memory.db import claim, open_async, prepare
 from memory.index import VectorIndex
 from memory.personal import personal_data
 from memory.recall import Encoder, Recall, RecallSettings
@@ -49,8 +49,10 @@ class SqliteMemory:
 
     def __init__(self, path: Path, batch: int = 256, encoder: Callable[[], Encoder] | None = None,
                  settings: RecallSettings = RecallSettings(), clock: Clock | None = None,
-                 max_pending: int = MAX_PENDING, approve_restated_after_s: float = 0.0) -> None:
+                 max_pending: int = MAX_PENDING, approve_restated_after_s: float = 0.0,
+                 character: str | None = None) -> None:
         self.path = path
+        self.character = character  # whose memories these are: the file is marked hers at start
         # a pending fact the same viewer states again this long after is approved (0: only the operator)
         self.approve_restated_after_s = approve_restated_after_s
         self.batch, self.settings, self.clock, self.max_pending = batch, settings, clock, max_pending
@@ -63,14 +65,16 @@ class SqliteMemory:
     @classmethod
     async def open(cls, path: Path | str, encoder: Callable[[], Encoder] | None = None,
                    settings: RecallSettings = RecallSettings(), clock: Clock | None = None,
-                   approve_restated_after_s: float = 0.0) -> SqliteMemory:
+                   approve_restated_after_s: float = 0.0, character: str | None = None) -> SqliteMemory:
         store = cls(Path(path), encoder=encoder, settings=settings, clock=clock,
-                    approve_restated_after_s=approve_restated_after_s)
+                    approve_restated_after_s=approve_restated_after_s, character=character)
         await store.start()
         return store
 
     async def start(self) -> None:
         await asyncio.to_thread(prepare, self.path)
+        if self.character is not None:
+            await asyncio.to_thread(claim, self.path, self.character)
         self._db = await open_async(self.path)
         self._reads = await open_async(self.path)
         self._writer = Writer(self._db, self.path, self.batch, self.max_pending, self.clock)

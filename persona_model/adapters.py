@@ -252,3 +252,66 @@ class AdapterFollower:
         if held is not None:
             log.info("adapter swapped in", extra={"version": version, "swap_ms": round(held * 1000, 2),
                                                   "load_ms": round((time.perf_counter() - started) * 1000, 1)})
+
+
+class AdapterView:
+    """One character's view of a model several characters share (a duo on one base model):
+    implements the PersonaModel port, and AdapterTarget for her own registry's follower. Her
+    adapter (or the base model) is swapped into the shared model before each of her replies (a
+    tensor copy of milliseconds); the rest is the shared model's. The shared model is closed once,
+    by its owner."""
+
+    def __init__(self, model: Any, version: str | None = None, path: Path | None = None) -> None:
+        self.model = model
+        self._wanted: tuple[Path | None, str | None] = (path, version)
+
+    # ---- AdapterTarget: her registry's follower sets what she speaks with ----------------------
+    @property
+    def adapter(self) -> str | None:
+        return self._wanted[1]
+
+    def stage_adapter(self, path: Path | None, version: str | None) -> None:
+        self._wanted = (path, version)  # read when her next reply starts
+
+    async def swap_when_free(self) -> float | None:
+        return None
+
+    async def _mine(self) -> None:
+        path, version = self._wanted
+        if self.model.adapter != version:
+            await asyncio.to_thread(self.model.stage_adapter, path, version)
+            await self.model.swap_when_free()  # or the shared model swaps before it generates
+
+    # ---- PersonaModel -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return str(self.model.name)
+
+    @property
+    def traits(self) -> Any:
+        return self.model.traits
+
+    @property
+    def last_stats(self) -> Any:
+        return self.model.last_stats
+
+    def render(self, context: Any) -> Any:
+        return self.model.render(context)
+
+    async def stream(self, prompt: Any) -> Any:
+        await self._mine()
+        async with contextlib.aclosing(self.model.stream(prompt)) as pieces:
+            async for piece in pieces:
+                yield piece
+
+    async def json(self, prompt: Any, schema: dict[str, Any], max_new_tokens: int = 256) -> str:
+        await self._mine()
+        return str(await self.model.json(prompt, schema, max_new_tokens))
+
+    def prepare(self, context: Any) -> None:
+        """Her next prompt's start computed ahead, while hers is the adapter in the model."""
+        if hasattr(self.model, "prepare") and self.model.adapter == self.adapter:
+            self.model.prepare(context)
+
+    async def aclose(self) -> None:
+        pass

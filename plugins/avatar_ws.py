@@ -108,13 +108,14 @@ class AvatarServer:
         self._turn_start = _encode(
             "turn_start",
             turn_id=turn_id,
+            character=self.character,
             inputs=[{"source": e.source, "author": e.author, "text": e.text, "kind": str(e.kind)}
                     for e in inputs],
         )
         self._broadcast(self._turn_start)
 
     async def sentence(self, sentence: Sentence) -> None:
-        self._broadcast(_encode("sentence", turn_id=sentence.turn_id, seq=sentence.seq,
+        self._broadcast(_encode("sentence", turn_id=sentence.turn_id, seq=sentence.seq, character=self.character,
                                 text=sentence.text, expressions=list(sentence.expressions)))
         for name in sentence.expressions:
             self._broadcast(_encode("expression", turn_id=sentence.turn_id, seq=sentence.seq, name=name))
@@ -145,7 +146,8 @@ class AvatarServer:
     async def end_turn(self, turn_id: str, interrupted: bool, spoken_text: str,
                        timings: Mapping[str, float] | None = None) -> None:
         self._turn_start = None
-        self._broadcast(_encode("turn_end", turn_id=turn_id, interrupted=interrupted, spoken_text=spoken_text,
+        self._broadcast(_encode("turn_end", turn_id=turn_id, character=self.character, interrupted=interrupted,
+                                spoken_text=spoken_text,
                                 timings_ms={str(k): round(v * 1000, 1) for k, v in (timings or {}).items()}))
 
     # -- connections ------------------------------------------------------------------------------

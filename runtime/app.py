@@ -22,9 +22,10 @@ from typing import Literal, Protocol, TextIO
 
 from omoide_game.tictactoe import TicTacToe
 
+from memory.db import owner
 from memory.schema import SchemaError
 from memory.store import SqliteMemory
-from persona_model.adapters import AdapterFollower, AdapterTarget
+from persona_model.adapters import AdapterFollower, AdapterTarget, AdapterView
 from plugins.audio import PlaybackLog
 from plugins.avatar_vts import VtsAvatar
 from plugins.avatar_ws import AvatarServer
@@ -37,14 +38,15 @@ from plugins.speakers_sounddevice import open_speakers
 from plugins.stt_whisper import WhisperListener
 from runtime import bundled
 from runtime.avatar_commands import channel_commands
+from runtime.characters import cast_of, homed
+from runtime.collab import CollabSettings, Troupe, voiced
 from runtime.config import Config, settings
 from runtime.director import Activity, Director, DirectorSettings
 from runtime.embedding import encoder_from
 from runtime.errors import MicrophoneUnavailable, StartupError
-from runtime.events import Persona
 from runtime.game import GameSettings
 from runtime.heap import keep_heap_trimmed
-from runtime.models import adapter_registry, backends, bundled_kinds, load_persona_model
+from runtime.models import adapter_registry, backends, bundled_kinds, load_persona_model, starting_adapter
 from runtime.parts import (
     MicrophoneFactory,
     chat_filter_from,
@@ -88,6 +90,7 @@ class App:
     follower: AdapterFollower | None = None  # swaps in newly activated adapters
     games: GameServer | None = None  # the game API, when on
     sliders: LiveSliders | None = None  # the trait sliders, when the model can be steered
+    memories: list[SqliteMemory] = field(default_factory=list)  # each character's (memory is the first's)
 
     async def aclose(self) -> None:
         for sink in self.sinks:
@@ -96,7 +99,10 @@ class App:
         if self.sliders is not None:
             await self.sliders.aclose()
         await self.director.cast.model.aclose()
-        await self.memory.aclose()
+        for view in self.director.troupe.members[1:]:
+            await view.cast.model.aclose()
+        for memory in self.memories or [self.memory]:
+            await memory.aclose()
 
 
 @dataclass
@@ -142,43 +148,58 @@ async def build(
     sources: Sequence[Source] = (),
     background: Sequence[Job] = (),
 ) -> App:
-    """Assemble a character from its configuration. `model` skips loading one (tests, benches).
-    `background` jobs run beside the turns (the training schedule)."""
+    """Assemble the character (or, with [[characters]], the characters of one stream) from the
+    configuration. `model` skips loading one (tests, benches). `background` jobs run beside the
+    turns (the training schedule)."""
     clock = clock or MonotonicClock()
     listen = config.stt.enabled if listen is None else listen
-    bundled.check(bundled_kinds(config, listen is True, model is None))  # every missing one named at once
-    persona, lore = persona_from(config)
+    cast = cast_of(config)  # one configuration per character: her card, voice and home
+    bundled.check(sorted({k for c in cast for k in bundled_kinds(c, listen is True, model is None)}))
+    personas = [persona_from(c) for c in cast]
+    cast = [homed(c, p.name) for c, (p, _) in zip(cast, personas, strict=True)]  # her own history, memories, adapters
+    lead, solo = cast[0], len(cast) == 1
     moderator, chat_filter = moderator_from(config), chat_filter_from(config)  # a missing list stops it here
-    synthesizer = synthesizer_from(config)
-    memory = await memory_from(config, clock)  # before the slow model load: a wrong database stops the start at once
-    opened: list[Closeable] = [memory]  # closed again if the start fails
+    synthesizers = [synthesizer_from(c) for c in cast]
+    opened: list[Closeable] = []  # closed again if the start fails
     try:
+        memories = []
+        for c, (persona, _) in zip(cast, personas, strict=True):
+            # before the slow model load: a wrong database stops the start at once
+            memories.append(await memory_from(c, clock, persona.name))
+            opened.append(memories[-1])
         playback, listener = await hearing(config, clock, listen, microphone)
         if model is None:
-            model = await asyncio.to_thread(load_persona_model, config)
-        for text in lore:
-            await memory.add_memory(text, source=persona.source)
-        sliders = live_sliders(config, model, slider_system(persona))
+            model = await asyncio.to_thread(load_persona_model, lead)
+        for memory, (persona, lore) in zip(memories, personas, strict=True):
+            for text in lore:
+                await memory.add_memory(text, source=persona.source)
+        sliders = live_sliders(lead, model, slider_system(personas[0][0])) if solo else None
         if sliders is not None:
             opened.append(sliders)
-        out = await outputs(config, clock, persona.name, playback, opened)
-        ins = await inputs(config, clock, persona.name, [*sources, *([listener] if listener else [])],
+        names = [p.name for p, _ in personas]
+        out = await outputs(config, clock, names[0], playback, opened)
+        ins = await inputs(config, clock, " & ".join(names), [*sources, *([listener] if listener else [])],
                            console, stdin, stdout, opened)
-        inbox = inbox_from(config, clock, persona)
+        inbox = inbox_from(config, clock, names)
         activity = Activity(inbox)
-        jobs = background_from(config, model, memory, clock, activity, persona,
-                               [*background, *([lambda: sliders.watch(clock)] if sliders else [])])
-        cast = Cast(
-            persona=persona, model=model, synthesizer=synthesizer, playout=out.playout, memory=memory,
-            moderator=moderator, clock=clock, observers=(*out.observers, *ins.observers),
-            settings=settings(TurnSettings, config.turn, expressions=expressions(persona, config)),
+        views = [model] if solo else [view_of(model, c) for c in cast]
+        casts = [Cast(
+            persona=persona, model=view, synthesizer=synthesizer, playout=out.playout, memory=memory,
+            moderator=moderator, clock=clock, observers=voiced((*out.observers, *ins.observers), persona.name, solo),
+            settings=settings(TurnSettings, config.turn, expressions=expressions(persona, c)),
             games=ins.games, game_settings=settings(GameSettings, config.game),
-        )
-        director = Director(cast, inbox, ins.sources, director_settings(config, persona, exit_when_sources_end),
-                             chat_filter=chat_filter, activity=activity, background=jobs.jobs)
+        ) for c, (persona, _), view, synthesizer, memory in zip(cast, personas, views, synthesizers, memories,
+                                                                strict=True)]
+        jobs = background_from(cast, casts, clock, activity,
+                               [*background, *([lambda: sliders.watch(clock)] if sliders else [])])
+        troupe = Troupe(casts, settings(CollabSettings, config.collab))
+        for member, (persona, _), c in zip(troupe.members, personas, cast, strict=True):
+            member.greeting = greeting(persona) if c.character.greet else ""
+        director = Director(casts[0], inbox, ins.sources, director_settings(lead, exit_when_sources_end),
+                            chat_filter=chat_filter, activity=activity, background=jobs.jobs, troupe=troupe)
         if out.avatar is not None:
             out.avatar.commands.update(channel_commands(
-                director.submit, clock, config.chat.console.name, config.path(config.memory.database), ins.games))
+                director.submit, clock, config.chat.console.name, lead.path(lead.memory.database), ins.games))
             if sliders is not None:
                 out.avatar.commands.update(slider_commands(sliders))
             await start_avatar(config, out.avatar)
@@ -188,15 +209,25 @@ async def build(
             with contextlib.suppress(Exception):
                 await thing.aclose()
         raise
-    return App(config, director, memory, out.avatar, [out.playout, *cast.observers], jobs.reflector, jobs.follower,
-               ins.games, sliders)
+    return App(lead, director, memories[0], out.avatar, [out.playout, *out.observers, *ins.observers],
+               jobs.reflector, jobs.follower, ins.games, sliders, memories=memories)
 
 
-async def memory_from(config: Config, clock: Clock) -> SqliteMemory:
+def view_of(model: PersonaModel, config: Config) -> AdapterView:
+    """One character's view of the model the characters share, on her own adapter."""
+    path, name = starting_adapter(config)
+    return AdapterView(model, name or (path.name if path else None), path)
+
+
+async def memory_from(config: Config, clock: Clock, character: str) -> SqliteMemory:
+    database = config.path(config.memory.database)
+    found = owner(database)
+    if found not in (None, character):  # a [[characters]] home given by hand
+        log.warning("%s holds %s's memories; %s uses it, as configured", database, found, character)
     try:
-        return await SqliteMemory.open(config.path(config.memory.database), encoder_from(config),
-                                       recall_settings(config), clock,
-                                       approve_restated_after_s=config.learning.approve_restated_after_h * 3600)
+        return await SqliteMemory.open(database, encoder_from(config), recall_settings(config), clock,
+                                       approve_restated_after_s=config.learning.approve_restated_after_h * 3600,
+                                       character=character)
     except SchemaError as exc:
         raise StartupError(f"memory.database {config.path(config.memory.database)}: {exc}") from None
 
@@ -275,27 +306,27 @@ async def inputs(config: Config, clock: Clock, character: str, given: list[Sourc
     return Inputs(sources, observers, games)
 
 
-def background_from(config: Config, model: PersonaModel, memory: SqliteMemory, clock: Clock, activity: Activity,
-                    persona: Persona, given: Sequence[Job]) -> Background:
-    reflector = None
-    if config.memory.reflection.enabled:
-        reflector = Reflector(model, memory, persona, clock, activity.busy,
-                              settings(ReflectionSettings, config.memory.reflection))
-    followers = []
-    if config.learning.follow and not config.model.adapter:  # the server and its local stand-in each follow
-        followers = [AdapterFollower(adapter_registry(config), backend) for backend in backends(model)
-                     if isinstance(backend, AdapterTarget)]
-    jobs = (*([reflector.run] if reflector else []), *(f.run for f in followers), keep_heap_trimmed, *given)
-    return Background(jobs, reflector, followers[-1] if followers else None)
+def background_from(cast: Sequence[Config], casts: Sequence[Cast], clock: Clock, activity: Activity,
+                    given: Sequence[Job]) -> Background:
+    """Each character's reflection and adapter follower, the heap trim, and the caller's jobs."""
+    reflectors, followers = [], []
+    for config, c in zip(cast, casts, strict=True):
+        if config.memory.reflection.enabled:
+            reflectors.append(Reflector(c.model, c.memory, c.persona, clock, activity.busy,  # type: ignore[arg-type]
+                                        settings(ReflectionSettings, config.memory.reflection)))
+        if config.learning.follow and not config.model.adapter:  # the server and its local stand-in each follow
+            followers += [AdapterFollower(adapter_registry(config), backend) for backend in backends(c.model)
+                          if isinstance(backend, AdapterTarget)]
+    jobs = (*(r.run for r in reflectors), *(f.run for f in followers), keep_heap_trimmed, *given)
+    return Background(jobs, reflectors[0] if reflectors else None, followers[-1] if followers else None)
 
 
-def director_settings(config: Config, persona: Persona, exit_when_sources_end: bool) -> DirectorSettings:
+def director_settings(config: Config, exit_when_sources_end: bool) -> DirectorSettings:
     return settings(
         DirectorSettings, config.turn, exit_when_sources_end=exit_when_sources_end,
         barge_in=config.barge_in.mode, barge_in_min_dbfs=config.barge_in.min_dbfs,
         idle_after_s=config.idle.after_s, idle_min_interval_s=config.idle.min_interval_s,
-        thanks=dict(config.chat.thanks), greeting=greeting(persona) if config.character.greet else "",
-        **({"idle_prompt": config.idle.prompt} if config.idle.prompt else {}))
+        thanks=dict(config.chat.thanks), **({"idle_prompt": config.idle.prompt} if config.idle.prompt else {}))
 
 
 async def play(config: Config, seed: int | None = None, show: Callable[[str], None] = print,

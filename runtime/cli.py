@@ -52,7 +52,9 @@ def _options(*adders: tuple[str, dict[str, object]]) -> argparse.ArgumentParser:
 
 
 def parser() -> argparse.ArgumentParser:
-    config = _options(("--config", dict(metavar="PATH", help="config file (default: ./config.toml, or $OMOIDE_CONFIG)")))
+    config = _options(("--config", dict(metavar="PATH", help="config file (default: ./config.toml, or $OMOIDE_CONFIG)")),
+                      ("--character", dict(metavar="NAME", help="with [[characters]]: whose memories, windows and"
+                                                                " adapters (default: the first)")))
     p = argparse.ArgumentParser(prog="omoide", description="A real-time AI VTuber character runtime.",
                                 parents=[config])
     top = Commands(p.add_subparsers(dest="command", required=True), [config])

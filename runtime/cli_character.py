@@ -13,6 +13,7 @@ from websockets.exceptions import InvalidHandshake, InvalidURI
 from persona_model.hub import ModelNotFound
 from plugins.avatar_vts import VtsError
 from runtime import app, heap, learning, parts
+from runtime.characters import cast_of, for_command
 from runtime.cli_common import EXIT_CONFIG, EXIT_MODEL, Errors, config_from, setup_logs
 
 ERRORS: Errors = ((ModelNotFound, EXIT_MODEL, "cannot start: "),)
@@ -22,15 +23,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     """`omoide run`, `omoide chat` (args.chat) and `omoide companion` (args.companion)."""
     chat, companion = getattr(args, "chat", False), getattr(args, "companion", False)
     heap.cap_malloc_arenas()  # flat memory over a long stream
-    config = config_from(args)
+    config = config_from(args, everyone=True)
     setup_logs(config, chatting=chat or companion or config.chat.console.enabled)
     try:
-        schedule = learning.schedule_from(config)
+        # each character's own training schedule (her windows, her adapters)
+        schedules = [s for c in cast_of(config) if (s := learning.schedule_from(for_command(c, None))) is not None]
         if companion:
             asyncio.run(app.companion(config))
             return 0
         asyncio.run(app.run(config, on_ready=app.say_overlay, console=True if chat else None,
-                            exit_when_sources_end=chat, background=[schedule.run] if schedule else []))
+                            exit_when_sources_end=chat, background=[s.run for s in schedules]))
     except KeyboardInterrupt:
         pass
     return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 from memory.schema import SchemaError
 from runtime import log_format
 from runtime.bundled import BundledError
+from runtime.characters import cast_of, for_command
 from runtime.config import Config, ConfigError, load
 from runtime.errors import StartupError
 
@@ -58,12 +59,18 @@ def as_typed(text: str) -> str:
     return text if name == "omoide" else _OMOIDE.sub(name + " ", text)
 
 
-def config_from(args: argparse.Namespace) -> Config:
-    """The configuration `--config` names, else $OMOIDE_CONFIG, else ./config.toml, else defaults."""
+def config_from(args: argparse.Namespace, everyone: bool = False) -> Config:
+    """The configuration `--config` names, else $OMOIDE_CONFIG, else ./config.toml, else defaults;
+    that of the character `--character` names (else the first), or, with `everyone` and no
+    --character, all of them (`omoide run` starts every character of [[characters]])."""
     path = getattr(args, "config", None) or os.environ.get("OMOIDE_CONFIG")
     if path is None and Path("config.toml").is_file():
         path = "config.toml"
-    return load(path)
+    config, name = load(path), getattr(args, "character", None)
+    if everyone and name is None and config.characters:
+        cast_of(config)  # a wrong entry stops it here, in one line
+        return config
+    return for_command(config, name)
 
 
 def database_from(args: argparse.Namespace, config: Config) -> Path:

@@ -22,6 +22,7 @@ from persona_model.generation import Sampling
 from persona_model.server import ServerSettings
 from persona_model.train.curate import CurationSettings
 from plugins.listening import ListenerSettings
+from runtime.collab import CollabSettings
 from runtime.director import DirectorSettings
 from runtime.game import GameSettings
 from runtime.inbox import Scoring
@@ -38,6 +39,7 @@ _TURN, _DIRECTOR, _GAME, _REFLECTION = TurnSettings(), DirectorSettings(), GameS
 _RECALL, _SAMPLING, _SCORING, _LISTENER = RecallSettings(), Sampling(), Scoring(), ListenerSettings()
 _SERVER = ServerSettings("http://127.0.0.1:8080/v1")
 _CURATION = CurationSettings()
+_COLLAB = CollabSettings()
 
 
 class ConfigError(Exception):
@@ -51,6 +53,31 @@ class _Section(BaseModel):
 class CharacterConfig(_Section):
     card: str = ""
     greet: bool = True  # say the card's first message when the character starts
+
+
+class VoiceConfig(_Section):
+    """A character's voice: what differs from [tts] (any of its keys; the rest are [tts]'s)."""
+
+    engine: Literal["espeak", "piper", "coqui"] | None = None
+    espeak: dict[str, Any] = {}
+    piper: dict[str, Any] = {}
+    coqui: dict[str, Any] = {}
+
+
+class CharacterEntry(_Section):
+    """One of several characters on one stream ([[characters]]): her card, voice and home."""
+
+    name: str = Field(min_length=1, max_length=64)  # how `--character` and the operator name her
+    card: str = ""  # her card ("": [persona])
+    greet: bool = True
+    home: str = ""  # her memories, windows, adapters and sliders ("": training_logs/characters/<name>)
+    voice: VoiceConfig = VoiceConfig()
+
+
+class CollabConfig(_Section):
+    order: Literal["alternate", "first"] = _COLLAB.order  # who answers a line naming no character
+    banter: int = Field(_COLLAB.banter, ge=0, le=50)  # lines they say to each other after a reply to chat
+    addressed: Literal["private", "public"] = _COLLAB.addressed  # a viewer's line naming one: hers alone, or all's
 
 
 class PersonaConfig(_Section):
@@ -380,10 +407,13 @@ class Config(_Section):
     sliders: SlidersConfig = SlidersConfig()
     learning: LearningConfig = LearningConfig()
     log: LogConfig = LogConfig()
+    characters: list[CharacterEntry] = []  # several characters on one stream (runtime/characters.py)
+    collab: CollabConfig = CollabConfig()  # how they share it (runtime/collab.py)
 
     # where relative paths in the file are resolved from (the config file's folder)
     base_dir: Path = Path(".")
     file: Path | None = None  # the file it was read from (a scheduled training run reads it too)
+    chosen: str | None = None  # the [[characters]] entry this is the configuration of (runtime/characters.py)
 
     def path(self, value: str) -> Path:
         """A path from the config, relative to the config file's folder."""

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from runtime.collab import Member, Troupe
 from runtime.events import (
     ChatMessage,
     Control,
@@ -72,8 +73,11 @@ class Director:
         chat_filter: ChatFilter | None = None,
         background: Sequence[Callable[[], Coroutine[None, None, None]]] = (),
         activity: Activity | None = None,
+        troupe: Troupe | None = None,
     ) -> None:
-        self.cast = cast
+        # several characters on one stream (runtime/collab.py); one, as it always was
+        self.troupe = troupe or Troupe([cast])
+        cast = self.troupe.lead.cast
         self.background = tuple(background)  # run beside the turns (reflection), stopped with them
         self.chat_filter = chat_filter
         self.memory = cast.memory
@@ -81,7 +85,6 @@ class Director:
         self.sources = tuple(sources)
         self.settings = settings
         self.on_turn = on_turn
-        self.history: deque[ChatMessage] = deque()  # at most history_messages (_keep)
         self.current: TurnHandle | None = None
         self._committed: dict[str, Awaitable[None]] = {}
         self._stop = asyncio.Event()
@@ -108,14 +111,13 @@ class Director:
                 event = dataclasses.replace(event, text=text)
         if event.kind is InputKind.TRANSCRIPT and self.current is not None and self.current.paused:
             self.current.cancel("barge-in")  # they said something: the held reply is over
-        if not event.is_control:
-            self._committed[event.id] = self.memory.log_input(event)
-            self.memory.learn(event)
+        hearers = [] if event.is_control else self._store(event)
         accepted = self.inbox.put(event)
-        if accepted and not event.is_control and self.cast.settings.recall_k and len(self.inbox) <= RECALL_AHEAD \
-                and isinstance(self.memory, RecallAhead):
+        if accepted and hearers and self.cast.settings.recall_k and len(self.inbox) <= RECALL_AHEAD:
             # its recall's query embedded now, not when its turn comes (a flood is left alone)
-            self.memory.recall_ahead(input_text((event,)))
+            for m in hearers:
+                if isinstance(m.cast.memory, RecallAhead):
+                    m.cast.memory.recall_ahead(input_text((event,)))
         if not accepted:
             log.info("inbox full; input dropped", extra={"source": event.source, "input_id": event.id})
         elif (
@@ -126,6 +128,15 @@ class Director:
         ):
             self.current.cancel("preempted")
         return accepted
+
+    def _store(self, event: InputEvent) -> list[Member]:
+        """Log an input and learn from it in the memory of each character who hears it (a secret
+        told to one: hers alone); who heard it."""
+        hearers = self.troupe.hearers(event)
+        self._committed[event.id] = _all([m.cast.memory.log_input(event) for m in hearers])
+        for m in hearers:
+            m.cast.memory.learn(event)
+        return hearers
 
     def _signal(self, event: InputEvent) -> None:
         turn = self.current
@@ -158,6 +169,20 @@ class Director:
         self._stop.set()
 
     @property
+    def cast(self) -> Cast:
+        """The (first) character's cast; set, her next turns run with the new one."""
+        return self.troupe.lead.cast
+
+    @cast.setter
+    def cast(self, cast: Cast) -> None:
+        self.troupe.lead.cast = cast
+
+    @property
+    def history(self) -> deque[ChatMessage]:
+        """The conversation as the (first) character heard it."""
+        return self.troupe.lead.history
+
+    @property
     def busy(self) -> bool:
         """A turn is running or an input is waiting for one."""
         return self.activity.busy()
@@ -165,11 +190,15 @@ class Director:
     async def run(self) -> None:
         """Run until stop() (or, if configured, until every source has ended)."""
         if self.settings.history_messages:
-            self.history.extend(await self.memory.recent_history(self.settings.history_messages))
+            for m in self.troupe.members:  # each her own conversation, as she heard it
+                m.history.extend(await m.cast.memory.recent_history(self.settings.history_messages))
             self._keep()
-        if self.settings.greeting:  # first, before anyone is answered
-            self.inbox.put(InputEvent(InputKind.IDLE, "(the character starts)", "director", self.cast.clock.now(),
-                                      priority=Priority.HIGH, meta={"event": GREETING}))
+        if self.troupe.solo and self.settings.greeting and not self.troupe.lead.greeting:
+            self.troupe.lead.greeting = self.settings.greeting
+        for m in self.troupe.members:  # first, before anyone is answered, in order
+            if m.greeting:
+                self.inbox.put(InputEvent(InputKind.IDLE, "(the character starts)", "director", self.cast.clock.now(),
+                                          priority=Priority.HIGH, meta={"event": GREETING, "to": m.name}))
         async with asyncio.TaskGroup() as tg:
             tasks = [
                 tg.create_task(self._turns(), name="director-turns"),
@@ -213,6 +242,8 @@ class Director:
             if not len(self.inbox):
                 self._check_done()
             event = await self._next()
+            if self.troupe.stale(event):
+                continue
             self.activity.in_turn = True
             try:
                 await self._run_turn((event,))
@@ -252,27 +283,32 @@ class Director:
                     log.warning("input not stored yet; answering anyway", extra={"input_id": event.id,
                                                                                  "error": str(exc) or "timed out"})
         self._committed = {k: f for k, f in self._committed.items() if not _done(f)}  # merged or dropped
-        cast = self.cast
+        speaker = self.troupe.speaker(inputs[0])
+        cast = speaker.cast
         kind = event_type(inputs[0])
-        template = self.settings.greeting if kind == GREETING else self.settings.thanks.get(kind)
+        template = speaker.greeting if kind == GREETING else self.settings.thanks.get(kind)
         if template:  # a channel event thanked with a line of the streamer's, not the model
             cast = dataclasses.replace(cast, model=CannedReply(_fill(template, inputs[0])))
-        turn = TurnHandle(new_id(), inputs, tuple(self.history), cast,
+        turn = TurnHandle(new_id(), inputs, tuple(speaker.history), cast,
                           history_limit=self.settings.history_messages if kind != GREETING else 0)
         self.current = turn
         try:
             record = await turn.run()
         finally:
             self.current = None
+        now = self.cast.clock.now()
         for event in inputs:
             self.inbox.answered(event.author)
         if inputs[0].kind is InputKind.IDLE:
-            self._last_idle = self.cast.clock.now()
-        if kind != GREETING:  # a greeting answers nobody: the card's first message opens the chat
-            self.history.append(ChatMessage("user", input_text(inputs)))
-        if record.spoken_text:
-            self.history.append(ChatMessage("assistant", record.spoken_text))
-        self._keep(turn.history_dropped)
+            self._last_idle = now
+        speaker.last_spoke = now
+        banter = self.troupe.banter_after(speaker, inputs, record.spoken_text, now) if kind != GREETING else None
+        # a greeting answers nobody: the card's first message opens the chat
+        self.troupe.heard(speaker, inputs, record.spoken_text, greeting=kind == GREETING,
+                          told=self.troupe.addressed(banter) if banter else None)
+        self._keep(turn.history_dropped, speaker)
+        if banter is not None:
+            self._banter(banter)
         log.info(
             "turn done",
             extra={"turn_id": record.turn_id, "status": str(record.status), "timings": record.timings},
@@ -280,9 +316,23 @@ class Director:
         if self.on_turn is not None:
             self.on_turn(record)
 
-    def _keep(self, dropped: int = 0) -> None:
-        """History trimmed in blocks (runtime.turn.trimmed), as the turn prepared it."""
-        self.history = deque(trimmed(self.history, self.settings.history_messages, dropped))
+    def _keep(self, dropped: int = 0, speaker: Member | None = None) -> None:
+        """Each history trimmed in blocks (runtime.turn.trimmed), the speaker's as her turn prepared it."""
+        for m in self.troupe.members:
+            m.history = deque(trimmed(m.history, self.settings.history_messages, dropped if m is speaker else 0))
+
+    def _banter(self, line: InputEvent) -> None:
+        """One character's line said to another: her next turn answers it, before chat."""
+        hearers = [m for m in self.troupe.members if m.name != line.author]
+        self._committed[line.id] = _all([m.cast.memory.log_input(line) for m in hearers])
+        if not self.inbox.put(line):
+            self.troupe.end_banter()
+
+    def end_banter(self) -> bool:
+        """The operator ends the characters' exchange: chat is answered next."""
+        had = self.troupe.banter_left > 0
+        self.troupe.end_banter()
+        return had
 
     def _check_done(self) -> None:
         if (
@@ -293,6 +343,17 @@ class Director:
             and not len(self.inbox)
         ):
             self.stop()
+
+
+def _all(stored: list[Awaitable[None]]) -> Awaitable[None]:
+    """One awaitable for an input stored in each hearer's memory."""
+    if len(stored) == 1:
+        return stored[0]
+
+    async def every() -> None:
+        for done in stored:
+            await done
+    return asyncio.ensure_future(every())
 
 
 def _done(awaitable: Awaitable[None]) -> bool:

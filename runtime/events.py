@@ -80,6 +80,7 @@ class EventMeta(TypedDict, total=False):
     merged: int  # how many viewers said this line (the inbox merged them into one)
     authors: list[str]  # who they were (at most 20)
     dropped: str  # why this input was never answered (only logged)
+    to: str  # the character it is for, of several (runtime/collab.py): a banter line's, a greeting's
     # games (plugins/game_neuro.py): context, and a force the character must act on
     game: str  # the game's name
     silent: bool  # context the character only reads, without replying

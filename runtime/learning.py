@@ -371,7 +371,8 @@ def schedule_from(config: Config) -> TrainingSchedule | None:
     async def new_turns() -> int:
         return await asyncio.to_thread(lambda: count_turns(database, last_until(config)))
 
-    command = [sys.executable, "-m", "runtime.cli", *(["--config", str(config.file)] if config.file else []), "train"]
+    command = [sys.executable, "-m", "runtime.cli", *(["--config", str(config.file)] if config.file else []),
+               *(["--character", config.chosen] if config.chosen else []), "train"]
     return TrainingSchedule(s, new_turns, command, config.path(config.learning.folder) / "train.log")
 
 

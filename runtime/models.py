@@ -118,26 +118,33 @@ def server_model_from(config: Config) -> ServerPersonaModel:
         memory_share=config.memory.prompt_share, sampling=sampling_from(config)), tokenizer=tokenizer)
 
 
+def starting_adapter(config: Config) -> tuple[Path | None, str | None]:
+    """The adapter a character starts with: `model.adapter` pinned, else the registry's active
+    version (not one trained on another base model), else none. (folder, name)"""
+    if config.model.adapter:
+        adapter = config.path(config.model.adapter)
+        if not (adapter / "adapter_config.json").is_file():
+            raise StartupError(f"model.adapter {adapter} is not a peft adapter folder (no adapter_config.json)")
+        return adapter, None
+    registry = adapter_registry(config)
+    try:
+        active = registry.active
+    except RegistryError as exc:
+        raise StartupError(f"learning.adapters: {exc}") from None
+    if active is not None and not registry.fits(active):
+        log.warning("the active adapter belongs to another base model: starting without it;"
+                    " `omoide adapters rollback` goes back to the version before it",
+                    extra={"version": active.version, "error": registry.misfit(active)})
+    elif active is not None:
+        return registry.path(active.version), active.version
+    return None, None
+
+
 def model_from(config: Config) -> LocalPersonaModel:
     """The base model with `model.adapter` pinned on top, or else the registry's active version."""
     m = config.model
     path = model_path(config)
-    adapter = config.path(m.adapter) if m.adapter else None
-    name: str | None = None
-    if adapter is not None and not (adapter / "adapter_config.json").is_file():
-        raise StartupError(f"model.adapter {adapter} is not a peft adapter folder (no adapter_config.json)")
-    if adapter is None:
-        registry = adapter_registry(config)
-        try:
-            active = registry.active
-        except RegistryError as exc:
-            raise StartupError(f"learning.adapters: {exc}") from None
-        if active is not None and not registry.fits(active):
-            log.warning("the active adapter belongs to another base model: starting without it;"
-                        " `omoide adapters rollback` goes back to the version before it",
-                        extra={"version": active.version, "error": registry.misfit(active)})
-        elif active is not None:
-            adapter, name = registry.path(active.version), active.version
+    adapter, name = starting_adapter(config)
     return LocalPersonaModel.load(
         path, name=BUNDLED_NAME if m.id == BUNDLED else m.id, adapter_path=adapter, adapter_name=name,
         device=m.device, dtype=m.dtype, threads=m.threads, sampling=sampling_from(config),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from memory.recall import RecallSettings
@@ -82,11 +82,12 @@ def chat_filter_from(config: Config) -> ChatFilter:
     return ChatFilter(f.max_chars, f.blocklist, _list_files(config, "chat.filter.blocklist_file", f.blocklist_file))
 
 
-def inbox_from(config: Config, clock: Clock, persona: Persona) -> Inbox:
+def inbox_from(config: Config, clock: Clock, names: Sequence[str]) -> Inbox:
+    """The inbox; a line naming a character (`names`) scores higher."""
     i = config.inbox
     scoring = settings(Scoring, i, weights={**DEFAULT_WEIGHTS, **i.weights}, max_age_s={
         **DEFAULT_MAX_AGE, "chat": i.max_chat_age_s, "message": i.max_chat_age_s, **i.max_age_s})
-    return Inbox(clock, i.capacity, scoring=scoring, names=(persona.name,))
+    return Inbox(clock, i.capacity, scoring=scoring, names=tuple(names))
 
 
 def synthesizer_from(config: Config) -> Synthesizer:

@@ -340,6 +340,14 @@ class OutputSink(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class Attributed(Protocol):
+    """A sink that shows who is speaking (subtitles, the avatar channel). With several
+    characters on one stream, `character` is set to the speaker before each of her turns."""
+
+    character: str
+
+
 class FollowingSink:
     """A base for sinks that follow a turn without pacing it (subtitles, chat): every method of
     OutputSink does nothing; a subclass overrides what it needs."""

@@ -14,7 +14,7 @@ L0 = {"runtime.events", "runtime.ports"}
 # and the command line (runtime.cli and its handlers, runtime.cli_*)
 L3 = {"runtime.app", "runtime.parts", "runtime.models", "runtime.embedding", "runtime.avatar_commands",
       "runtime.heap", "runtime.errors", "runtime.config", "runtime.learning", "runtime.log_format",
-      "runtime.sliders"}
+      "runtime.sliders", "runtime.characters"}
 
 
 def layer(module: str) -> tuple[int, str]:

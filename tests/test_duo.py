@@ -1,0 +1,195 @@
+"""Several characters on one stream ([[characters]], runtime/collab.py), and each character's own
+home (runtime/characters.py): who answers, who hears what, what each remembers.
+
+The characters are real (the director, the turns, a SQLite store each, the avatar channel over a
+real socket); the model is scripted so that each reply says who gave it and what she was asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.cli import main
+from runtime.config import ConfigError, load
+from runtime.events import InputEvent, InputKind, Prompt
+from tests.conftest import AvatarClient, running, write_config
+from tests.fakes import ScriptedModel
+from tests.harness import until
+
+
+class Speaking(ScriptedModel):
+    """Says who she is and the last line she was asked, and keeps every prompt by character."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+        self.prompts: dict[str, list[str]] = {}
+
+    async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
+        name = re.match(r"system: You are (\w+)\.", prompt.text).group(1)  # type: ignore[union-attr]
+        self.prompts.setdefault(name, []).append(prompt.text)
+        asked = prompt.messages[-1].content.split(": ", 1)[-1]
+        for piece in re.findall(r"\S+\s*", f"{name} here, about {asked}"):
+            await asyncio.sleep(0.001)
+            yield piece
+
+
+def duo_config(tmp_path: Path, banter: int = 0, **sections: Any) -> Path:
+    path = write_config(tmp_path, collab={"banter": banter}, **sections)
+    path.write_text(path.read_text() + "\n".join([
+        '[[characters]]', 'name = "Komorebi"', 'greet = false',
+        '[[characters]]', 'name = "Kage"', 'greet = false', 'voice = { espeak = { pitch = 20 } }', ""]))
+    return path
+
+
+def say(app: Any, text: str, author: str = "ann") -> None:
+    """A viewer's chat line, sent now."""
+    app.director.submit(InputEvent(InputKind.CHAT, text, "twitch", app.director.cast.clock.now(), author,
+                                   meta={"untrusted": True, "user_id": author}))
+
+
+def speaker(record: Any) -> str:
+    return record.spoken_text.split(" here")[0]
+
+
+async def test_two_characters_take_turns_and_one_named_answers(tmp_path):
+    model = Speaking()
+    async with running(duo_config(tmp_path), model) as (app, records):
+        for text in ("hello chat one", "hello chat two", "Kage, what do you think?", "kage! again", "and you?"):
+            n = len(records)
+            say(app, text)
+            await until(lambda n=n: len(records) > n)
+        # alternate: the one quiet the longest answers; a line naming one is hers, whoever's turn it was
+        assert [speaker(r) for r in records] == ["Komorebi", "Kage", "Kage", "Kage", "Komorebi"]
+        assert [len(model.prompts[n]) for n in ("Komorebi", "Kage")] == [2, 3]
+    # each has her own home and database; the first character's is not memory.database
+    homes = {p.parent.name: p for p in (tmp_path / "characters").glob("*/omoide.db")}
+    assert set(homes) == {"komorebi", "kage"} and not (tmp_path / "omoide.db").exists()
+
+
+async def test_characters_hear_each_other_as_lines_never_as_notes(tmp_path):
+    model = Speaking()
+    async with running(duo_config(tmp_path), model) as (app, records):
+        say(app, "first question")
+        await until(lambda: len(records) == 1)
+        say(app, "second question")
+        await until(lambda: len(records) == 2)
+    kage_prompt = model.prompts["Kage"][0]
+    # Komorebi's reply is in Kage's conversation as Komorebi's line, in a user message
+    assert "user: Komorebi: Komorebi here, about first question" in kage_prompt
+    assert "system: Komorebi" not in kage_prompt
+
+
+async def test_a_secret_told_to_one_is_in_no_prompt_or_memory_of_the_other(tmp_path):
+    model = Speaking()
+    async with running(duo_config(tmp_path), model) as (app, records):
+        say(app, "Komorebi, my cat is called Mochimaru")
+        await until(lambda: len(records) == 1)
+        for text in ("what is new?", "tell me a story", "Kage, what is my cat called?"):
+            n = len(records)
+            say(app, text)
+            await until(lambda n=n: len(records) > n)
+        assert [speaker(r) for r in records] == ["Komorebi", "Kage", "Komorebi", "Kage"]
+        recalled = await app.director.troupe.member("Kage").cast.memory.recall("cat called", 5, "twitch:ann")
+        mine = await app.director.troupe.member("Komorebi").cast.memory.recall("cat called", 5, "twitch:ann")
+    assert not any("Mochimaru" in p for p in model.prompts["Kage"])
+    assert not any("Mochimaru" in m.text for m in recalled)
+    assert any("Mochimaru" in m.text for m in mine)  # she learned it: the fact is hers
+    kage_db = sqlite3.connect(tmp_path / "characters" / "kage" / "omoide.db")
+    assert not kage_db.execute("SELECT count(*) FROM inputs WHERE text LIKE '%Mochimaru%'").fetchone()[0]
+    assert not kage_db.execute("SELECT count(*) FROM memories WHERE text LIKE '%Mochimaru%'").fetchone()[0]
+
+
+async def test_banter_alternates_without_overlap_each_line_attributed(tmp_path):
+    model = Speaking()
+    async with running(duo_config(tmp_path, banter=20), model) as (app, records):
+        async with AvatarClient(f"ws://127.0.0.1:{app.avatar.port}") as client:
+            say(app, "start the show")
+            await until(lambda: len(records) == 21)
+            await client.wait_for(lambda m: m["type"] == "turn_end" and m["turn_id"] == records[-1].turn_id)
+            names = [speaker(r) for r in records]
+            assert names == ["Komorebi", "Kage"] * 10 + ["Komorebi"]
+            # each banter line answers the other's last line, and the log says who said what
+            assert records[1].inputs[0].author == "Komorebi" and records[1].inputs[0].text == records[0].spoken_text
+            turns = [m for m in client.messages if m["type"] in ("turn_start", "turn_end")]
+            # one turn at a time: every start is followed by its own end before the next start
+            assert [m["type"] for m in turns] == ["turn_start", "turn_end"] * 21
+            assert all(a["turn_id"] == b["turn_id"] for a, b in zip(turns[::2], turns[1::2], strict=True))
+            assert [m["character"] for m in turns[::2]] == names
+            by_turn = {m["turn_id"]: m["character"] for m in turns[::2]}
+            said = [m for m in client.messages if m["type"] == "sentence"]
+            assert all(m["character"] == by_turn[m["turn_id"]] for m in said)
+            assert all(m["text"].startswith(m["character"]) for m in said if m["seq"] == 0)
+        # chat comes back after the budget: the next line is answered, not the banter
+        say(app, "back to chat")
+        await until(lambda: len(records) >= 22)
+        assert records[21].inputs[0].text == "back to chat"
+
+
+async def test_the_operator_ends_banter_and_chat_is_answered(tmp_path):
+    model = Speaking()
+    async with running(duo_config(tmp_path, banter=50), model, speed=1.0) as (app, records):
+        say(app, "start the show")
+        await until(lambda: len(records) >= 2)
+        assert app.director.end_banter()
+        say(app, "over to chat")
+        await until(lambda: any(r.inputs[0].text == "over to chat" for r in records))
+        await asyncio.sleep(0.3)
+        assert len(records) <= 5 and records[-1].inputs[0].text == "over to chat"
+
+
+def test_characters_config_errors_name_what_is_wrong(tmp_path):
+    path = duo_config(tmp_path)
+    from runtime.characters import cast_of
+    cast = cast_of(load(path, env={}))
+    assert [c.chosen for c in cast] == ["Komorebi", "Kage"]
+    assert cast[1].tts.espeak.pitch == 20 and cast[0].tts.espeak.pitch == 50  # her voice over [tts]
+    path.write_text(path.read_text().replace('name = "Kage"', 'name = "komorebi"'))
+    with pytest.raises(ConfigError, match="'komorebi' is given twice"):
+        cast_of(load(path, env={}))
+    path.write_text(path.read_text().replace('name = "komorebi"', 'name = "Kage"').replace("pitch = 20", "pitch = 200"))
+    with pytest.raises(ConfigError, match=r"characters 'Kage': voice.espeak.pitch = 200"):
+        cast_of(load(path, env={}))
+
+
+def test_commands_work_on_the_character_named(tmp_path, capsys):
+    path = duo_config(tmp_path)
+    assert main(["--config", str(path), "--character", "Kage", "memory", "add", "Kage likes thunderstorms"]) == 0
+    assert main(["memory", "list", "--config", str(path), "--character", "kage"]) == 0
+    assert "thunderstorms" in capsys.readouterr().out
+    assert main(["memory", "add", "Komorebi likes sunlight", "--config", str(path)]) == 0  # the first's
+    assert main(["memory", "list", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "sunlight" in out and "thunderstorms" not in out
+    # `omoide run` starts them all; with --character, her alone
+    from argparse import Namespace
+
+    from runtime.cli_common import config_from
+    assert [e.name for e in config_from(Namespace(config=str(path)), everyone=True).characters] == ["Komorebi", "Kage"]
+    alone = config_from(Namespace(config=str(path), character="Kage"), everyone=True)
+    assert alone.chosen == "Kage" and not alone.characters
+    assert main(["memory", "list", "--config", str(path), "--character", "Nobody"]) == 2
+    assert "'Nobody' is not one of the characters (Komorebi, Kage)" in capsys.readouterr().err
+
+
+async def test_a_new_card_does_not_inherit_the_last_characters_history(tmp_path):
+    path = write_config(tmp_path, turn={"history_messages": 10})
+    model = Speaking()
+    async with running(path, model) as (app, records):
+        say(app, "remember the blue door")
+        await until(lambda: len(records) == 1)
+    renamed = Path(str(path).replace("config.toml", "hana.toml"))
+    await asyncio.to_thread(renamed.write_text, path.read_text().replace('"name" = "Testa"', '"name" = "Hana"'))
+    async with running(renamed, model) as (app, records):
+        assert not list(app.director.history)  # Hana starts her own conversation
+        assert app.memory.path == tmp_path / "characters" / "hana" / "omoide.db"
+    async with running(path, model) as (app, records):  # and Testa finds hers as she left it
+        await until(lambda: "remember the blue door" in json.dumps([m.content for m in app.director.history]))
+        assert app.memory.path == tmp_path / "omoide.db"
