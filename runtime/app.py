@@ -37,7 +37,7 @@ from plugins.speakers_silent import SilentSpeakers
 from plugins.speakers_sounddevice import open_speakers
 from plugins.stt_whisper import WhisperListener
 from runtime import bundled
-from runtime.avatar_commands import channel_commands
+from runtime.avatar_commands import channel_commands, collab_command
 from runtime.characters import cast_of, homed
 from runtime.collab import CollabSettings, Troupe, voiced
 from runtime.config import Config, settings
@@ -202,6 +202,8 @@ async def build(
                 director.submit, clock, config.chat.console.name, lead.path(lead.memory.database), ins.games))
             if sliders is not None:
                 out.avatar.commands.update(slider_commands(sliders))
+            if not solo:
+                out.avatar.commands["collab"] = collab_command(director)
             await start_avatar(config, out.avatar)
             opened.append(out.avatar)
     except BaseException:

@@ -1,6 +1,6 @@
 """What the avatar channel's clients may ask of the character (docs/protocols/avatar.md, control
 commands): the companion page's `say` and `control`, an operator's `review`, the consent to train
-viewers' facts (`memory_pending`, `memory_approve`, `memory_reject`), `game_shutdown`."""
+viewers' facts (`memory_pending`, `memory_approve`, `memory_reject`), `game_shutdown`, and with several characters `collab` (who answers next)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from memory import admin as memory_admin
 from memory import review as memory_review
 from plugins.avatar_ws import Command
 from plugins.game_neuro import GameServer
+from runtime.director import Director
 from runtime.events import TYPED, Control, InputEvent, InputKind, Priority
 from runtime.ports import Clock
 
@@ -97,3 +98,32 @@ def consent_commands(database: Path) -> dict[str, Command]:
         return command
 
     return {"memory_pending": pending, "memory_approve": decide("approved"), "memory_reject": decide("rejected")}
+
+
+def collab_command(director: Director) -> Command:
+    """The avatar channel's `collab`, with several characters: `next` (who answers the next
+    input), `mute` / `unmute` (a muted one is not picked; the others answer in her place), and
+    `end_banter` (chat is answered next). Answers with who is muted and the banter left."""
+
+    async def collab(message: dict[str, Any]) -> dict[str, Any]:
+        troupe = director.troupe
+        for key in ("next", "mute", "unmute"):
+            name = message.get(key)
+            if name is None:
+                continue
+            if not isinstance(name, str):
+                raise ValueError(f'"{key}" must be a character\'s name')
+            try:
+                member = troupe.member(name)
+            except KeyError as exc:
+                raise ValueError(exc.args[0]) from None  # names the characters there are
+            if key == "next":
+                troupe.picked = member
+            else:
+                member.muted = key == "mute"
+        if message.get("end_banter") is True:
+            director.end_banter()
+        return {"muted": [m.name for m in troupe.members if m.muted], "next": troupe.picked.name if troupe.picked else None,
+                "banter_left": troupe.banter_left}
+
+    return collab

@@ -330,7 +330,7 @@ class Director:
 
     def end_banter(self) -> bool:
         """The operator ends the characters' exchange: chat is answered next."""
-        had = self.troupe.banter_left > 0
+        had = self.troupe.banter_left > 0 or self.troupe.pending is not None
         self.troupe.end_banter()
         return had
 

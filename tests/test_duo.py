@@ -193,3 +193,28 @@ async def test_a_new_card_does_not_inherit_the_last_characters_history(tmp_path)
     async with running(path, model) as (app, records):  # and Testa finds hers as she left it
         await until(lambda: "remember the blue door" in json.dumps([m.content for m in app.director.history]))
         assert app.memory.path == tmp_path / "omoide.db"
+
+
+async def test_the_operator_picks_mutes_and_ends_banter_over_the_avatar_channel(tmp_path):
+    import websockets
+
+    model = Speaking()
+    async with running(duo_config(tmp_path, banter=50), model) as (app, records):
+        url = f"ws://127.0.0.1:{app.avatar.port}/?control={app.avatar.control_token}"
+        async with websockets.connect(url) as ws:
+            async def ask(**message: Any) -> dict[str, Any]:
+                await ws.send(json.dumps({"type": "collab", "request_id": "r", **message}))
+                while (answer := json.loads(await ws.recv()))["type"] not in ("collab_result", "error"):
+                    pass
+                return answer
+
+            assert "'Nobody'" in (await ask(next="Nobody"))["message"]  # one line, naming who there is
+            assert (await ask(next="Kage"))["next"] == "Kage"
+            say(app, "who goes first?")
+            await until(lambda: len(records) >= 2)
+            assert speaker(records[0]) == "Kage"  # her turn although Komorebi had been quiet longer
+            assert (await ask(end_banter=True, mute="Kage"))["muted"] == ["Kage"]
+            n = len(records)
+            say(app, "Kage, are you there?")  # muted: Komorebi answers in her place
+            await until(lambda: any(r.inputs[0].text == "Kage, are you there?" for r in records[n:]))
+            assert all(speaker(r) == "Komorebi" for r in records[n + 1:])
