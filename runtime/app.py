@@ -98,9 +98,8 @@ class App:
                 await sink.aclose()
         if self.sliders is not None:
             await self.sliders.aclose()
-        await self.director.cast.model.aclose()
-        for view in self.director.troupe.members[1:]:
-            await view.cast.model.aclose()
+        model = self.director.cast.model
+        await (model.model if isinstance(model, AdapterView) else model).aclose()  # the one the characters share
         for memory in self.memories or [self.memory]:
             await memory.aclose()
 

@@ -31,6 +31,10 @@ class Speaking(ScriptedModel):
     def __init__(self) -> None:
         super().__init__("")
         self.prompts: dict[str, list[str]] = {}
+        self.closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
 
     async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
         name = re.match(r"system: You are (\w+)\.", prompt.text).group(1)  # type: ignore[union-attr]
@@ -69,6 +73,7 @@ async def test_two_characters_take_turns_and_one_named_answers(tmp_path):
         # alternate: the one quiet the longest answers; a line naming one is hers, whoever's turn it was
         assert [speaker(r) for r in records] == ["Komorebi", "Kage", "Kage", "Kage", "Komorebi"]
         assert [len(model.prompts[n]) for n in ("Komorebi", "Kage")] == [2, 3]
+    assert model.closed  # the model they share is closed once they stop
     # each has her own home and database; the first character's is not memory.database
     homes = {p.parent.name: p for p in (tmp_path / "characters").glob("*/omoide.db")}
     assert set(homes) == {"komorebi", "kage"} and not (tmp_path / "omoide.db").exists()
