@@ -74,11 +74,10 @@ def entry_config(config: Config, entry: CharacterEntry) -> Config:
         key = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"config error: characters {entry.name!r}: voice.{key} = {err.get('input')!r}:"
                           f" {err['msg'].rstrip('.')}") from None
-    chosen = at_home(config, home).model_copy(update={
+    return at_home(config, home).model_copy(update={
         "character": CharacterConfig(card=entry.card, greet=entry.greet), "tts": merged,
         "persona": config.persona if entry.card else config.persona.model_copy(update={"name": entry.name}),
         "chosen": entry.name, "characters": []})
-    return chosen
 
 
 def cast_of(config: Config) -> list[Config]:

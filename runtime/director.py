@@ -26,7 +26,7 @@ from runtime.events import (
 )
 from runtime.inbox import Inbox, event_type
 from runtime.moderation import ChatFilter
-from runtime.ports import Controllable, RecallAhead, Source
+from runtime.ports import Controllable, MemoryStore, RecallAhead, Source
 from runtime.turn import CannedReply, Cast, TurnHandle, trimmed
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,6 @@ class Director:
         cast = self.troupe.lead.cast
         self.background = tuple(background)  # run beside the turns (reflection), stopped with them
         self.chat_filter = chat_filter
-        self.memory = cast.memory
         self.inbox = inbox
         self.sources = tuple(sources)
         self.settings = settings
@@ -176,6 +175,11 @@ class Director:
     @cast.setter
     def cast(self, cast: Cast) -> None:
         self.troupe.lead.cast = cast
+
+    @property
+    def memory(self) -> MemoryStore:
+        """The (first) character's memory store."""
+        return self.cast.memory
 
     @property
     def history(self) -> deque[ChatMessage]:
