@@ -138,7 +138,8 @@ async def first_token(model: LocalPersonaModel, prompt: Prompt) -> float:
 
 async def without_cache(model: LocalPersonaModel, records: list[TurnRecord], every: int) -> list[tuple[float, int]]:
     """The first token of every `every`th turn's prompt computed whole."""
-    model.prefix_cache, model._kv = False, None
+    model.prefix_cache = False
+    model._kept.clear()
     out = []
     for r in records[every - 1::every]:
         prompt = Prompt(r.prompt, r.messages, 0)
@@ -156,13 +157,15 @@ async def greedy_same(model: LocalPersonaModel, records: list[TurnRecord], perso
     try:
         for i in range(every - 1, len(records) - 1, every):
             before, after = records[i], records[i + 1]
-            model.prefix_cache, model._kv = True, None
+            model.prefix_cache = True
+            model._kept.clear()
             async for _ in model.stream(Prompt(before.prompt, before.messages, 0)):
                 pass
             model.prepare(PromptContext(persona, (), history_of(after)))
             await asyncio.to_thread(model._worker.idle)
             cached = "".join([p async for p in model.stream(Prompt(after.prompt, after.messages, 0))])
-            model.prefix_cache, model._kv = False, None
+            model.prefix_cache = False
+            model._kept.clear()
             whole = "".join([p async for p in model.stream(Prompt(after.prompt, after.messages, 0))])
             same += cached == whole
             checked += 1

@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -254,16 +255,31 @@ class AdapterFollower:
                                                   "load_ms": round((time.perf_counter() - started) * 1000, 1)})
 
 
+_TURNS: weakref.WeakKeyDictionary[Any, tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = weakref.WeakKeyDictionary()
+
+
+def _turns_of(model: Any) -> asyncio.Lock:
+    """The lock the views of one shared model take around "her adapter in, then her reply", so
+    that one character's swap never lands between another's swap and her generation."""
+    loop = asyncio.get_running_loop()
+    held = _TURNS.get(model)
+    if held is None or held[0] is not loop:
+        held = _TURNS[model] = (loop, asyncio.Lock())
+    return held[1]
+
+
 class AdapterView:
     """One character's view of a model several characters share (a duo on one base model):
     implements the PersonaModel port, and AdapterTarget for her own registry's follower. Her
     adapter (or the base model) is swapped into the shared model before each of her replies (a
-    tensor copy of milliseconds); the rest is the shared model's. The shared model is closed once,
-    by its owner."""
+    tensor copy of milliseconds), and before her next prompt's start is prepared while another
+    character speaks; the rest is the shared model's. The shared model is closed once, by its
+    owner."""
 
     def __init__(self, model: Any, version: str | None = None, path: Path | None = None) -> None:
         self.model = model
         self._wanted: tuple[Path | None, str | None] = (path, version)
+        self._preparing: set[asyncio.Task[None]] = set()
 
     # ---- AdapterTarget: her registry's follower sets what she speaks with ----------------------
     @property
@@ -276,9 +292,15 @@ class AdapterView:
     async def swap_when_free(self) -> float | None:
         return None
 
-    async def _mine(self) -> None:
+    def _live(self) -> bool:
+        """Her adapter is the one in the shared model (known by its folder where the model says it)."""
         path, version = self._wanted
-        if self.model.adapter != version:
+        weights = getattr(self.model, "weights", None if path is None else str(path))
+        return bool(self.model.adapter == version and weights == (None if path is None else str(path)))
+
+    async def _mine(self) -> None:
+        if not self._live():
+            path, version = self._wanted
             await asyncio.to_thread(self.model.stage_adapter, path, version)
             await self.model.swap_when_free()  # or the shared model swaps before it generates
 
@@ -299,19 +321,38 @@ class AdapterView:
         return self.model.render(context)
 
     async def stream(self, prompt: Any) -> Any:
-        await self._mine()
-        async with contextlib.aclosing(self.model.stream(prompt)) as pieces:
-            async for piece in pieces:
-                yield piece
+        async with _turns_of(self.model):
+            await self._mine()
+            async with contextlib.aclosing(self.model.stream(prompt)) as pieces:
+                async for piece in pieces:
+                    yield piece
 
     async def json(self, prompt: Any, schema: dict[str, Any], max_new_tokens: int = 256) -> str:
-        await self._mine()
-        return str(await self.model.json(prompt, schema, max_new_tokens))
+        async with _turns_of(self.model):
+            await self._mine()
+            return str(await self.model.json(prompt, schema, max_new_tokens))
 
     def prepare(self, context: Any) -> None:
-        """Her next prompt's start computed ahead, while hers is the adapter in the model."""
-        if hasattr(self.model, "prepare") and self.model.adapter == self.adapter:
+        """Her next prompt's start computed ahead (returns at once): her adapter is swapped in
+        first if another character's is live."""
+        if not hasattr(self.model, "prepare"):
+            return
+        if self._live():
             self.model.prepare(context)
+            return
+        task = asyncio.get_running_loop().create_task(self._prepare(context), name="prepare-her-turn")
+        self._preparing.add(task)
+        task.add_done_callback(self._preparing.discard)
+
+    async def _prepare(self, context: Any) -> None:
+        try:
+            async with _turns_of(self.model):
+                await self._mine()
+                if self._live():
+                    self.model.prepare(context)
+        except Exception:  # noqa: BLE001 - an optimisation: her reply computes its prompt whole instead
+            log.exception("her next prompt could not be prepared", extra={"adapter": self.adapter})
 
     async def aclose(self) -> None:
-        pass
+        for task in self._preparing:
+            task.cancel()

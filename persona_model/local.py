@@ -101,6 +101,25 @@ def _shape_of(config: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 @dataclass(slots=True)
+class _Kept:
+    """A prompt start whose keys and values are kept: under which weights, its token ids, the
+    cache, and how many of its tokens `prepare` computed since a generation last used it."""
+
+    weights: str | None
+    ids: list[int]
+    cache: Any
+    prepared: int = 0
+
+
+def _shared(a: list[int], b: list[int]) -> int:
+    """How many tokens two id lists share from their start."""
+    n, limit = 0, min(len(a), len(b))
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+@dataclass(slots=True)
 class _Staged:
     """An adapter read into memory beside the live one, waiting to be swapped in."""
 
@@ -151,9 +170,12 @@ class LocalPersonaModel:
         self._shape = _shape_of(_peft_config(model))
         self.swaps: list[float] = []  # seconds each swap held the model
         self.prefix_cache = prefix_cache
-        self._kv: tuple[list[int], Any] | None = None  # token ids and the key/value cache that holds them
+        # prompt starts kept with their keys and values, the most recently used last: one per
+        # character sharing this model (`cache_slots`), each under the weights that computed it
+        self._kept: list[_Kept] = []
+        self.cache_slots = 1
+        self._weights: str | None = adapter  # what the live adapter is known by in `_kept` (None: base)
         self._hurry = threading.Event()  # a generation is waiting: `prepare`'s work stops
-        self._prepared = 0  # tokens `prepare` computed since the last generation
         self.sliders: Sliders | None = None  # the traits a running character can set (attach_sliders)
         self._traits: dict[str, float] = {}  # the slider settings replies are generated with now
 
@@ -180,8 +202,10 @@ class LocalPersonaModel:
             model = PeftModel.from_pretrained(model, str(adapter_path))
             adapter = adapter_name or Path(adapter_path).name
         model.eval()
-        return cls(model, tokenizer, name=name or str(path), adapter=adapter, sampling=sampling,
-                   max_prompt_tokens=max_prompt_tokens, memory_share=memory_share, prefix_cache=prefix_cache)
+        loaded = cls(model, tokenizer, name=name or str(path), adapter=adapter, sampling=sampling,
+                     max_prompt_tokens=max_prompt_tokens, memory_share=memory_share, prefix_cache=prefix_cache)
+        loaded._weights = str(adapter_path) if adapter_path else None
+        return loaded
 
     # ---- adapters ----------------------------------------------------------------------------
     def stage_adapter(self, path: Path | None, version: str | None) -> None:
@@ -253,7 +277,9 @@ class LocalPersonaModel:
             model.delete_adapter(old)
             _lora(model).enable_adapter_layers()
             model.eval()
-        self._kv = None  # the kept prefix was computed with the old weights
+        # kept prefixes stay, each under the weights that computed it: a duo's two characters
+        # keep theirs across the swaps between their turns
+        self._weights = str(staged.path) if staged.path is not None else None
         if staged.config is not None:
             self._shape = _shape_of(staged.config)
         self._adapter = staged.version
@@ -290,7 +316,7 @@ class LocalPersonaModel:
                       extra={"error": str(exc), "settings": wanted})
             return
         if now != self._traits:
-            self._kv = None  # the kept prefix was computed with the old settings
+            self._kept.clear()  # the kept prefixes were computed with the old settings
         self._traits = now
 
     @property
@@ -300,6 +326,12 @@ class LocalPersonaModel:
     @property
     def adapter(self) -> str | None:
         return self._adapter
+
+    @property
+    def weights(self) -> str | None:
+        """The live adapter's folder (None: the base model); two characters' registries may both
+        have a "v0001"."""
+        return self._weights
 
     def render(self, context: PromptContext) -> Prompt:
         return self.renderer.render(context)
@@ -354,15 +386,12 @@ class LocalPersonaModel:
         kwargs = self._generate_kwargs(enc, streamer, stream.stop)
         ids = enc["input_ids"][0].tolist()
         keep = self.prefix_cache and not prompt.aside
-        reuse = self._reusable(ids) if keep else None  # the cache of the prompt before, cut to what this one shares
-        if keep:
-            self._kv = None  # the generation owns it now; it is kept again only if generation ends well
-        if reuse is not None:
-            kwargs["past_key_values"] = reuse
-            stats.cached_tokens = int(reuse.get_seq_length())
-            stats.prepared_tokens = min(self._prepared, stats.cached_tokens)
-        if keep:
-            self._prepared = 0
+        reuse = self._reusable(ids) if keep else None  # a kept cache, cut to what this prompt shares
+        weights = self._weights
+        if reuse is not None:  # the generation owns it now; it is kept again only if generation ends well
+            kwargs["past_key_values"] = reuse.cache
+            stats.cached_tokens = int(reuse.cache.get_seq_length())
+            stats.prepared_tokens = min(reuse.prepared, stats.cached_tokens)
         if processor is not None:  # JSON: the grammar decides what may come; no repetition penalty
             kwargs.update(logits_processor=LogitsProcessorList([processor]), repetition_penalty=None)
         if max_new_tokens is not None:
@@ -381,7 +410,7 @@ class LocalPersonaModel:
                     out = self.model.generate(**kwargs, return_dict_in_generate=True)
                 if keep and out.past_key_values is not None:
                     cached = int(out.past_key_values.get_seq_length())
-                    self._kv = (out.sequences[0].tolist()[:cached], out.past_key_values)
+                    self._keep(_Kept(weights, out.sequences[0].tolist()[:cached], out.past_key_values))
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
                 failed = RuntimeError(f"generation failed: {exc}")
                 failed.__cause__ = exc
@@ -403,59 +432,72 @@ class LocalPersonaModel:
         """Compute the key/value cache of the start every next prompt will have (the persona, the
         rules, constant lore and `context`'s history), on the generation thread once it is free:
         a turn asks while its last words are spoken, with its own exchange in the history, so the
-        next reply computes only its memories and input. A generation asked meanwhile stops it
-        after the chunk it is computing; an adapter being swapped in skips it (the cache goes)."""
+        next reply computes only its memories and input. With several characters on this model
+        (`cache_slots`), the next speaker's is computed under her adapter, beside the one who
+        speaks now. A generation asked meanwhile stops it after the chunk it is computing; an
+        adapter being swapped in skips it."""
         if not self.prefix_cache or self._staged is not None or self._swap_done is not None:
             return
         text = self.renderer.prefix(context)
         if text is None:
             return
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        self._worker.submit(lambda: self._warm(ids))
+        weights = self._weights
+        self._worker.submit(lambda: self._warm(ids, weights))
 
-    def _warm(self, ids: list[int]) -> None:
-        held, cache = self._kv if self._kv is not None else ([], None)
-        shared = 0
-        limit = min(len(held), len(ids))
-        while shared < limit and held[shared] == ids[shared]:
-            shared += 1
-        if shared == len(ids) or self._hurry.is_set():
+    def _warm(self, ids: list[int], weights: str | None) -> None:
+        if weights != self._weights or self._hurry.is_set():  # swapped since it was asked
             return
-        self._kv = None  # while it changes
-        if cache is None:
-            cache = DynamicCache(config=self.model.config)
-        elif shared < cache.get_seq_length():
-            cache.crop(shared - cache.get_seq_length())
+        found = self._closest(ids)
+        shared = _shared(found.ids, ids) if found is not None else 0
+        if shared == len(ids):
+            return
+        if found is None or shared < MIN_REUSE:  # another prompt (another character's): kept as it is
+            found = _Kept(weights, [], DynamicCache(config=self.model.config))
+            shared = 0
+        else:
+            self._kept.remove(found)  # while it changes
+            if shared < found.cache.get_seq_length():
+                found.cache.crop(shared - found.cache.get_seq_length())
         done = shared
         device = next(self.model.parameters()).device
         try:
             with torch.inference_mode():
                 while done < len(ids) and not self._hurry.is_set():
                     chunk = ids[done:done + WARM_CHUNK]
-                    self.model(input_ids=torch.tensor([chunk], device=device), past_key_values=cache, use_cache=True)
+                    self.model(input_ids=torch.tensor([chunk], device=device), past_key_values=found.cache,
+                               use_cache=True)
                     done += len(chunk)
         except Exception as exc:  # noqa: BLE001 - on the generation thread: the next reply computes it all
             log.warning("the next prompt could not be prepared", extra={"error": str(exc)})
             return
         if done >= MIN_REUSE:
-            self._kv = (ids[:done], cache)
-            self._prepared += done - shared
+            self._keep(_Kept(weights, ids[:done], found.cache, found.prepared + done - shared))
 
-    def _reusable(self, ids: list[int]) -> Any:
-        """The kept cache cut to the longest prefix this prompt shares with what it holds (at least
-        MIN_REUSE tokens, and never the whole prompt: its last token is always computed), or None."""
-        if not self.prefix_cache or self._kv is None:
+    def _closest(self, ids: list[int]) -> _Kept | None:
+        """The kept prefix, under the live weights, that shares the most tokens with `ids`."""
+        mine = [k for k in self._kept if k.weights == self._weights]
+        return max(mine, key=lambda k: _shared(k.ids, ids), default=None)
+
+    def _keep(self, kept: _Kept) -> None:
+        """Keep a prefix, the most recently used last; past `cache_slots`, the oldest goes."""
+        self._kept.append(kept)
+        del self._kept[:-max(1, self.cache_slots)]
+
+    def _reusable(self, ids: list[int]) -> _Kept | None:
+        """The kept cache, taken out, cut to the longest prefix this prompt shares with what it
+        holds (at least MIN_REUSE tokens, and never the whole prompt: its last token is always
+        computed), or None."""
+        found = self._closest(ids)
+        if found is None:
             return None
-        held, cache = self._kv
-        limit = min(len(held), len(ids) - 1)
-        shared = 0
-        while shared < limit and held[shared] == ids[shared]:
-            shared += 1
+        shared = min(_shared(found.ids, ids), len(ids) - 1)
         if shared < MIN_REUSE:
             return None
-        if shared < cache.get_seq_length():
-            cache.crop(shared - cache.get_seq_length())  # transformers 5 takes how many to drop
-        return cache
+        self._kept.remove(found)
+        if shared < found.cache.get_seq_length():
+            found.cache.crop(shared - found.cache.get_seq_length())  # transformers 5 takes how many to drop
+        return found
 
     def _generate_kwargs(self, enc: Any, streamer: TextStreamer, stop: threading.Event) -> dict[str, Any]:
         s = self.sampling

@@ -98,6 +98,9 @@ class App:
                 await sink.aclose()
         if self.sliders is not None:
             await self.sliders.aclose()
+        for member in self.director.troupe.members:
+            if isinstance(member.cast.model, AdapterView):
+                await member.cast.model.aclose()  # her view: what it was preparing stops
         model = self.director.cast.model
         await (model.model if isinstance(model, AdapterView) else model).aclose()  # the one the characters share
         for memory in self.memories or [self.memory]:
@@ -181,7 +184,7 @@ async def build(
                            console, stdin, stdout, opened)
         inbox = inbox_from(config, clock, names)
         activity = Activity(inbox)
-        views = [model] if solo else [view_of(model, c) for c in cast]
+        views = views_of(model, cast)
         casts = [Cast(
             persona=persona, model=view, synthesizer=synthesizer, playout=out.playout, memory=memory,
             moderator=moderator, clock=clock, observers=voiced((*out.observers, *ins.observers), persona.name, solo),
@@ -212,6 +215,16 @@ async def build(
         raise
     return App(lead, director, memories[0], out.avatar, [out.playout, *out.observers, *ins.observers],
                jobs.reflector, jobs.follower, ins.games, sliders, memories=memories)
+
+
+def views_of(model: PersonaModel, cast: list[Config]) -> list[PersonaModel]:
+    """Each character's model: the one model itself for one character; for several, a view of
+    it each, and room in its prefix cache for each one's prompt start."""
+    if len(cast) == 1:
+        return [model]
+    if hasattr(model, "cache_slots"):
+        model.cache_slots = len(cast)
+    return [view_of(model, c) for c in cast]
 
 
 def view_of(model: PersonaModel, config: Config) -> AdapterView:

@@ -122,37 +122,78 @@ class Troupe:
         """A turn is over: each character who heard it keeps the input and the reply, the speaker
         as her own words, the others as her line; `told`, who answers the reply next, hears it
         as her turn's input."""
-        first = inputs[0]
-        if first is self.pending:
+        if inputs[0] is self.pending:
             self.pending = None
+        for m, lines in self._lines(speaker, inputs, spoken, greeting, told):
+            m.history.extend(lines)
+
+    def _lines(self, speaker: Member, inputs: tuple[InputEvent, ...], spoken: str, greeting: bool,
+               told: Member | None) -> list[tuple[Member, list[ChatMessage]]]:
+        """What each character who heard a turn keeps of it (`heard`)."""
+        first = inputs[0]
         audience = self.hearers(first)
+        kept = []
         for m in audience + ([speaker] if speaker not in audience else []):
+            lines = []
             if not greeting and (m is speaker or first.source != COLLAB or first.author != m.name):
-                m.history.append(ChatMessage("user", input_text(inputs)))
+                lines.append(ChatMessage("user", input_text(inputs)))
             if spoken and m is not told:
-                m.history.append(ChatMessage("assistant", spoken) if m is speaker
-                                 else ChatMessage("user", f"{speaker.name}: {spoken}"))
+                lines.append(ChatMessage("assistant", spoken) if m is speaker
+                             else ChatMessage("user", f"{speaker.name}: {spoken}"))
+            kept.append((m, lines))
+        return kept
+
+    def upcoming(self, speaker: Member, inputs: tuple[InputEvent, ...],
+                 spoken: str) -> tuple[Member, list[ChatMessage]]:
+        """Who most likely speaks after this turn, and her history then, while the turn is still
+        being spoken (nothing changes): the one a banter line will go to, else the one the order
+        picks for a line that names nobody. Her next prompt's start is computed meanwhile."""
+        told = self._banter_to(speaker, inputs, spoken)
+        after = told or self._by_order(speaker)
+        history = list(after.history)
+        for m, lines in self._lines(speaker, inputs, spoken, False, told):
+            if m is after:
+                history.extend(lines)
+        return after, history
+
+    def _by_order(self, speaker: Member) -> Member:
+        """Who the order picks for a line that names nobody once `speaker` has just spoken."""
+        if self.picked is not None and not self.picked.muted:
+            return self.picked
+        free = [m for m in self.members if not m.muted] or self.members
+        if self.settings.order == "first":
+            return free[0]
+        return min(free, key=lambda m: math.inf if m is speaker else m.last_spoke)
 
     def banter_after(self, speaker: Member, inputs: tuple[InputEvent, ...], spoken: str,
                      now: float) -> InputEvent | None:
         """The line the next banter turn answers, if the characters go on talking to each other."""
-        if self.solo or not spoken:
-            return None
-        first = inputs[0]
-        if first.source != COLLAB:  # a reply to chat (heard by all) starts an exchange
-            private = self.hearers(first) == [speaker]
-            self.banter_left = 0 if private or first.kind not in (InputKind.CHAT, InputKind.TRANSCRIPT,
-                                                                   InputKind.IDLE) else self.settings.banter
-        if self.banter_left <= 0:
-            return None
-        others = [m for m in self.members if m is not speaker and not m.muted]
-        if not others:
+        to = self._banter_to(speaker, inputs, spoken)
+        if not self.solo and spoken and inputs[0].source != COLLAB:  # a reply to chat starts an exchange
+            self.banter_left = self._exchange(speaker, inputs[0])
+        if to is None:
             return None
         self.banter_left -= 1
-        to = min(others, key=lambda m: m.last_spoke)
         self.pending = InputEvent(InputKind.CHAT, spoken, COLLAB, now, speaker.name, Priority.HIGH,
                                   meta={"event": BANTER, "to": to.name})
         return self.pending
+
+    def _exchange(self, speaker: Member, first: InputEvent) -> int:
+        """The banter lines a reply to `first` (not a banter line) opens: none after a private
+        line or a channel event."""
+        private = self.hearers(first) == [speaker]
+        chat = first.kind in (InputKind.CHAT, InputKind.TRANSCRIPT, InputKind.IDLE)
+        return 0 if private or not chat else self.settings.banter
+
+    def _banter_to(self, speaker: Member, inputs: tuple[InputEvent, ...], spoken: str) -> Member | None:
+        """Who the speaker's reply will be said to as banter (None: chat is answered next)."""
+        if self.solo or not spoken:
+            return None
+        left = self.banter_left if inputs[0].source == COLLAB else self._exchange(speaker, inputs[0])
+        others = [m for m in self.members if m is not speaker and not m.muted]
+        if left <= 0 or not others:
+            return None
+        return min(others, key=lambda m: m.last_spoke)
 
     def end_banter(self) -> None:
         """No more banter this exchange; a line said but not answered yet stays heard."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import math
 from collections import deque
@@ -19,6 +20,7 @@ from runtime.events import (
     InputEvent,
     InputKind,
     Priority,
+    PromptContext,
     Stage,
     TurnRecord,
     input_text,
@@ -26,7 +28,7 @@ from runtime.events import (
 )
 from runtime.inbox import Inbox, event_type
 from runtime.moderation import ChatFilter
-from runtime.ports import Controllable, MemoryStore, RecallAhead, Source
+from runtime.ports import Controllable, MemoryStore, Preparing, RecallAhead, Source
 from runtime.turn import CannedReply, Cast, TurnHandle, trimmed
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,9 @@ class Director:
         self._sources_live = len(self.sources)
         self.activity = activity or Activity(inbox)
         self._last_idle = -math.inf
+        # with several characters, the next speaker's prompt start is computed while one speaks
+        # (False: each prepares only her own, as one character does; benches compare the two)
+        self.prepare_ahead = True
 
     def submit(self, event: InputEvent) -> bool:
         """Take an input from outside: log it at once, queue it, and interrupt if it must."""
@@ -293,8 +298,9 @@ class Director:
         template = speaker.greeting if kind == GREETING else self.settings.thanks.get(kind)
         if template:  # a channel event thanked with a line of the streamer's, not the model
             cast = dataclasses.replace(cast, model=CannedReply(_fill(template, inputs[0])))
+        ahead = None if self.troupe.solo or not self.prepare_ahead else functools.partial(self._ahead, speaker, inputs)
         turn = TurnHandle(new_id(), inputs, tuple(speaker.history), cast,
-                          history_limit=self.settings.history_messages if kind != GREETING else 0)
+                          history_limit=self.settings.history_messages if kind != GREETING else 0, ahead=ahead)
         self.current = turn
         try:
             record = await turn.run()
@@ -319,6 +325,17 @@ class Director:
         )
         if self.on_turn is not None:
             self.on_turn(record)
+
+    def _ahead(self, speaker: Member, inputs: tuple[InputEvent, ...], said: str) -> None:
+        """While `speaker`'s last words are spoken: the start of the next speaker's prompt (her
+        history with this turn in it, as the troupe will give it to her) is computed under her
+        adapter, so the gap between two characters is her reply's first sentence, not her prompt."""
+        after, history = self.troupe.upcoming(speaker, inputs, said)
+        model = after.cast.model
+        if isinstance(model, Preparing):
+            dropped = self.current.history_dropped if after is speaker and self.current is not None else 0
+            kept = trimmed(history, self.settings.history_messages, dropped)
+            model.prepare(PromptContext(after.cast.persona, (), kept))
 
     def _keep(self, dropped: int = 0, speaker: Member | None = None) -> None:
         """Each history trimmed in blocks (runtime.turn.trimmed), the speaker's as her turn prepared it."""

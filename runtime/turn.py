@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import re
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,7 +133,7 @@ class TurnHandle:
 
     def __init__(
         self, turn_id: str, inputs: tuple[InputEvent, ...], history: Sequence[ChatMessage], cast: Cast,
-        history_limit: int = 0,
+        history_limit: int = 0, ahead: Callable[[str], None] | None = None,
     ) -> None:
         self.turn_id = turn_id
         self.inputs = inputs
@@ -144,6 +144,9 @@ class TurnHandle:
         # history_messages when this exchange goes into the history (the next prompt starts with it,
         # and is prepared while she speaks); 0: it does not
         self.history_limit = history_limit
+        # given the reply as planned, prepares whoever speaks next (a duo's other character);
+        # None: this character's own next prompt is prepared
+        self.ahead = ahead
         self.cast = cast
         self.clock = cast.clock
         self.settings = cast.settings
@@ -383,7 +386,15 @@ class TurnHandle:
         plan, and the next prompt reuses what still matches."""
         model = self.cast.model
         said = " ".join(t for t in self._planned if t)
-        if not self.history_limit or not said or not isinstance(model, Preparing):
+        if not self.history_limit or not said:
+            return
+        if self.ahead is not None:
+            try:
+                self.ahead(said)
+            except Exception:  # noqa: BLE001 - an optimisation: the next reply computes it all instead
+                log.exception("the next turn could not be prepared", extra={"turn_id": self.turn_id})
+            return
+        if not isinstance(model, Preparing):
             return
         history = trimmed((*self.history, ChatMessage("user", input_text(self.inputs)), ChatMessage("assistant", said)),
                           self.history_limit, self.history_dropped)
