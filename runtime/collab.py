@@ -144,17 +144,23 @@ class Troupe:
         return kept
 
     def upcoming(self, speaker: Member, inputs: tuple[InputEvent, ...],
-                 spoken: str) -> tuple[Member, list[ChatMessage]]:
-        """Who most likely speaks after this turn, and her history then, while the turn is still
-        being spoken (nothing changes): the one a banter line will go to, else the one the order
-        picks for a line that names nobody. Her next prompt's start is computed meanwhile."""
+                 spoken: str) -> tuple[Member, list[ChatMessage], bool]:
+        """Who most likely speaks after this turn, her history then, and whether she answers
+        `spoken` (banter), while the turn is still being spoken (nothing changes): the one a
+        banter line will go to, else the one the order picks for a line that names nobody. Her
+        next turn, or her prompt's start, is prepared meanwhile."""
         told = self._banter_to(speaker, inputs, spoken)
         after = told or self._by_order(speaker)
         history = list(after.history)
         for m, lines in self._lines(speaker, inputs, spoken, False, told):
             if m is after:
                 history.extend(lines)
-        return after, history
+        return after, history, told is not None
+
+    def line(self, speaker: Member, to: Member, spoken: str, now: float) -> InputEvent:
+        """What `speaker` said, as the input of `to`'s banter turn."""
+        return InputEvent(InputKind.CHAT, spoken, COLLAB, now, speaker.name, Priority.HIGH,
+                          meta={"event": BANTER, "to": to.name})
 
     def _by_order(self, speaker: Member) -> Member:
         """Who the order picks for a line that names nobody once `speaker` has just spoken."""
@@ -166,16 +172,17 @@ class Troupe:
         return min(free, key=lambda m: math.inf if m is speaker else m.last_spoke)
 
     def banter_after(self, speaker: Member, inputs: tuple[InputEvent, ...], spoken: str,
-                     now: float) -> InputEvent | None:
-        """The line the next banter turn answers, if the characters go on talking to each other."""
+                     now: float, made: InputEvent | None = None) -> InputEvent | None:
+        """The line the next banter turn answers, if the characters go on talking to each other:
+        `made` (made by `line` while she spoke) if it is what she said, to whom it was made for."""
         to = self._banter_to(speaker, inputs, spoken)
         if not self.solo and spoken and inputs[0].source != COLLAB:  # a reply to chat starts an exchange
             self.banter_left = self._exchange(speaker, inputs[0])
         if to is None:
             return None
         self.banter_left -= 1
-        self.pending = InputEvent(InputKind.CHAT, spoken, COLLAB, now, speaker.name, Priority.HIGH,
-                                  meta={"event": BANTER, "to": to.name})
+        fits = made is not None and made.text == spoken and made.author == speaker.name and made.meta.get("to") == to.name
+        self.pending = made if fits else self.line(speaker, to, spoken, now)
         return self.pending
 
     def _exchange(self, speaker: Member, first: InputEvent) -> int:

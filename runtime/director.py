@@ -4,6 +4,7 @@ answer next, runs one turn at a time and owns interruption."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -92,9 +93,12 @@ class Director:
         self._sources_live = len(self.sources)
         self.activity = activity or Activity(inbox)
         self._last_idle = -math.inf
-        # with several characters, the next speaker's prompt start is computed while one speaks
-        # (False: each prepares only her own, as one character does; benches compare the two)
-        self.prepare_ahead = True
+        # with several characters, while one speaks: "turn", the next banter line's whole turn
+        # (her reply generated, its first sentence voiced, held until the line has been heard;
+        # otherwise her prompt's start); "prompt", only the next speaker's prompt start; "off",
+        # each prepares her own next prompt, as one character does (benches compare the three)
+        self.ahead: Literal["turn", "prompt", "off"] = "turn"
+        self._early: _Early | None = None
 
     def submit(self, event: InputEvent) -> bool:
         """Take an input from outside: log it at once, queue it, and interrupt if it must."""
@@ -218,6 +222,7 @@ class Director:
             await self._stop.wait()
             for task in tasks:
                 task.cancel()
+        await self._drop_early()
         for source in self.sources:
             await source.aclose()
 
@@ -251,7 +256,9 @@ class Director:
             if not len(self.inbox):
                 self._check_done()
             event = await self._next()
-            if self.troupe.stale(event):
+            if self.troupe.stale(event):  # a banter line the operator ended: its held turn goes too
+                if self._early is not None and event is self._early.line:
+                    await self._drop_early()
                 continue
             self.activity.in_turn = True
             try:
@@ -283,6 +290,10 @@ class Director:
                                   priority=Priority.LOW)
 
     async def _run_turn(self, inputs: tuple[InputEvent, ...]) -> None:
+        early, self._early = self._early, None
+        if early is not None and inputs[0] is not early.line:  # what it answers was not said, or chat came first
+            await _drop(early)
+            early = None
         for event in inputs:
             committed = self._committed.pop(event.id, None)
             if committed is not None:
@@ -293,17 +304,18 @@ class Director:
                                                                                  "error": str(exc) or "timed out"})
         self._committed = {k: f for k, f in self._committed.items() if not _done(f)}  # merged or dropped
         speaker = self.troupe.speaker(inputs[0])
-        cast = speaker.cast
+        if early is not None and speaker is not early.member:  # the operator picked another meanwhile
+            await _drop(early)
+            early = None
         kind = event_type(inputs[0])
-        template = speaker.greeting if kind == GREETING else self.settings.thanks.get(kind)
-        if template:  # a channel event thanked with a line of the streamer's, not the model
-            cast = dataclasses.replace(cast, model=CannedReply(_fill(template, inputs[0])))
-        ahead = None if self.troupe.solo or not self.prepare_ahead else functools.partial(self._ahead, speaker, inputs)
-        turn = TurnHandle(new_id(), inputs, tuple(speaker.history), cast,
-                          history_limit=self.settings.history_messages if kind != GREETING else 0, ahead=ahead)
+        turn = early.turn if early is not None else self._turn(speaker, inputs, tuple(speaker.history))
         self.current = turn
         try:
-            record = await turn.run()
+            if early is not None:
+                early.hold.set()  # the line it answers has been heard: her reply is
+                record = await early.task
+            else:
+                record = await turn.run()
         finally:
             self.current = None
         now = self.cast.clock.now()
@@ -312,11 +324,15 @@ class Director:
         if inputs[0].kind is InputKind.IDLE:
             self._last_idle = now
         speaker.last_spoke = now
-        banter = self.troupe.banter_after(speaker, inputs, record.spoken_text, now) if kind != GREETING else None
+        made = self._early.line if self._early is not None else None
+        banter = (self.troupe.banter_after(speaker, inputs, record.spoken_text, now, made) if kind != GREETING
+                  else None)
         # a greeting answers nobody: the card's first message opens the chat
         self.troupe.heard(speaker, inputs, record.spoken_text, greeting=kind == GREETING,
                           told=self.troupe.addressed(banter) if banter else None)
         self._keep(turn.history_dropped, speaker)
+        if self._early is not None and banter is not self._early.line:  # she was cut, or the banter ended
+            await self._drop_early()
         if banter is not None:
             self._banter(banter)
         log.info(
@@ -326,16 +342,44 @@ class Director:
         if self.on_turn is not None:
             self.on_turn(record)
 
+    def _turn(self, speaker: Member, inputs: tuple[InputEvent, ...], history: tuple[ChatMessage, ...],
+              hold: asyncio.Event | None = None) -> TurnHandle:
+        """The turn in which `speaker` answers `inputs`, with `history` before them."""
+        cast = speaker.cast
+        kind = event_type(inputs[0])
+        template = speaker.greeting if kind == GREETING else self.settings.thanks.get(kind)
+        if template:  # a channel event thanked with a line of the streamer's, not the model
+            cast = dataclasses.replace(cast, model=CannedReply(_fill(template, inputs[0])))
+        ahead = (None if self.troupe.solo or self.ahead == "off" or kind == GREETING
+                 else functools.partial(self._ahead, speaker, inputs))
+        return TurnHandle(new_id(), inputs, history, cast,
+                          history_limit=self.settings.history_messages if kind != GREETING else 0,
+                          ahead=ahead, hold=hold)
+
     def _ahead(self, speaker: Member, inputs: tuple[InputEvent, ...], said: str) -> None:
-        """While `speaker`'s last words are spoken: the start of the next speaker's prompt (her
-        history with this turn in it, as the troupe will give it to her) is computed under her
-        adapter, so the gap between two characters is her reply's first sentence, not her prompt."""
-        after, history = self.troupe.upcoming(speaker, inputs, said)
+        """While `speaker`'s last words are spoken, the next speaker's turn is prepared: if she
+        answers those words (banter), her whole turn starts now, held until they have been heard;
+        else the start of her prompt (her history with this turn in it, as the troupe will give
+        it to her) is computed under her adapter. So the gap between two characters is not spent
+        on her prompt and her first sentence."""
+        after, history, told = self.troupe.upcoming(speaker, inputs, said)
+        dropped = self.current.history_dropped if after is speaker and self.current is not None else 0
+        kept = trimmed(history, self.settings.history_messages, dropped)
+        if told and self.ahead == "turn" and self._early is None:
+            line = self.troupe.line(speaker, after, said, self.cast.clock.now())
+            hold = asyncio.Event()
+            turn = self._turn(after, (line,), kept, hold=hold)
+            self._early = _Early(after, line, turn, hold,
+                                 asyncio.create_task(turn.run(), name="director-early-turn"))
+            return
         model = after.cast.model
-        if isinstance(model, Preparing):
-            dropped = self.current.history_dropped if after is speaker and self.current is not None else 0
-            kept = trimmed(history, self.settings.history_messages, dropped)
+        if self.settings.history_messages and isinstance(model, Preparing):
             model.prepare(PromptContext(after.cast.persona, (), kept))
+
+    async def _drop_early(self) -> None:
+        early, self._early = self._early, None
+        if early is not None:
+            await _drop(early)
 
     def _keep(self, dropped: int = 0, speaker: Member | None = None) -> None:
         """Each history trimmed in blocks (runtime.turn.trimmed), the speaker's as her turn prepared it."""
@@ -364,6 +408,25 @@ class Director:
             and not len(self.inbox)
         ):
             self.stop()
+
+
+@dataclass(eq=False)
+class _Early:
+    """The next banter turn, started while the line it answers is still being spoken: her reply
+    generated and its first sentence voiced, held until that line has been heard to its end."""
+
+    member: Member
+    line: InputEvent
+    turn: TurnHandle
+    hold: asyncio.Event
+    task: asyncio.Task[TurnRecord]
+
+
+async def _drop(early: _Early) -> None:
+    """A held turn that will not be heard: stopped, leaving no trace."""
+    early.turn.discard()
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await early.task
 
 
 def _all(stored: list[Awaitable[None]]) -> Awaitable[None]:

@@ -133,7 +133,7 @@ class TurnHandle:
 
     def __init__(
         self, turn_id: str, inputs: tuple[InputEvent, ...], history: Sequence[ChatMessage], cast: Cast,
-        history_limit: int = 0, ahead: Callable[[str], None] | None = None,
+        history_limit: int = 0, ahead: Callable[[str], None] | None = None, hold: asyncio.Event | None = None,
     ) -> None:
         self.turn_id = turn_id
         self.inputs = inputs
@@ -147,6 +147,11 @@ class TurnHandle:
         # given the reply as planned, prepares whoever speaks next (a duo's other character);
         # None: this character's own next prompt is prepared
         self.ahead = ahead
+        # set when this turn may be heard: until then it generates and voices its first sentence
+        # but shows and plays nothing and is not recorded (a duo's next line, while the one it
+        # answers is still spoken); None: at once
+        self.hold = hold
+        self._discarded = False
         self.cast = cast
         self.clock = cast.clock
         self.settings = cast.settings
@@ -198,6 +203,13 @@ class TurnHandle:
             self.record.false_interruptions += 1
             for sink in (self.playout, *self.observers):
                 sink.resume()
+
+    def discard(self) -> None:
+        """A held turn that will not be heard (what it answers was cut, or chat came first): it
+        stops, and leaves no trace: no record, nothing on the sinks."""
+        if self.hold is not None and not self.hold.is_set():
+            self._discarded = True
+            self.cancel("discarded")
 
     def cancel(self, reason: str) -> None:
         """Interrupt the turn: generation, synthesis and playback stop together."""
@@ -254,9 +266,8 @@ class TurnHandle:
         kept = memories[: len(memories) - prompt.memories_dropped]
         self.record.recalled = tuple(m.id for m in kept if m.id > 0)  # a viewer's profile is no memory row
         self.mark(Stage.PROMPT_READY)
-        await self.cast.memory.remember(self.record)
-        for sink in (self.playout, *self.observers):
-            await sink.begin_turn(self.turn_id, self.inputs)
+        if self.hold is None:
+            await self._open()
 
         sentences: asyncio.Queue[Sentence | None] = asyncio.Queue(self.settings.sentences_ahead)
         audio: asyncio.Queue[tuple[Sentence, asyncio.Queue[AudioChunk | None]] | None] = asyncio.Queue(1)
@@ -264,9 +275,23 @@ class TurnHandle:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._generate(prompt, sentences), name="turn-generate")
                 tg.create_task(self._synthesize(sentences, audio), name="turn-synthesize")
-                tg.create_task(self._deliver(audio), name="turn-deliver")
+                tg.create_task(self._deliver(audio) if self.hold is None else self._held(audio), name="turn-deliver")
         except* ModelUnavailable as group:
             raise group.exceptions[0] from None
+
+    async def _open(self) -> None:
+        """The turn is on: recorded, and its sinks told."""
+        await self.cast.memory.remember(self.record)
+        for sink in (self.playout, *self.observers):
+            await sink.begin_turn(self.turn_id, self.inputs)
+
+    async def _held(self, audio: asyncio.Queue[tuple[Sentence, asyncio.Queue[AudioChunk | None]] | None]) -> None:
+        """Delivery once the hold is lifted (generation and synthesis go on meanwhile, as far as
+        their queues let them)."""
+        assert self.hold is not None
+        await self.hold.wait()
+        await self._open()
+        await self._deliver(audio)
 
     async def _act(self, event: InputEvent, games: Games) -> game.Outcome:
         """A game's force: choose and take an action before anything is said."""
@@ -386,7 +411,7 @@ class TurnHandle:
         plan, and the next prompt reuses what still matches."""
         model = self.cast.model
         said = " ".join(t for t in self._planned if t)
-        if not self.history_limit or not said:
+        if not said:
             return
         if self.ahead is not None:
             try:
@@ -394,7 +419,7 @@ class TurnHandle:
             except Exception:  # noqa: BLE001 - an optimisation: the next reply computes it all instead
                 log.exception("the next turn could not be prepared", extra={"turn_id": self.turn_id})
             return
-        if not isinstance(model, Preparing):
+        if not self.history_limit or not isinstance(model, Preparing):
             return
         history = trimmed((*self.history, ChatMessage("user", input_text(self.inputs)), ChatMessage("assistant", said)),
                           self.history_limit, self.history_dropped)
@@ -424,6 +449,8 @@ class TurnHandle:
             self.mark(Stage.LAST_AUDIO)
 
     async def _finish(self, status: TurnStatus) -> None:
+        if self._discarded:
+            return  # never heard: nothing to record, nothing the sinks were told
         unheard = 0
         if status is not TurnStatus.COMPLETE:
             unheard = self.playout.clear()

@@ -138,6 +138,30 @@ async def test_banter_alternates_without_overlap_each_line_attributed(tmp_path):
         assert records[21].inputs[0].text == "back to chat"
 
 
+async def test_a_cut_line_is_answered_as_heard_and_the_answer_made_ahead_leaves_no_trace(tmp_path):
+    model = Speaking()
+    async with running(duo_config(tmp_path, banter=2), model, speed=1.0) as (app, records):
+        async with AvatarClient(f"ws://127.0.0.1:{app.avatar.port}") as client:
+            say(app, "tell us a story. There is a forest. And a lake. And an old lighthouse keeper.")
+            # while Komorebi says her reply, Kage's answer to all of it is made, held
+            await until(lambda: app.director._early is not None)
+            held = app.director._early.turn.turn_id  # type: ignore[union-attr]
+            await until(lambda: "lake" in "".join(m.get("text", "") for m in client.messages))
+            assert app.director.interrupt()  # the streamer cuts Komorebi off
+            await until(lambda: len(records) >= 2)
+            cut, answer = records[:2]
+            assert cut.status == "interrupted" and cut.spoken_text and "lighthouse" not in cut.spoken_text
+            # Kage answers what was heard, in a turn of her own made then, not the one made ahead
+            assert speaker(answer) == "Kage" and answer.inputs[0].text == cut.spoken_text
+            assert answer.turn_id != held and "lighthouse" not in answer.spoken_text
+            await client.wait_for(lambda m: m["type"] == "turn_end" and m["turn_id"] == answer.turn_id)
+            assert held not in {m.get("turn_id") for m in client.messages}
+        assert held not in {r.turn_id for r in records}
+    for name in ("kage", "komorebi"):
+        db = sqlite3.connect(tmp_path / "characters" / name / "omoide.db")
+        assert not db.execute("SELECT count(*) FROM turns WHERE id = ?", (held,)).fetchone()[0]
+
+
 async def test_the_operator_ends_banter_and_chat_is_answered(tmp_path):
     model = Speaking()
     async with running(duo_config(tmp_path, banter=50), model, speed=1.0) as (app, records):

@@ -151,26 +151,29 @@ async def test_a_prompt_aside_such_as_reflection_leaves_the_conversations_cache(
     assert model.last_stats.cached_tokens > 100  # the card was not computed again
 
 
-async def test_in_a_duo_the_next_character_s_prompt_is_prepared_while_the_other_speaks(tmp_path, tiny_model_dir):
+async def test_in_a_duo_the_next_character_s_turn_is_prepared_while_the_other_speaks(tmp_path, tiny_model_dir):
     from persona_model.generation import Sampling
     from persona_model.local import LocalPersonaModel
     from tests.test_duo import duo_config
     from tests.test_duo import say as chat
 
-    async def show(ahead: bool) -> tuple[list[TurnRecord], list[tuple[int, int]]]:
+    async def show(ahead: str, speed: float = 20.0) -> tuple[list[TurnRecord], list[tuple[int, int]], list[float]]:
         model = LocalPersonaModel.load(tiny_model_dir, name="tiny", sampling=Sampling(max_new_tokens=24, temperature=0))
         reused: list[tuple[int, int]] = []
+        ended: list[float] = []
         (tmp_path / str(ahead)).mkdir()
-        async with running(duo_config(tmp_path / str(ahead), banter=3, turn={"recall_k": 3}), model) as (app, records):
-            app.director.prepare_ahead = ahead
-            app.director.on_turn = lambda r: (records.append(r), reused.append((model.last_stats.cached_tokens,
-                                                                                model.last_stats.prepared_tokens)))
+        async with running(duo_config(tmp_path / str(ahead), banter=3, turn={"recall_k": 3}), model,
+                           speed=speed) as (app, records):
+            app.director.ahead = ahead
+            app.director.on_turn = lambda r: (records.append(r), ended.append(app.director.cast.clock.now()),
+                                              reused.append((model.last_stats.cached_tokens,
+                                                             model.last_stats.prepared_tokens)))
             chat(app, "hello you two, what is your favourite tea?", "Ada")
             await until(lambda: len(records) == 4)
         assert model.cache_slots == 2  # a prompt start kept for each character
-        return records, reused
+        return records, reused, ended
 
-    records, reused = await show(ahead=True)
+    records, reused, ended = await show(ahead="prompt")
     tokenizer = LocalPersonaModel.load(tiny_model_dir).tokenizer
     assert [r.persona for r in records] == ["Komorebi", "Kage", "Komorebi", "Kage"]
     assert all(r.spoken_text for r in records), [r.error for r in records]
@@ -179,8 +182,18 @@ async def test_in_a_duo_the_next_character_s_prompt_is_prepared_while_the_other_
         # in it) was computed while the other was still speaking, under her own name
         assert prepared > 0, record.persona
         assert cached >= len(tokenizer(stable(record), add_special_tokens=False)["input_ids"]) - 1
-    plain, unprepared = await show(ahead=False)
+    plain, unprepared, _ = await show(ahead="off")
     assert [r.spoken_text for r in plain] == [r.spoken_text for r in records]  # greedy: the same show
+    # her whole banter turn started while the line it answers was still spoken: the same show again
+    # (speech at twice real time: her first sentence takes longer to say than the next one to write)
+    early, _, over = await show(ahead="turn", speed=2.0)
+    assert [r.spoken_text for r in early] == [r.spoken_text for r in records]
+    assert [r.prompt for r in early] == [r.prompt for r in records]
+
+    def first_token(record: TurnRecord) -> float:
+        return record.inputs[0].received_at + record.timings["first_token"]
+    assert all(first_token(r) < end for r, end in zip(early[1:], over, strict=False))  # before the other was done
+    assert all(first_token(r) > end for r, end in zip(records[1:], ended, strict=False))  # after
     # each preparing only her own next prompt, Kage's first answer computed her whole prompt start
     cached, prepared = unprepared[1]
     assert prepared == 0 and cached < len(tokenizer(stable(plain[1]), add_special_tokens=False)["input_ids"]) - 1
