@@ -19,7 +19,7 @@ Three ways, one after the other in turn, exchange by exchange, in the same run:
 
 separability: can a classifier on MiniLM embeddings of their lines tell the two apart? Each
 answers held-out viewer questions (other topics and wordings than training saw), with the
-configured sampling, four ways: with neither her card nor an adapter (her name only: the control
+configured sampling (lines of at most 60 tokens, about two sentences), four ways: with neither her card nor an adapter (her name only: the control
 that says what the setting alone gives), with her card (prompts only), with her adapter and her
 name only (weights only), and with both (the duo as it runs). Each character's adapter is a LoRA
 trained with `omoide train`'s trainer on her own carded replies to other questions, with her name
@@ -183,7 +183,9 @@ async def use(model: LocalPersonaModel, adapter: Path | None) -> None:
     await model.swap_when_free()
 
 
-async def tell_apart(config: Config, model: LocalPersonaModel, work: Path, epochs: float, samples: int) -> None:
+async def tell_apart(config: Config, model: LocalPersonaModel, work: Path, epochs: float, samples: int,
+                     tokens: int) -> None:
+    model.sampling = dataclasses.replace(model.sampling, max_new_tokens=tokens)
     cards = [load_card(CARDS / f"{n}.json")[0] for n in ("komorebi", "kage")]
     names = [Persona(c.name) for c in cards]
     train_qs = [TRAIN_WORDINGS[i % len(TRAIN_WORDINGS)].format(t) for i, t in enumerate(TRAIN_TOPICS)]
@@ -235,7 +237,8 @@ async def main() -> None:
     ap.add_argument("--part", choices=("gap", "separability", "both"), default="both")
     ap.add_argument("--exchanges", type=int, default=6, help="exchanges for each way of the gap part")
     ap.add_argument("--epochs", type=float, default=8.0, help="epochs of each character's adapter")
-    ap.add_argument("--samples", type=int, default=2, help="draws for each held-out question")
+    ap.add_argument("--samples", type=int, default=1, help="draws for each held-out question")
+    ap.add_argument("--tokens", type=int, default=60, help="tokens a line at most (the configured sampling otherwise)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="omoide-duo-bench-"))
     config = duo_config(bench_config(args.config, work), work)
@@ -245,7 +248,7 @@ async def main() -> None:
     if args.part in ("gap", "both"):
         await gap(config, model, args.exchanges, config.collab.banter)
     if args.part in ("separability", "both"):
-        await tell_apart(config, model, work, args.epochs, args.samples)
+        await tell_apart(config, model, work, args.epochs, args.samples, args.tokens)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ class AvatarServer:
         self.requested_port = port
         self.audio_format = audio_format
         self.character = character
+        self.characters: list[str] = []  # with several on one stream: all their names (hello says them)
         self.queue_size = queue_size
         self.commands = dict(commands or {})  # message type -> handler, for operator tools
         self.token = token  # when set, every client (and the overlay page) must give it
@@ -172,8 +173,9 @@ class AvatarServer:
         sock = ws.transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        cast = {"characters": self.characters} if self.characters else {}
         client.queue.put_nowait(_encode("hello", protocol=PROTOCOL, character=self.character,
-                                        audio_format=self.audio_format))
+                                        audio_format=self.audio_format, **cast))
         if self._turn_start is not None:
             client.queue.put_nowait(self._turn_start)
         self._clients.add(client)

@@ -206,6 +206,7 @@ async def build(
                 out.avatar.commands.update(slider_commands(sliders))
             if not solo:
                 out.avatar.commands["collab"] = collab_command(director)
+                out.avatar.characters = names
             await start_avatar(config, out.avatar)
             opened.append(out.avatar)
     except BaseException:

@@ -23,6 +23,7 @@ from runtime.events import InputEvent, InputKind, Prompt
 from tests.conftest import AvatarClient, running, write_config
 from tests.fakes import ScriptedModel
 from tests.harness import until
+from tests.test_overlay import chromium, needs_chromium
 
 
 class Speaking(ScriptedModel):
@@ -247,3 +248,75 @@ async def test_the_operator_picks_mutes_and_ends_banter_over_the_avatar_channel(
             say(app, "Kage, are you there?")  # muted: Komorebi answers in her place
             await until(lambda: any(r.inputs[0].text == "Kage, are you there?" for r in records[n:]))
             assert all(speaker(r) == "Komorebi" for r in records[n + 1:])
+
+
+@needs_chromium
+async def test_the_companion_page_shows_who_speaks_and_picks_mutes_and_ends_banter(tmp_path):
+    model = Speaking()
+    async with running(duo_config(tmp_path, banter=50), model, speed=2.0) as (app, records), \
+            chromium({"width": 900, "height": 700}) as browser:
+        page = await browser.new_page()
+        await page.goto(f"http://127.0.0.1:{app.avatar.port}/overlay?companion=1&control={app.avatar.control_token}")
+        await until(lambda: page.evaluate("document.querySelectorAll('#collab .character').length === 2"))
+        await page.click("#collab [data-name=Kage] .mute")
+        await until(lambda: page.evaluate(
+            "document.querySelector('#collab [data-name=Kage] .mute').getAttribute('aria-pressed') === 'true'"))
+        say(app, "Kage, are you there?")  # she is muted: Komorebi answers, and with nobody to banter with, stops
+        await until(lambda: len(records) == 1)
+        assert speaker(records[0]) == "Komorebi"
+        await page.click("#collab [data-name=Kage] .mute")  # unmuted
+        await page.click("#collab [data-name=Kage] .next")
+        await until(lambda: app.director.troupe.picked is not None and not app.director.troupe.member("Kage").muted)
+        say(app, "Komorebi, start the show")  # named Komorebi, but the operator picked Kage
+        await until(lambda: len(records) >= 3)  # Kage answers, then they banter
+        assert [speaker(r) for r in records[1:3]] == ["Kage", "Komorebi"]
+        await page.click("#end-banter")
+        await until(lambda: app.director.troupe.banter_left == 0)
+        await page.click("#collab [data-name=Kage] .mute")  # so that chat's answer opens no banter
+        await until(lambda: app.director.troupe.member("Kage").muted)
+        n = len(records)
+        say(app, "back to chat")
+        await until(lambda: any(r.inputs[0].text == "back to chat" for r in records[n:]))
+        # each reply line on the page is named for the one who said it, and the header names who speaks
+        await until(lambda: page.evaluate(f"document.querySelectorAll('.line.reply .who').length === {len(records)}"))
+        shown = await page.evaluate("[...document.querySelectorAll('.line.reply .who')].map((e) => e.textContent)")
+        assert shown == [speaker(r) for r in records]
+        assert await page.text_content("#name") == speaker(records[-1])
+
+
+@pytest.mark.slow  # about a minute: `make test-slow`, which CI runs too
+async def test_one_character_s_training_changes_only_her_adapter(tmp_path):
+    from persona_model import tiny
+    from persona_model.adapters import AdapterRegistry
+    from persona_model.generation import Sampling
+    from persona_model.local import LocalPersonaModel
+    from runtime.learning import EXIT_GATE
+    from tests.test_weights_loop import KIND, NAMES, PETS, Character, chat
+
+    base = tiny.build(tmp_path / "learner", like="learner")
+    config = duo_config(tmp_path, model={"id": str(base), "max_new_tokens": 12, "temperature": 0, "download": False},
+                        turn={"first_sentence_min_chars": 1},
+                        learning={"lr": 0.005, "seq_len": 256, "rows": 4, "checkpoint_every": 1000, "fact_repeats": 1,
+                                  "rehearsal": 0})
+    # viewers tell Kage about their cats, privately; Komorebi is greeted too
+    async with running(config, Character(KIND), 50) as (app, records):
+        await chat(app, records, [(n, f"Kage, my cat is called {PETS[i % len(PETS)]}") for i, n in enumerate(NAMES)]
+                   + [(n, "Komorebi, how are you?") for n in NAMES[:4]])
+    assert [r.persona for r in records].count("Kage") == len(NAMES)
+    homes = {name: tmp_path / "characters" / name for name in ("komorebi", "kage")}
+    assert main(["--config", str(config), "--character", "Kage", "memory", "approve", "--all"]) == 0
+    assert main(["--config", str(config), "--character", "Kage", "train", "--steps", "120"]) in (0, EXIT_GATE)
+    kage, komorebi = (AdapterRegistry(homes[n] / "adapters") for n in ("kage", "komorebi"))
+    assert [v.version for v in kage.versions()] == ["v0001"]
+    assert not komorebi.versions() and not (homes["komorebi"] / "windows").exists()  # hers untouched
+    if kage.active is None:  # the tiny learner's gate may refuse it; the operator makes it live anyway
+        assert main(["--config", str(config), "--character", "Kage", "adapters", "activate", "v0001", "--force"]) == 0
+    # running, Kage speaks with her adapter and Komorebi with the base model, on the one model they share
+    model = LocalPersonaModel.load(base, sampling=Sampling(max_new_tokens=12, temperature=0))
+    async with running(config, model, 50) as (app, records):
+        await chat(app, records, [("Ada", "Kage, what is my cat called?"), ("Bo", "Komorebi, hello!"),
+                                  ("Cy", "Kage, and mine?"), ("Dee", "Komorebi, bye!")])
+    assert [(r.persona, r.adapter) for r in records] == [("Kage", "v0001"), ("Komorebi", None)] * 2
+    # hers in before each of her turns, out before each of Komorebi's: while the other speaks, as the
+    # next speaker's prompt is prepared (so one more, for the turn after the last)
+    assert len(model.swaps) == 5
