@@ -65,7 +65,7 @@ from runtime.models import model_from, model_path  # noqa: E402
 from runtime.ports import MonotonicClock  # noqa: E402
 
 CARDS = ROOT / "persona_model" / "characters"
-MODES = {"before": (1, "off"), "prompt": (2, "prompt"), "turn": (2, "turn")}  # (cache_slots, director.ahead)
+MODES = {"before": (1, "off"), "prompt": (2, "prompt"), "turn": (2, "turn")}  # (shared_by, director.ahead)
 CHAT = ["what should we play tonight?", "who is better at puzzle games?", "it is raining here, what about there?",
         "any snack ideas for a long stream?", "tell us a story about the forest", "what is the worst game ever made?",
         "I just got a new cat!", "who wakes up first in the morning?", "rate my tea: mint with honey",
@@ -118,7 +118,7 @@ async def gap(config: Config, model: LocalPersonaModel, exchanges: int, banter: 
     order = list(MODES)
     for i in range(exchanges * len(order) + 1):  # the first warms up and is not counted
         mode = order[(i - 1) % len(order)] if i else "turn"
-        model.cache_slots, director.ahead = MODES[mode]  # type: ignore[assignment]
+        model.shared_by, director.ahead = MODES[mode]  # type: ignore[assignment]
         n = len(done)
         line = CHAT[i % len(CHAT)]
         director.submit(InputEvent(InputKind.CHAT, line, "twitch", director.cast.clock.now(), NAMES[i % len(NAMES)],

@@ -170,10 +170,10 @@ class LocalPersonaModel:
         self._shape = _shape_of(_peft_config(model))
         self.swaps: list[float] = []  # seconds each swap held the model
         self.prefix_cache = prefix_cache
-        # prompt starts kept with their keys and values, the most recently used last: one per
-        # character sharing this model (`cache_slots`), each under the weights that computed it
+        # prompt starts kept with their keys and values, the most recently used last: one for each
+        # character sharing this model (`shared_by`, a duo's 2), each under the weights that computed it
         self._kept: list[_Kept] = []
-        self.cache_slots = 1
+        self.shared_by = 1
         self._weights: str | None = adapter  # what the live adapter is known by in `_kept` (None: base)
         self._hurry = threading.Event()  # a generation is waiting: `prepare`'s work stops
         self.sliders: Sliders | None = None  # the traits a running character can set (attach_sliders)
@@ -433,7 +433,7 @@ class LocalPersonaModel:
         rules, constant lore and `context`'s history), on the generation thread once it is free:
         a turn asks while its last words are spoken, with its own exchange in the history, so the
         next reply computes only its memories and input. With several characters on this model
-        (`cache_slots`), the next speaker's is computed under her adapter, beside the one who
+        (`shared_by`), the next speaker's is computed under her adapter, beside the one who
         speaks now. A generation asked meanwhile stops it after the chunk it is computing; an
         adapter being swapped in skips it."""
         if not self.prefix_cache or self._staged is not None or self._swap_done is not None:
@@ -480,9 +480,9 @@ class LocalPersonaModel:
         return max(mine, key=lambda k: _shared(k.ids, ids), default=None)
 
     def _keep(self, kept: _Kept) -> None:
-        """Keep a prefix, the most recently used last; past `cache_slots`, the oldest goes."""
+        """Keep a prefix, the most recently used last; past `shared_by`, the oldest goes."""
         self._kept.append(kept)
-        del self._kept[:-max(1, self.cache_slots)]
+        del self._kept[:-max(1, self.shared_by)]
 
     def _reusable(self, ids: list[int]) -> _Kept | None:
         """The kept cache, taken out, cut to the longest prefix this prompt shares with what it

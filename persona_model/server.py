@@ -18,6 +18,7 @@ so once.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -81,7 +82,12 @@ class ServerPersonaModel:
         self._client: httpx.AsyncClient | None = None
         self._model = settings.model
         self._adapter: str | None = None  # the registry version in use
+        self._weights: str | None = None  # and its folder
         self._lora: Any = None  # what the requests carry to select it (vLLM: a model name)
+        # vLLM: the adapters loaded, by the name requests give, and the folder each came from (the
+        # most recently used last); one is kept loaded for each character sharing this model
+        self._loaded: dict[str, str] = {}
+        self.shared_by = 1
         self._staged: tuple[Path | None, str | None] | None = None
         self._down_since: float | None = None
         self._retry_at = 0.0
@@ -97,6 +103,12 @@ class ServerPersonaModel:
     @property
     def adapter(self) -> str | None:
         return self._adapter
+
+    @property
+    def weights(self) -> str | None:
+        """The live adapter's folder (None: the base model); two characters' registries may both
+        have a "v0001"."""
+        return self._weights
 
     @property
     def traits(self) -> dict[str, float]:
@@ -213,20 +225,29 @@ class ServerPersonaModel:
             log.error("the model server did not take the adapter; keeping the one it has",
                       extra={"version": version, "error": str(exc) or type(exc).__name__})
             return None
-        self._adapter = version
+        self._adapter, self._weights = version, (str(path) if path is not None else None)
         return time.perf_counter() - started
 
     async def _vllm_swap(self, path: Path | None, version: str | None) -> None:
         """vLLM: load the new version by name (POST /v1/load_lora_adapter), point requests at it,
-        then unload the one before (POST /v1/unload_lora_adapter)."""
-        old = self._lora
+        then unload the one before (POST /v1/unload_lora_adapter). With several characters on
+        this model (`shared_by`), each one's stays loaded while another speaks: her next turn only
+        names it; two characters' registries may both have a "v0001", so a name another folder
+        holds gets the folder's hash."""
+        name = None
         if version is not None and path is not None:
-            response = await self._http().post("load_lora_adapter",
-                                               json={"lora_name": version, "lora_path": self._server_path(path)})
-            if response.status_code != 200 and "already" not in response.text.lower():
-                raise ServerError(f"load_lora_adapter answered HTTP {response.status_code}: {response.text[:200]}")
-        self._lora = version
-        if old is not None and old != version:
+            where = self._server_path(path)
+            taken = self._loaded.get(version, where) != where
+            name = f"{version}-{hashlib.sha1(where.encode()).hexdigest()[:8]}" if taken else version
+            if name not in self._loaded:
+                response = await self._http().post("load_lora_adapter", json={"lora_name": name, "lora_path": where})
+                if response.status_code != 200 and "already" not in response.text.lower():
+                    raise ServerError(f"load_lora_adapter answered HTTP {response.status_code}: {response.text[:200]}")
+            self._loaded[name] = self._loaded.pop(name, where)
+        self._lora = name
+        idle = [n for n in self._loaded if n != name]
+        for old in idle[:max(0, len(idle) - (self.shared_by - 1))]:  # the least recently used go
+            del self._loaded[old]
             response = await self._http().post("unload_lora_adapter", json={"lora_name": old})
             if response.status_code != 200:
                 log.warning("the model server did not unload the adapter before",

@@ -223,8 +223,9 @@ def views_of(model: PersonaModel, cast: list[Config]) -> list[PersonaModel]:
     it each, and room in its prefix cache for each one's prompt start."""
     if len(cast) == 1:
         return [model]
-    if hasattr(model, "cache_slots"):
-        model.cache_slots = len(cast)
+    for backend in backends(model):  # room for each one's prompt start, or adapter on the server
+        if hasattr(backend, "shared_by"):
+            backend.shared_by = len(cast)
     return [view_of(model, c) for c in cast]
 
 

@@ -36,8 +36,28 @@ class FallbackModel:
         return self._serving.adapter
 
     @property
+    def weights(self) -> str | None:
+        """The folder of the adapter the model that answered last has live (AdapterView)."""
+        return getattr(self._serving, "weights", None)
+
+    @property
     def traits(self) -> Mapping[str, float]:
         return self._serving.traits
+
+    # ---- a duo's view swaps her adapter into both (the app's followers target each one alone) ---
+    def stage_adapter(self, path: Any, version: str | None) -> None:
+        for backend in (self.primary, self.fallback):
+            stage = getattr(backend, "stage_adapter", None)
+            if stage is not None:
+                stage(path, version)
+
+    async def swap_when_free(self) -> float | None:
+        """Both swap; the primary's time (None where it left the swap for its next generation)."""
+        taken: list[float | None] = []
+        for backend in (self.primary, self.fallback):
+            swap = getattr(backend, "swap_when_free", None)
+            taken.append(await swap() if swap is not None else None)
+        return taken[0]
 
     def prepare(self, context: PromptContext) -> None:
         if isinstance(self._serving, Preparing):

@@ -170,7 +170,7 @@ async def test_in_a_duo_the_next_character_s_turn_is_prepared_while_the_other_sp
                                                              model.last_stats.prepared_tokens)))
             chat(app, "hello you two, what is your favourite tea?", "Ada")
             await until(lambda: len(records) == 4)
-        assert model.cache_slots == 2  # a prompt start kept for each character
+        assert model.shared_by == 2  # a prompt start kept for each character
         return records, reused, ended
 
     records, reused, ended = await show(ahead="prompt")

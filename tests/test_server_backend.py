@@ -224,3 +224,32 @@ async def test_a_character_on_a_dead_server_with_no_stand_in_keeps_running(tmp_p
     db = sqlite3.connect(app.memory.path)
     assert sorted(t for (t,) in db.execute("SELECT text FROM inputs")) == ["first?", "second?", "third?"]
     assert [s for (s,) in db.execute("SELECT status FROM turns")] == ["failed"] * 3
+
+
+async def test_a_duo_on_vllm_keeps_both_adapters_loaded_and_names_hers_per_request(vllm, tmp_path):
+    from runtime.config import load
+    from runtime.models import server_model_from
+    from tests.harness import until
+    from tests.test_duo import duo_config, say
+
+    path = duo_config(tmp_path, model={"backend": "server"},
+                      server={"url": vllm.url, "model": "base-model", "adapters": "vllm"})
+    folders = {}
+    for name in ("kage", "komorebi"):  # each trained her own first version: both are called v0001
+        reg = AdapterRegistry(tmp_path / "characters" / name / "adapters")
+        version = register(reg, tmp_path / f"{name}-trained", "w0001")
+        reg.activate(version)
+        folders[name] = str(reg.path(version).resolve())
+    async with running(path, server_model_from(load(path, env={}))) as (app, records):
+        for text in ("Kage, hi!", "Komorebi, hi!", "Kage, again?", "Komorebi, again?"):
+            n = len(records)
+            say(app, text)
+            await until(lambda n=n: len(records) > n)
+    # two names for the two folders, each loaded once and kept while the other speaks
+    names = {folder: name for name, folder in vllm.loras.items()}
+    assert set(names) == set(folders.values()) and sorted(names.values())[0] == "v0001"
+    kage, komorebi = names[folders["kage"]], names[folders["komorebi"]]
+    assert sorted(vllm.adapter_calls()) == [("load_lora_adapter", kage), ("load_lora_adapter", komorebi)]
+    assert vllm.chat_models() == [kage, komorebi] * 2  # each request names hers
+    assert [(r.persona, r.generated_text.split(".")[0]) for r in records] == [
+        ("Kage", f"I am {kage}"), ("Komorebi", f"I am {komorebi}")] * 2
