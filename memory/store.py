@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -43,6 +44,8 @@ from runtime.ports import Clock
 
 _FORGOTTEN = "SELECT 1 FROM forgotten_viewers WHERE viewer = ?"
 
+
+log = logging.getLogger(__name__)
 
 class SqliteMemory:
     """Implements the MemoryStore port (and reflection's ReflectionLog)."""
@@ -274,6 +277,35 @@ class SqliteMemory:
             if spoken:
                 messages.append(ChatMessage("assistant", spoken))
         return messages[-limit:] if limit > 0 else []
+
+    def keep_heard(self, history: Sequence[ChatMessage]) -> None:
+        """Keep the conversation as she heard it (with several characters, what the others said
+        and the viewers' lines another answered are in no turn of hers): the next start takes it
+        up again (`heard`)."""
+        value = json.dumps({"at": time.time(), "messages": [[m.role, m.content] for m in history]})
+        self.writer.put("INSERT INTO state (key, value) VALUES (?, ?)"
+                        " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (HEARD, value))
+
+    async def heard(self, limit: int) -> list[ChatMessage] | None:
+        """The conversation `keep_heard` kept, unless she has had turns since (run alone, say):
+        None, and `recent_history` rebuilds it from her turns."""
+        assert self._reads is not None
+        rows = list(await self._reads.execute_fetchall("SELECT value FROM state WHERE key = ?", (HEARD,)))
+        if not rows:
+            return None
+        try:
+            kept = json.loads(rows[0][0])
+            at, messages = float(kept["at"]), [ChatMessage(str(r), str(c)) for r, c in kept["messages"]]
+        except (ValueError, KeyError, TypeError):
+            log.warning("the conversation kept in %s is unreadable; rebuilt from the turns", self.path)
+            return None
+        later = list(await self._reads.execute_fetchall("SELECT count(*) FROM turns WHERE started_at > ?", (at,)))
+        if later[0][0]:
+            return None
+        return messages[-limit:] if limit > 0 else []
+
+
+HEARD = "heard"  # state key: the conversation as a character of several heard it
 
 
 def _event(row: Any) -> InputEvent:

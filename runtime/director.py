@@ -29,7 +29,7 @@ from runtime.events import (
 )
 from runtime.inbox import Inbox, event_type
 from runtime.moderation import ChatFilter
-from runtime.ports import Controllable, MemoryStore, Preparing, RecallAhead, Source
+from runtime.ports import Controllable, KeepsHeard, MemoryStore, Preparing, RecallAhead, Source
 from runtime.turn import CannedReply, Cast, TurnHandle, trimmed
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,10 @@ class Director:
         """Run until stop() (or, if configured, until every source has ended)."""
         if self.settings.history_messages:
             for m in self.troupe.members:  # each her own conversation, as she heard it
-                m.history.extend(await m.cast.memory.recent_history(self.settings.history_messages))
+                memory = m.cast.memory
+                kept = (await memory.heard(self.settings.history_messages)
+                        if not self.troupe.solo and isinstance(memory, KeepsHeard) else None)
+                m.history.extend(kept if kept is not None else await memory.recent_history(self.settings.history_messages))
             self._keep()
         if self.troupe.solo and self.settings.greeting and not self.troupe.lead.greeting:
             self.troupe.lead.greeting = self.settings.greeting
@@ -294,15 +297,7 @@ class Director:
         if early is not None and inputs[0] is not early.line:  # what it answers was not said, or chat came first
             await _drop(early)
             early = None
-        for event in inputs:
-            committed = self._committed.pop(event.id, None)
-            if committed is not None:
-                try:  # the input is on disk before any reply starts, unless the disk will not have it
-                    await asyncio.wait_for(asyncio.shield(committed), COMMIT_WAIT_S)
-                except Exception as exc:  # noqa: BLE001 - a full or stalled disk must not silence the character
-                    log.warning("input not stored yet; answering anyway", extra={"input_id": event.id,
-                                                                                 "error": str(exc) or "timed out"})
-        self._committed = {k: f for k, f in self._committed.items() if not _done(f)}  # merged or dropped
+        await self._stored(inputs)
         speaker = self.troupe.speaker(inputs[0])
         if early is not None and speaker is not early.member:  # the operator picked another meanwhile
             await _drop(early)
@@ -341,6 +336,18 @@ class Director:
         )
         if self.on_turn is not None:
             self.on_turn(record)
+
+    async def _stored(self, inputs: tuple[InputEvent, ...]) -> None:
+        """The inputs are on disk before any reply starts, unless the disk will not have them."""
+        for event in inputs:
+            committed = self._committed.pop(event.id, None)
+            if committed is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(committed), COMMIT_WAIT_S)
+                except Exception as exc:  # noqa: BLE001 - a full or stalled disk must not silence the character
+                    log.warning("input not stored yet; answering anyway", extra={"input_id": event.id,
+                                                                                 "error": str(exc) or "timed out"})
+        self._committed = {k: f for k, f in self._committed.items() if not _done(f)}  # merged or dropped
 
     def _turn(self, speaker: Member, inputs: tuple[InputEvent, ...], history: tuple[ChatMessage, ...],
               hold: asyncio.Event | None = None) -> TurnHandle:
@@ -382,9 +389,12 @@ class Director:
             await _drop(early)
 
     def _keep(self, dropped: int = 0, speaker: Member | None = None) -> None:
-        """Each history trimmed in blocks (runtime.turn.trimmed), the speaker's as her turn prepared it."""
+        """Each history trimmed in blocks (runtime.turn.trimmed), the speaker's as her turn prepared
+        it; with several characters, what each heard is kept across restarts."""
         for m in self.troupe.members:
             m.history = deque(trimmed(m.history, self.settings.history_messages, dropped if m is speaker else 0))
+            if speaker is not None and not self.troupe.solo and isinstance(m.cast.memory, KeepsHeard):
+                m.cast.memory.keep_heard(m.history)
 
     def _banter(self, line: InputEvent) -> None:
         """One character's line said to another: her next turn answers it, before chat."""

@@ -274,6 +274,21 @@ class RecallAhead(Protocol):
         ...
 
 
+@runtime_checkable
+class KeepsHeard(Protocol):
+    """A MemoryStore that keeps the conversation as one of several characters heard it, across
+    restarts (the others' lines are in no turn of hers)."""
+
+    def keep_heard(self, history: Sequence[ChatMessage]) -> None:
+        """Keep it (in the background)."""
+        ...
+
+    async def heard(self, limit: int) -> list[ChatMessage] | None:
+        """What was kept, at most `limit` messages; None when there is none or her turns since
+        make it stale."""
+        ...
+
+
 class MemoryStore(Protocol):
     """The local store: the interaction log and what the character remembers."""
 

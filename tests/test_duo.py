@@ -93,6 +93,24 @@ async def test_characters_hear_each_other_as_lines_never_as_notes(tmp_path):
     assert "system: Komorebi" not in kage_prompt
 
 
+async def test_after_a_restart_each_has_the_conversation_as_she_heard_it(tmp_path):
+    model = Speaking()
+    path = duo_config(tmp_path, banter=1)
+    async with running(path, model) as (app, records):
+        for text in ("hello you two", "Kage, a secret: the key is under the mat", "what is for dinner?"):
+            n = len(records)
+            say(app, text)
+            await until(lambda n=n: len(records) > n and not app.director.busy)
+        before = {m.name: list(m.history) for m in app.director.troupe.members}
+    # Komorebi heard Kage's replies to chat, which are in no turn of hers: they come back too
+    assert any(m.content.startswith("Kage: Kage here") for m in before["Komorebi"])
+    async with running(path, model) as (app, records):
+        await until(lambda: all(m.history for m in app.director.troupe.members))  # read as she starts
+        after = {m.name: list(m.history) for m in app.director.troupe.members}
+    assert after == before
+    assert not any("the key is under the mat" in m.content for m in after["Komorebi"])
+
+
 async def test_a_secret_told_to_one_is_in_no_prompt_or_memory_of_the_other(tmp_path):
     model = Speaking()
     async with running(duo_config(tmp_path), model) as (app, records):
