@@ -179,7 +179,10 @@ async def build(
         if sliders is not None:
             opened.append(sliders)
         names = [p.name for p, _ in personas]
-        out = await outputs(config, clock, names[0], playback, opened)
+        own_vts = any(e.vts for e in config.characters)  # each her own VTube Studio, not one for all
+        out = await outputs(config.model_copy(update={"vts": config.vts.model_copy(update={"enabled": False})})
+                            if own_vts else config, clock, names[0], playback, opened)
+        theirs = [await her_vts(c, clock, opened) if own_vts else [] for c in cast]
         ins = await inputs(config, clock, " & ".join(names), [*sources, *([listener] if listener else [])],
                            console, stdin, stdout, opened)
         inbox = inbox_from(config, clock, names)
@@ -187,11 +190,12 @@ async def build(
         views = views_of(model, cast)
         casts = [Cast(
             persona=persona, model=view, synthesizer=synthesizer, playout=out.playout, memory=memory,
-            moderator=moderator, clock=clock, observers=voiced((*out.observers, *ins.observers), persona.name, solo),
+            moderator=moderator, clock=clock,
+            observers=(*voiced((*out.observers, *ins.observers), persona.name, solo), *her_own),
             settings=settings(TurnSettings, config.turn, expressions=expressions(persona, c)),
             games=ins.games, game_settings=settings(GameSettings, config.game),
-        ) for c, (persona, _), view, synthesizer, memory in zip(cast, personas, views, synthesizers, memories,
-                                                                strict=True)]
+        ) for c, (persona, _), view, synthesizer, memory, her_own in zip(cast, personas, views, synthesizers,
+                                                                         memories, theirs, strict=True)]
         jobs = background_from(cast, casts, clock, activity,
                                [*background, *([lambda: sliders.watch(clock)] if sliders else [])])
         troupe = Troupe(casts, settings(CollabSettings, config.collab))
@@ -214,7 +218,8 @@ async def build(
             with contextlib.suppress(Exception):
                 await thing.aclose()
         raise
-    return App(lead, director, memories[0], out.avatar, [out.playout, *out.observers, *ins.observers],
+    return App(lead, director, memories[0], out.avatar, [out.playout, *out.observers, *ins.observers,
+                                                          *(v for own in theirs for v in own)],
                jobs.reflector, jobs.follower, ins.games, sliders, memories=memories)
 
 
@@ -289,6 +294,16 @@ async def outputs(config: Config, clock: Clock, character: str, playback: Playba
         opened.append(vts)
         observers.append(vts)
     return Outputs(playout, observers, avatar)
+
+
+async def her_vts(config: Config, clock: Clock, opened: list[Closeable]) -> list[OutputSink]:
+    """One character's own VTube Studio (a [[characters]] entry's `vts`), when it is enabled."""
+    if not config.vts.enabled:
+        return []
+    vts = vts_from(config, clock)
+    await vts.start()  # connects in the background: VTube Studio may start later
+    opened.append(vts)
+    return [vts]
 
 
 async def start_avatar(config: Config, avatar: AvatarServer) -> None:

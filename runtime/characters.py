@@ -14,15 +14,16 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from memory.db import owner
 from persona_model.card import CardError, load_card
-from runtime.config import CharacterConfig, CharacterEntry, Config, ConfigError, TtsConfig
+from runtime.config import CharacterConfig, CharacterEntry, Config, ConfigError, TtsConfig, VtsConfig
 
 log = logging.getLogger(__name__)
+S = TypeVar("S", bound=BaseModel)
 
 HOMES = "characters"  # the folder, beside memory.database, that holds the homes made by name
 
@@ -67,17 +68,26 @@ def entry_config(config: Config, entry: CharacterEntry) -> Config:
         tts[engine] = {**tts[engine], **getattr(voice, engine)}
     if voice.engine is not None:
         tts["engine"] = voice.engine
-    try:
-        merged = TtsConfig.model_validate(tts)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"config error: characters {entry.name!r}: voice.{key} = {err.get('input')!r}:"
-                          f" {err['msg'].rstrip('.')}") from None
+    merged = _checked(TtsConfig, tts, entry, "voice")
+    vts = config.vts  # hers (her own VTube Studio), or the one all share
+    if entry.vts:
+        vts = _checked(VtsConfig, {**config.vts.model_dump(), "token_file": str(home / "vts_token"), **entry.vts},
+                       entry, "vts")
     return at_home(config, home).model_copy(update={
-        "character": CharacterConfig(card=entry.card, greet=entry.greet), "tts": merged,
+        "character": CharacterConfig(card=entry.card, greet=entry.greet), "tts": merged, "vts": vts,
         "persona": config.persona if entry.card else config.persona.model_copy(update={"name": entry.name}),
         "chosen": entry.name, "characters": []})
+
+
+def _checked(section: type[S], values: dict[str, Any], entry: CharacterEntry, key: str) -> S:
+    """A section of hers, checked: a bad value is one line naming her and the key."""
+    try:
+        return section.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"config error: characters {entry.name!r}: {key}.{where} = {err.get('input')!r}:"
+                          f" {err['msg'].rstrip('.')}") from None
 
 
 def cast_of(config: Config) -> list[Config]:

@@ -72,6 +72,7 @@ class CharacterEntry(_Section):
     greet: bool = True
     home: str = ""  # her memories, windows, adapters and sliders ("": training_logs/characters/<name>)
     voice: VoiceConfig = VoiceConfig()
+    vts: dict[str, Any] = {}  # her own VTube Studio: any [vts] key over the shared one (token_file: in her home)
 
 
 class CollabConfig(_Section):

@@ -157,3 +157,33 @@ async def test_a_running_character_moves_the_model_and_lists_its_hotkeys(vts, tm
     await vts.stop()
     assert await asyncio.to_thread(main, ["--config", str(config), "vts", "hotkeys"]) == 2
     assert "cannot talk to VTube Studio" in capsys.readouterr().err
+
+
+async def test_in_a_duo_each_character_moves_her_own_vtube_studio(tmp_path):
+    kage_vts = FakeVts()
+    await kage_vts.start()
+    komorebi_vts = FakeVts()
+    await komorebi_vts.start()
+    try:
+        config = write_config(tmp_path, collab={"banter": 0},
+                              vts={"enabled": True, "url": komorebi_vts.url, "token_file": str(tmp_path / "vts_token")})
+        config.write_text(config.read_text() + "\n".join([
+            '[[characters]]', 'name = "Komorebi"', 'greet = false',
+            '[[characters]]', 'name = "Kage"', 'greet = false', f'vts = {{ url = "{kage_vts.url}" }}', ""]))
+        async with running(config, ScriptedModel("Hello there, it is lovely to see you all tonight!"), 4) as (
+                app, records):
+            await until(lambda: kage_vts.injected or komorebi_vts.injected)
+            for text in ("Kage, hi!", "Komorebi, hi!"):
+                n = len(records)
+                app.director.submit(InputEvent(InputKind.CHAT, text, "test", app.director.cast.clock.now(), "viewer"))
+                await until(lambda n=n: len(records) > n, 30)
+                moved = kage_vts if text.startswith("Kage") else komorebi_vts
+                still = komorebi_vts if moved is kage_vts else kage_vts
+                # her mouth moved on her own model, while the other's stayed shut
+                assert max(moved.mouth()) > 0 and not any(still.mouth()), text
+                moved.injected.clear()
+    finally:
+        await kage_vts.stop()
+        await komorebi_vts.stop()
+    # each asked for her own token, kept in her home (Komorebi's in [vts] token_file, the shared one)
+    assert (tmp_path / "characters" / "kage" / "vts_token").exists() and (tmp_path / "vts_token").exists()
