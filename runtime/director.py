@@ -4,7 +4,6 @@ answer next, runs one turn at a time and owns interruption."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -435,8 +434,9 @@ class _Early:
 async def _drop(early: _Early) -> None:
     """A held turn that will not be heard: stopped, leaving no trace."""
     early.turn.discard()
-    with contextlib.suppress(Exception, asyncio.CancelledError):
-        await early.task
+    await asyncio.wait({early.task})  # the director's own cancellation still reaches it
+    if not early.task.cancelled():
+        early.task.exception()  # retrieved: a held turn that failed has nothing to say
 
 
 def _all(stored: list[Awaitable[None]]) -> Awaitable[None]:
