@@ -184,7 +184,7 @@ async def use(model: LocalPersonaModel, adapter: Path | None) -> None:
 
 
 async def tell_apart(config: Config, model: LocalPersonaModel, work: Path, epochs: float, samples: int,
-                     tokens: int) -> None:
+                     tokens: int, reuse: Path | None) -> None:
     model.sampling = dataclasses.replace(model.sampling, max_new_tokens=tokens)
     cards = [load_card(CARDS / f"{n}.json")[0] for n in ("komorebi", "kage")]
     names = [Persona(c.name) for c in cards]
@@ -193,6 +193,9 @@ async def tell_apart(config: Config, model: LocalPersonaModel, work: Path, epoch
     test_qs = [w.format(t) for t in TEST_TOPICS for w in TEST_WORDINGS] * samples
     adapters: list[Path] = []
     for card, name in zip(cards, names, strict=True):
+        if reuse is not None:  # her adapter from an earlier run of this part
+            adapters.append(reuse / card.name / "adapter" / "adapter")
+            continue
         t0 = time.perf_counter()
         replies = await lines(model, card, train_qs, seed=10_000)
         examples = []
@@ -217,18 +220,23 @@ async def tell_apart(config: Config, model: LocalPersonaModel, work: Path, epoch
     print(f"\nseparability: {len(test_qs)} held-out questions a character ({len(TEST_TOPICS)} topics x"
           f" {len(TEST_WORDINGS)} wordings x {samples} draws), 5-fold logistic regression on MiniLM; chance 0.50")
     print(f"  {'way':32} {'accuracy':>9} {'shuffled labels':>16}  a line of each")
+    kept: dict[str, list[list[str]]] = {}
     for way, (personas, adapted) in ways.items():
         said: list[list[str]] = []
         for i, persona in enumerate(personas):
             await use(model, adapters[i] if adapted else None)
-            said.append(await lines(model, persona, test_qs, seed=0))
+            said.append(await lines(model, persona, test_qs, seed=0))  # the same draws for both
         await use(model, None)
+        kept[way] = said
         texts = said[0] + said[1]
         vectors = embed([t or "(nothing)" for t in texts])
         labels = [0] * len(said[0]) + [1] * len(said[1])
-        control = float(np.mean([separability(vectors, labels, shuffle_seed=s) for s in range(5)]))
-        print(f"  {way:32} {separability(vectors, labels):9.2f} {control:16.2f}  {said[0][0][:60]!r} / {said[1][0][:60]!r}",
-              flush=True)
+        groups = list(range(len(test_qs))) * 2  # both answers to a question in one fold
+        control = float(np.mean([separability(vectors, labels, groups, shuffle_seed=s) for s in range(5)]))
+        print(f"  {way:32} {separability(vectors, labels, groups):9.2f} {control:16.2f}  {said[0][0][:60]!r} /"
+              f" {said[1][0][:60]!r}", flush=True)
+    (work / "lines.json").write_text(json.dumps({"questions": test_qs, "lines": kept}, indent=1))
+    print(f"the lines: {work / 'lines.json'}")
 
 
 async def main() -> None:
@@ -239,6 +247,7 @@ async def main() -> None:
     ap.add_argument("--epochs", type=float, default=8.0, help="epochs of each character's adapter")
     ap.add_argument("--samples", type=int, default=1, help="draws for each held-out question")
     ap.add_argument("--tokens", type=int, default=60, help="tokens a line at most (the configured sampling otherwise)")
+    ap.add_argument("--reuse", type=Path, help="the folder of an earlier run: its adapters, not trained again")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="omoide-duo-bench-"))
     config = duo_config(bench_config(args.config, work), work)
@@ -248,7 +257,7 @@ async def main() -> None:
     if args.part in ("gap", "both"):
         await gap(config, model, args.exchanges, config.collab.banter)
     if args.part in ("separability", "both"):
-        await tell_apart(config, model, work, args.epochs, args.samples, args.tokens)
+        await tell_apart(config, model, work, args.epochs, args.samples, args.tokens, args.reuse)
 
 
 if __name__ == "__main__":

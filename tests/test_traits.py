@@ -205,3 +205,21 @@ def test_the_drift_gate_refuses_a_candidate_that_moves_a_trait_unless_the_target
     assert row0.passed and abs(row0.candidate - row0.current) < 1e-6
     wanted, row2 = gate(energetic, energy=row.candidate)  # the streamer asks for her more energetic
     assert row2.passed and row2.allowed > 0.3, wanted.table()
+
+
+def test_separability_says_no_to_two_speakers_who_say_the_same_and_yes_to_two_who_do_not():
+    import numpy as np
+
+    from persona_model.traits.classify import separability
+
+    rng = np.random.default_rng(3)
+    topics = rng.normal(size=(24, 16))  # what each question is about
+    same = np.vstack([topics, topics + rng.normal(scale=0.01, size=topics.shape)])  # twins, one per speaker
+    labels, groups = [0] * 24 + [1] * 24, list(range(24)) * 2
+    assert separability(same, labels, groups) == 0.5  # nothing tells them apart: chance, not below
+    assert separability(same, labels) < 0.3  # twins split across folds would call it worse than chance
+    style = np.zeros(16)
+    style[0] = 3.0  # one speaker's lines lean one way, whatever the topic
+    apart = np.vstack([topics + style, topics - style])
+    assert separability(apart, labels, groups) >= 0.9
+    assert 0.25 <= np.mean([separability(apart, labels, groups, shuffle_seed=s) for s in range(5)]) <= 0.75

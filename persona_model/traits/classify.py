@@ -39,22 +39,24 @@ def logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> np.ndarray:
     return w
 
 
-def separability(vectors: np.ndarray, labels: Sequence[int], folds: int = 5, shuffle_seed: int | None = None,
-                 l2: float = 1.0) -> float:
+def separability(vectors: np.ndarray, labels: Sequence[int], groups: Sequence[int] | None = None, folds: int = 5,
+                 shuffle_seed: int | None = None, l2: float = 1.0) -> float:
     """How well a logistic regression on `vectors` (embeddings of lines) tells two speakers apart:
     the accuracy over `folds` cross-validation folds (each line scored by a classifier that never
-    saw it; chance 0.5 with balanced labels). With `shuffle_seed`, the labels are shuffled first:
-    the control, what a classifier finds in labels that mean nothing."""
+    saw it; chance 0.5 with balanced labels). Lines of one group (the two speakers' answers to one
+    question) are kept in one fold: else a line's near twin from the other speaker, in training
+    with the other label, would push the score below chance. With `shuffle_seed`, the labels are
+    shuffled first: the control, what a classifier finds in labels that mean nothing."""
     y = np.asarray(labels, dtype=np.float64)
     if shuffle_seed is not None:
         y = y[np.random.default_rng(shuffle_seed).permutation(len(y))]
-    order = np.random.default_rng(0).permutation(len(y))
+    group = np.asarray(groups if groups is not None else range(len(y)))
+    names = np.random.default_rng(0).permutation(np.unique(group))
     x = np.hstack([np.asarray(vectors, dtype=np.float64), np.ones((len(y), 1))])
     right = 0
     for k in range(folds):
-        test = order[k::folds]
-        train = np.setdiff1d(order, test)
-        w = logistic(x[train], y[train], l2)
+        test = np.isin(group, names[k::folds])
+        w = logistic(x[~test], y[~test], l2)
         right += int(((x[test] @ w > 0) == (y[test] > 0.5)).sum())
     return right / len(y)
 
