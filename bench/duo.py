@@ -24,11 +24,14 @@ that says what the setting alone gives), with her card (prompts only), with her 
 name only (weights only), and with both (the duo as it runs). Each character's adapter is a LoRA
 trained with `omoide train`'s trainer on her own carded replies to other questions, with her name
 only as the prompt: her card distilled into her weights. The score is 5-fold cross-validated
-accuracy of a logistic regression (chance 0.5), beside the same with shuffled labels.
+accuracy of a logistic regression (chance 0.5; both answers to a question in one fold), beside
+the same with shuffled labels, and without a line's leading "Name:" (the small model often starts
+with a viewer's name, mangled: a tell that is not her voice).
 
     python bench/duo.py                          # both parts (about 35 min here)
     python bench/duo.py --part gap --exchanges 12
     python bench/duo.py --part separability --epochs 8
+    python bench/duo.py --part separability --reuse /tmp/omoide-duo-bench-XXXX   # her adapters from before
 """
 
 from __future__ import annotations
@@ -219,7 +222,7 @@ async def tell_apart(config: Config, model: LocalPersonaModel, work: Path, epoch
             "adapters only (her name)": (names, True), "adapters and cards (the duo)": (cards, True)}
     print(f"\nseparability: {len(test_qs)} held-out questions a character ({len(TEST_TOPICS)} topics x"
           f" {len(TEST_WORDINGS)} wordings x {samples} draws), 5-fold logistic regression on MiniLM; chance 0.50")
-    print(f"  {'way':32} {'accuracy':>9} {'shuffled labels':>16}  a line of each")
+    print(f"  {'way':32} {'accuracy':>9} {'shuffled labels':>16} {'no leading name':>16}  a line of each")
     kept: dict[str, list[list[str]]] = {}
     for way, (personas, adapted) in ways.items():
         said: list[list[str]] = []
@@ -233,8 +236,10 @@ async def tell_apart(config: Config, model: LocalPersonaModel, work: Path, epoch
         labels = [0] * len(said[0]) + [1] * len(said[1])
         groups = list(range(len(test_qs))) * 2  # both answers to a question in one fold
         control = float(np.mean([separability(vectors, labels, groups, shuffle_seed=s) for s in range(5)]))
-        print(f"  {way:32} {separability(vectors, labels, groups):9.2f} {control:16.2f}  {said[0][0][:60]!r} /"
-              f" {said[1][0][:60]!r}", flush=True)
+        # the small model often starts a line with a viewer's name, mangled ("Mikea:"): without it
+        bare = embed([re.sub(r"^[\w\- ]{1,20}:\s*", "", t) or "(nothing)" for t in texts])
+        print(f"  {way:32} {separability(vectors, labels, groups):9.2f} {control:16.2f}"
+              f" {separability(bare, labels, groups):16.2f}  {said[0][0][:60]!r} / {said[1][0][:60]!r}", flush=True)
     (work / "lines.json").write_text(json.dumps({"questions": test_qs, "lines": kept}, indent=1))
     print(f"the lines: {work / 'lines.json'}")
 
