@@ -151,6 +151,7 @@ class TurnHandle:
         # but shows and plays nothing and is not recorded (a duo's next line, while the one it
         # answers is still spoken); None: at once
         self.hold = hold
+        self._opened = False  # recorded and its sinks told (at once, or when the hold is lifted)
         self._discarded = False
         self.cast = cast
         self.clock = cast.clock
@@ -210,6 +211,7 @@ class TurnHandle:
         if self.hold is not None and not self.hold.is_set():
             self._discarded = True
             self.cancel("discarded")
+            self.hold.set()  # wakes whatever waits for it, to find the turn discarded
 
     def cancel(self, reason: str) -> None:
         """Interrupt the turn: generation, synthesis and playback stop together."""
@@ -281,6 +283,7 @@ class TurnHandle:
 
     async def _open(self) -> None:
         """The turn is on: recorded, and its sinks told."""
+        self._opened = True
         await self.cast.memory.remember(self.record)
         for sink in (self.playout, *self.observers):
             await sink.begin_turn(self.turn_id, self.inputs)
@@ -290,6 +293,8 @@ class TurnHandle:
         their queues let them)."""
         assert self.hold is not None
         await self.hold.wait()
+        if self._discarded:
+            return
         await self._open()
         await self._deliver(audio)
 
@@ -449,6 +454,12 @@ class TurnHandle:
             self.mark(Stage.LAST_AUDIO)
 
     async def _finish(self, status: TurnStatus) -> None:
+        if self.hold is not None and not self._opened and not self._discarded:
+            if status is TurnStatus.INTERRUPTED:
+                return  # stopped (shut down) before it could be heard: as if discarded
+            await self.hold.wait()  # a held turn that failed: it ends as any other once it may be heard
+            if not self._discarded:
+                await self._open()
         if self._discarded:
             return  # never heard: nothing to record, nothing the sinks were told
         unheard = 0

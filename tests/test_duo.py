@@ -181,6 +181,30 @@ async def test_a_cut_line_is_answered_as_heard_and_the_answer_made_ahead_leaves_
         assert not db.execute("SELECT count(*) FROM turns WHERE id = ?", (held,)).fetchone()[0]
 
 
+async def test_an_answer_made_ahead_that_fails_does_not_cut_the_one_speaking(tmp_path):
+    class KageBreaks(Speaking):
+        async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
+            if "You are Kage." in prompt.text:
+                raise RuntimeError("the model broke")
+            async for piece in super().stream(prompt):
+                yield piece
+
+    # no fallback line: the failure ends her turn while Komorebi is still speaking
+    async with running(duo_config(tmp_path, banter=1, turn={"fallback_line": ""}), KageBreaks(), speed=2.0) as (
+            app, records):
+        async with AvatarClient(f"ws://127.0.0.1:{app.avatar.port}") as client:
+            say(app, "tell us a story. There is a forest. And a lake.")
+            await until(lambda: len(records) == 2)
+            said, failed = records
+            # Komorebi was heard to the end; Kage's failed answer, made while she spoke, came after
+            assert said.status == "complete" and said.spoken_text.endswith("And a lake.")
+            assert failed.persona == "Kage" and failed.status == "failed"
+            await client.wait_for(lambda m: m["type"] == "turn_end" and m["turn_id"] == failed.turn_id)
+            turns = [(m["type"], m["turn_id"]) for m in client.messages if m["type"] in ("turn_start", "turn_end")]
+            assert turns == [("turn_start", said.turn_id), ("turn_end", said.turn_id),
+                             ("turn_start", failed.turn_id), ("turn_end", failed.turn_id)]
+
+
 async def test_the_operator_ends_banter_and_chat_is_answered(tmp_path):
     model = Speaking()
     async with running(duo_config(tmp_path, banter=50), model, speed=1.0) as (app, records):
