@@ -112,10 +112,7 @@ class Troupe:
         for choice in (picked, self.addressed(event)):
             if choice is not None and not choice.muted:
                 return choice
-        free = [m for m in self.members if not m.muted] or self.members
-        if self.settings.order == "first":
-            return free[0]
-        return min(free, key=lambda m: m.last_spoke)
+        return self._by_order()
 
     def heard(self, speaker: Member, inputs: tuple[InputEvent, ...], spoken: str, *, greeting: bool = False,
               told: Member | None = None) -> None:
@@ -150,7 +147,8 @@ class Troupe:
         banter line will go to, else the one the order picks for a line that names nobody. Her
         next turn, or her prompt's start, is prepared meanwhile."""
         told = self._banter_to(speaker, inputs, spoken)
-        after = told or self._by_order(speaker)
+        picked = self.picked if self.picked is not None and not self.picked.muted else None
+        after = told or picked or self._by_order(speaker)
         history = list(after.history)
         for m, lines in self._lines(speaker, inputs, spoken, False, told):
             if m is after:
@@ -162,14 +160,13 @@ class Troupe:
         return InputEvent(InputKind.CHAT, spoken, COLLAB, now, speaker.name, Priority.HIGH,
                           meta={"event": BANTER, "to": to.name})
 
-    def _by_order(self, speaker: Member) -> Member:
-        """Who the order picks for a line that names nobody once `speaker` has just spoken."""
-        if self.picked is not None and not self.picked.muted:
-            return self.picked
+    def _by_order(self, spoke: Member | None = None) -> Member:
+        """Who `order` picks for a line that names nobody (`spoke`: who is speaking now, as if
+        she had just finished)."""
         free = [m for m in self.members if not m.muted] or self.members
         if self.settings.order == "first":
             return free[0]
-        return min(free, key=lambda m: math.inf if m is speaker else m.last_spoke)
+        return min(free, key=lambda m: math.inf if m is spoke else m.last_spoke)
 
     def banter_after(self, speaker: Member, inputs: tuple[InputEvent, ...], spoken: str,
                      now: float, made: InputEvent | None = None) -> InputEvent | None:
