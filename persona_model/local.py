@@ -39,7 +39,7 @@ from runtime.ports import ThreadStream, Worker
 
 log = logging.getLogger(__name__)
 MIN_REUSE = 16  # tokens a prompt must share with the last one for its cache to be reused
-WARM_CHUNK = 64  # tokens `prepare` computes at a time; a generation asked for waits at most one chunk
+WARM_CHUNK = 64  # tokens `prepare` (and an aside prompt) computes at a time: a turn waits at most one chunk
 
 
 class _Stop(StoppingCriteria):
@@ -407,6 +407,8 @@ class LocalPersonaModel:
             try:
                 stats.started_at = time.monotonic()
                 with torch.inference_mode():
+                    if prompt.aside and not self._prefill_aside(kwargs, stream.stop):
+                        return  # its reader left (a turn started): the turn waited one chunk at most
                     out = self.model.generate(**kwargs, return_dict_in_generate=True)
                 if keep and out.past_key_values is not None:
                     cached = int(out.past_key_values.get_seq_length())
@@ -427,6 +429,22 @@ class LocalPersonaModel:
             self._streaming = False
             stats.stopped_early = not finished
             stream.close()
+
+    def _prefill_aside(self, kwargs: dict[str, Any], stop: threading.Event) -> bool:
+        """Compute a prompt off the conversation (reflection's: a thousand tokens, seconds of work
+        in one forward pass) a chunk at a time into `kwargs`' cache, so that a turn starting
+        meanwhile waits one chunk, not the whole prompt; False if its reader left first."""
+        ids = kwargs["input_ids"]
+        cache = DynamicCache(config=self.model.config)
+        done, end = 0, ids.shape[1] - 1  # the last token is generate()'s to compute
+        while done < end:
+            if stop.is_set():
+                return False
+            self.model(input_ids=ids[:, done:min(done + WARM_CHUNK, end)], past_key_values=cache, use_cache=True)
+            done = min(done + WARM_CHUNK, end)
+        if done:
+            kwargs["past_key_values"] = cache
+        return True
 
     def prepare(self, context: PromptContext) -> None:
         """Compute the key/value cache of the start every next prompt will have (the persona, the

@@ -151,6 +151,57 @@ async def test_a_prompt_aside_such_as_reflection_leaves_the_conversations_cache(
     assert model.last_stats.cached_tokens > 100  # the card was not computed again
 
 
+async def test_a_turn_asking_during_a_reflections_long_prompt_waits_one_chunk_not_the_whole_prompt(tiny_model_dir):
+    """Reflection's prompt (a transcript of 40 turns, a thousand tokens) is seconds of work in one
+    forward pass on the bundled model; a viewer speaking meanwhile must not wait for all of it."""
+    import dataclasses
+    import threading
+
+    from persona_model.generation import Sampling
+    from persona_model.local import WARM_CHUNK, LocalPersonaModel
+    from runtime.events import InputEvent, InputKind, Persona, PromptContext
+
+    greedy = Sampling(max_new_tokens=6, temperature=0)
+    model = LocalPersonaModel.load(tiny_model_dir, sampling=greedy)
+    plain = LocalPersonaModel.load(tiny_model_dir, sampling=greedy, prefix_cache=False)
+    card = Persona("Testa", "A cheerful robot who loves puzzles and tea. " * 10)
+    reflecting = Persona("Testa", system_prompt="Look back over the stream and write what you learned.")
+    transcript = " ".join(f"Ada: line {i} about cats and tea." for i in range(60))
+    aside = dataclasses.replace(model.render(PromptContext(reflecting, (
+        InputEvent(InputKind.IDLE, transcript, "reflection", 0.0),))), aside=True)
+    assert model.renderer.count(aside.text) > 4 * WARM_CHUNK
+    # computed a chunk at a time, it says what it says computed whole
+    assert "".join([p async for p in model.stream(aside)]) == "".join(
+        [p async for p in plain.stream(dataclasses.replace(aside, aside=False))])
+
+    sizes: list[int] = []
+    first, go = threading.Event(), threading.Event()
+
+    def hold_the_first_chunk(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        sizes.append(int(kwargs["input_ids"].shape[1]))
+        if len(sizes) == 1:
+            first.set()
+            go.wait(30)
+
+    handle = model.model.register_forward_pre_hook(hold_the_first_chunk, with_kwargs=True)
+
+    async def read(prompt: Any) -> str:
+        return "".join([p async for p in model.stream(prompt)])
+
+    reflection = asyncio.create_task(read(aside))
+    assert await asyncio.to_thread(first.wait, 30)
+    reflection.cancel()  # a turn started: the reflection's reader leaves
+    await asyncio.gather(reflection, return_exceptions=True)
+    go.set()
+    turn = model.render(PromptContext(card, (InputEvent(InputKind.CHAT, "and games?", "test", 0.0, "Ada"),)))
+    reply = await read(turn)
+    handle.remove()
+    assert reply
+    # the reflection computed its first chunk and no more; the next forward pass was the turn's
+    assert sizes[0] == WARM_CHUNK
+    assert sizes[1] == model.last_stats.prompt_tokens - model.last_stats.cached_tokens
+
+
 async def test_in_a_duo_the_next_character_s_turn_is_prepared_while_the_other_speaks(tmp_path, tiny_model_dir):
     from persona_model.generation import Sampling
     from persona_model.local import LocalPersonaModel
