@@ -45,9 +45,11 @@ WARM_CHUNK = 64  # tokens `prepare` (and an aside prompt) computes at a time: a 
 class _Stop(StoppingCriteria):
     def __init__(self, event: threading.Event) -> None:
         self.event = event
+        self.fired = False  # the reader left before the model had finished
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+        self.fired = self.fired or self.event.is_set()
+        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool)
 
 
 class _StreamStreamer(TextStreamer):
@@ -176,6 +178,7 @@ class LocalPersonaModel:
         self.shared_by = 1
         self._weights: str | None = adapter  # what the live adapter is known by in `_kept` (None: base)
         self._hurry = threading.Event()  # a generation is waiting: `prepare`'s work stops
+        self._aside: _Kept | None = None  # an aside prompt (reflection) left unfinished for a turn: resumed from
         self.sliders: Sliders | None = None  # the traits a running character can set (attach_sliders)
         self._traits: dict[str, float] = {}  # the slider settings replies are generated with now
 
@@ -317,6 +320,7 @@ class LocalPersonaModel:
             return
         if now != self._traits:
             self._kept.clear()  # the kept prefixes were computed with the old settings
+            self._aside = None
         self._traits = now
 
     @property
@@ -367,6 +371,7 @@ class LocalPersonaModel:
                         max_new_tokens: int | None = None) -> AsyncGenerator[str, None]:
         # one generation at a time: wait for the last one (it stops within one token) or for
         # `prepare` (it stops within a chunk)
+        asked = time.monotonic()
         if self._worker.busy:
             self._hurry.set()
             await asyncio.to_thread(self._worker.idle)
@@ -378,7 +383,7 @@ class LocalPersonaModel:
         if self._worker.busy:  # slider settings given while the adapter was swapped: taken first
             await asyncio.to_thread(self._worker.idle)
         stream: ThreadStream[str] = ThreadStream()
-        stats = GenerationStats()
+        stats = GenerationStats(asked_at=asked)
         self.last_stats = stats
         streamer = _StreamStreamer(self.tokenizer, stream, stats)
         enc = self.tokenizer(prompt.text, return_tensors="pt", add_special_tokens=False)
@@ -386,7 +391,9 @@ class LocalPersonaModel:
         kwargs = self._generate_kwargs(enc, streamer, stream.stop)
         ids = enc["input_ids"][0].tolist()
         keep = self.prefix_cache and not prompt.aside
-        reuse = self._reusable(ids) if keep else None  # a kept cache, cut to what this prompt shares
+        # a kept cache, cut to what this prompt shares: the conversation's, or for an aside prompt
+        # what its last try computed before a turn took the model
+        reuse = self._reusable(ids) if keep else self._resumable(ids) if self.prefix_cache else None
         weights = self._weights
         if reuse is not None:  # the generation owns it now; it is kept again only if generation ends well
             kwargs["past_key_values"] = reuse.cache
@@ -407,12 +414,17 @@ class LocalPersonaModel:
             try:
                 stats.started_at = time.monotonic()
                 with torch.inference_mode():
-                    if prompt.aside and not self._prefill_aside(kwargs, stream.stop):
+                    if prompt.aside and not self._prefill_aside(kwargs, stream.stop, weights):
                         return  # its reader left (a turn started): the turn waited one chunk at most
                     out = self.model.generate(**kwargs, return_dict_in_generate=True)
-                if keep and out.past_key_values is not None:
-                    cached = int(out.past_key_values.get_seq_length())
-                    self._keep(_Kept(weights, out.sequences[0].tolist()[:cached], out.past_key_values))
+                if out.past_key_values is None:
+                    return
+                kept = _Kept(weights, out.sequences[0].tolist()[:int(out.past_key_values.get_seq_length())],
+                             out.past_key_values)
+                if keep:
+                    self._keep(kept)
+                elif prompt.aside and self.prefix_cache and kwargs["stopping_criteria"][0].fired:
+                    self._aside = kept  # left for a turn: the next try goes on from its last token
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
                 failed = RuntimeError(f"generation failed: {exc}")
                 failed.__cause__ = exc
@@ -430,15 +442,18 @@ class LocalPersonaModel:
             stats.stopped_early = not finished
             stream.close()
 
-    def _prefill_aside(self, kwargs: dict[str, Any], stop: threading.Event) -> bool:
+    def _prefill_aside(self, kwargs: dict[str, Any], stop: threading.Event, weights: str | None) -> bool:
         """Compute a prompt off the conversation (reflection's: a thousand tokens, seconds of work
-        in one forward pass) a chunk at a time into `kwargs`' cache, so that a turn starting
-        meanwhile waits one chunk, not the whole prompt; False if its reader left first."""
+        in one forward pass) a chunk at a time into `kwargs`' cache (or what a last try left there),
+        so that a turn starting meanwhile waits one chunk, not the whole prompt. False if its
+        reader left first: what was computed is kept for the next try."""
         ids = kwargs["input_ids"]
-        cache = DynamicCache(config=self.model.config)
-        done, end = 0, ids.shape[1] - 1  # the last token is generate()'s to compute
+        cache = kwargs["past_key_values"] if "past_key_values" in kwargs else DynamicCache(config=self.model.config)
+        done, end = int(cache.get_seq_length()), ids.shape[1] - 1  # the last token is generate()'s to compute
         while done < end:
             if stop.is_set():
+                if self.prefix_cache and done >= MIN_REUSE:
+                    self._aside = _Kept(weights, ids[0, :done].tolist(), cache)
                 return False
             self.model(input_ids=ids[:, done:min(done + WARM_CHUNK, end)], past_key_values=cache, use_cache=True)
             done = min(done + WARM_CHUNK, end)
@@ -501,6 +516,19 @@ class LocalPersonaModel:
         """Keep a prefix, the most recently used last; past `shared_by`, the oldest goes."""
         self._kept.append(kept)
         del self._kept[:-max(1, self.shared_by)]
+
+    def _resumable(self, ids: list[int]) -> _Kept | None:
+        """What the last try of an aside prompt computed, taken out and cut to what `ids` shares
+        with it (reflection tries again on the same turns, with the text it had written), or None."""
+        found, self._aside = self._aside, None
+        if found is None or found.weights != self._weights:
+            return None
+        shared = min(_shared(found.ids, ids), len(ids) - 1)
+        if shared < MIN_REUSE:
+            return None
+        if shared < found.cache.get_seq_length():
+            found.cache.crop(shared - found.cache.get_seq_length())
+        return found
 
     def _reusable(self, ids: list[int]) -> _Kept | None:
         """The kept cache, taken out, cut to the longest prefix this prompt shares with what it

@@ -4,7 +4,9 @@ episode summary, facts, and thoughts of its own. They become memories like any o
 ids of the turns they came from.
 
 It never sits on a live turn's path: it starts only when the director is free, and the moment an
-input arrives it stops (the model stops within one token) and tries again later.
+input arrives it stops (the model stops within one token, or one chunk of its prompt) and tries
+again later, on the same turns, going on from what it had written: on a busy channel each quiet
+moment takes it further, where starting over would never finish.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class Reflector:
         self.settings = settings
         self.done = 0  # reflections written
         self.abandoned = 0  # reflections stopped because a turn started
+        self._resume: tuple[Sequence[LoggedTurn], str] | None = None  # the turns and the text a stopped try had
 
     def _due(self, turns: Sequence[LoggedTurn]) -> bool:
         s = self.settings
@@ -114,7 +117,10 @@ class Reflector:
             try:
                 if not self.busy():  # read while a turn runs, the list would miss it when it ends
                     turns = await self.log.unreflected(self.settings.max_turns)
-                    if self._due(turns) and not self.busy():
+                    resume, self._resume = self._resume, None
+                    if resume is not None and turns and resume[0][0].turn_id == turns[0].turn_id and not self.busy():
+                        await self.reflect(*resume)  # the turns it was stopped on, from where it was
+                    elif self._due(turns) and not self.busy():
                         await self.reflect(turns)
             except asyncio.CancelledError:
                 raise
@@ -122,22 +128,24 @@ class Reflector:
                 log.exception("reflection failed; will try again later")
             await asyncio.sleep(self.settings.poll_s)
 
-    async def reflect(self, turns: Sequence[LoggedTurn]) -> bool:
-        """Reflect on these turns; False if a turn started meanwhile (nothing is written)."""
+    async def reflect(self, turns: Sequence[LoggedTurn], written: str = "") -> bool:
+        """Reflect on these turns (going on after `written`, what a stopped try wrote); False if a
+        turn started meanwhile: nothing is stored, and the next try goes on from there."""
         persona = Persona(self.persona.name, self.persona.description, self.persona.personality,
                           system_prompt=INSTRUCTIONS.format(name=self.persona.name), source=self.persona.source)
         while True:
             event = InputEvent(InputKind.IDLE, transcript(turns, self.persona.name), "reflection",
                                self.clock.now(), priority=Priority.LOW)
             try:
-                # aside: the conversation's cached start is kept for the next reply
-                prompt = dataclasses.replace(self.model.render(PromptContext(persona, (event,))), aside=True)
+                prompt = self.model.render(PromptContext(persona, (event,)))
                 break
             except ValueError:  # too long for the model: the older half now, the rest next time
                 if len(turns) == 1:
                     raise
                 turns = turns[: len(turns) // 2]
-        pieces: list[str] = []
+        # aside: the conversation's cached start is kept for the next reply
+        prompt = dataclasses.replace(prompt, text=prompt.text + written, aside=True)
+        pieces: list[str] = [written]
 
         async def generate() -> None:
             stream = self.model.stream(prompt)
@@ -161,6 +169,7 @@ class Reflector:
             await asyncio.gather(writing, watching, return_exceptions=True)
         if watching.done() and not watching.cancelled():
             self.abandoned += 1
+            self._resume = (turns, "".join(pieces))
             log.info("reflection stopped: a turn started", extra={"turns": len(turns)})
             return False
         writing.result()  # a model error ends this reflection (logged by run)

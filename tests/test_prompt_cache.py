@@ -6,6 +6,7 @@ next turn's prompt and is not computed again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,20 @@ async def test_a_turn_asking_during_a_reflections_long_prompt_waits_one_chunk_no
     # the reflection computed its first chunk and no more; the next forward pass was the turn's
     assert sizes[0] == WARM_CHUNK
     assert sizes[1] == model.last_stats.prompt_tokens - model.last_stats.cached_tokens
+
+    # tried again, it goes on from that chunk; stopped while writing, it goes on after its words
+    whole = "".join([p async for p in plain.stream(dataclasses.replace(aside, aside=False))])
+    words: list[str] = []
+    async with contextlib.aclosing(model.stream(aside)) as stream:
+        async for piece in stream:
+            words.append(piece)
+            if len(words) == 2:
+                break
+    assert model.last_stats.cached_tokens == WARM_CHUNK
+    written = "".join(words)
+    rest = "".join([p async for p in model.stream(dataclasses.replace(aside, text=aside.text + written))])
+    assert model.last_stats.cached_tokens >= model.last_stats.prompt_tokens - 2  # nothing computed twice
+    assert (written + rest).startswith(whole)  # the same words (a try may write max_new_tokens more)
 
 
 async def test_in_a_duo_the_next_character_s_turn_is_prepared_while_the_other_speaks(tmp_path, tiny_model_dir):

@@ -1,6 +1,6 @@
 """Reflection: after N turns the character looks back over them with its own model, in the
 background, and what it writes becomes memories with the turns they came from. A viewer who speaks
-meanwhile is answered at once: the reflection stops and is done again later."""
+meanwhile is answered at once: the reflection stops, and goes on from there later."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ REFLECTION = ("Episode: Ada told me about her cat Miso and we talked about ramen
 
 class ThoughtfulModel:
     """Replies quickly to chat; reflects slowly (a word every 30 ms), so a reflection is still
-    running when the next viewer speaks. Records what happened, in order."""
+    running when the next viewer speaks; given its own words back after the prompt, it goes on
+    after them, as a language model does. Records what happened, in order."""
 
     name = "thoughtful"
     adapter = None
@@ -30,11 +31,15 @@ class ThoughtfulModel:
     def __init__(self) -> None:
         self.events: list[str] = []
         self.reflection_prompts: list[str] = []
+        self.rendered: list[str] = []  # what render made of reflection contexts
+        self.words = 0  # reflection words written, all tries
 
     def render(self, context: PromptContext) -> Prompt:
         msgs = (ChatMessage("system", context.persona.system_prompt or context.persona.name),
                 ChatMessage("user", input_text(context.inputs)))
         text = "\n".join(f"{m.role}: {m.content}" for m in msgs)
+        if "Look back on it" in text:
+            self.rendered.append(text)
         return Prompt(text, msgs, len(text.split()))
 
     async def aclose(self) -> None:
@@ -46,10 +51,16 @@ class ThoughtfulModel:
             self.reflection_prompts.append(prompt.text)
         self.events.append("reflection started" if reflecting else "reply started")
         words = (REFLECTION + " padding" * 60).split(" ") if reflecting else ["Oh", " nice.", " Tell", " me", " more!"]
+        if reflecting:  # after its own words from a try that was stopped
+            written = next(prompt.text[len(r):] for r in self.rendered if prompt.text.startswith(r))
+            while written:
+                assert written.startswith(words[0] + " "), "a reflection goes on from its own words"
+                written = written[len(words.pop(0)) + 1:]
         finished = False
         try:
             for word in words:
                 await asyncio.sleep(0.03 if reflecting else 0.001)
+                self.words += reflecting
                 yield word + " " if reflecting else word
             finished = True
         finally:
@@ -69,6 +80,7 @@ async def test_reflection_runs_between_turns_and_gives_way_to_a_viewer(tmp_path)
         assert "Ada: my cat is called Miso" in model.reflection_prompts[0]
         assert "Testa: Oh nice. Tell me more!" in model.reflection_prompts[0]
 
+        await until(lambda: model.words >= 4)
         say(app, "are you still there?", author="Cy")  # mid-reflection
         await until(lambda: len(records) == 4)
         assert records[3].status is TurnStatus.COMPLETE
@@ -79,6 +91,9 @@ async def test_reflection_runs_between_turns_and_gives_way_to_a_viewer(tmp_path)
 
         await until(lambda: app.reflector.done == 1, timeout=60)  # tried again once the director was free
         assert model.events[-1] == "reflection finished"
+        # on the same three turns, going on from what it had written: nothing computed twice
+        stopped, resumed = model.reflection_prompts
+        assert resumed.startswith(stopped) and len(resumed) > len(stopped) and "Cy:" not in resumed
 
     rows = db_rows(app, "SELECT kind, text, source, importance, source_turns FROM memories"
                         " WHERE source = 'reflection' ORDER BY id")
@@ -89,8 +104,11 @@ async def test_reflection_runs_between_turns_and_gives_way_to_a_viewer(tmp_path)
         ("reflection", "I like how cosy chat was tonight."),
     ]
     turn_ids = [r[0] for r in db_rows(app, "SELECT id FROM turns ORDER BY started_at")]
-    assert all(json.loads(r[4]) == turn_ids for r in rows)  # all four turns, the interrupting one too
-    assert db_rows(app, "SELECT value FROM state WHERE key = 'reflected_until'")
+    assert all(json.loads(r[4]) == turn_ids[:3] for r in rows)  # the three it looked back on
+    # the interrupting one waits for the next reflection
+    [(upto,)] = db_rows(app, "SELECT value FROM state WHERE key = 'reflected_until'")
+    [(third,)] = db_rows(app, f"SELECT started_at FROM turns WHERE id = '{turn_ids[2]}'")
+    assert float(upto) == third
 
 
 def test_reflections_that_follow_no_format_are_kept_as_one_episode():
