@@ -97,9 +97,10 @@ class TimedSynth:
             yield chunk
 
 
-def model_time_to_first_sentence(stats) -> float:  # noqa: ANN001
-    """Seconds from generate() to the decoded piece that completed the first sentence."""
-    cutter = SentenceCutter("m", FIRST_MIN, MAX_CHARS)
+def model_time_to_first_sentence(stats, first_min: int = FIRST_MIN, max_chars: int = MAX_CHARS) -> float:  # noqa: ANN001
+    """Seconds from generate() to the decoded piece that completed the first sentence, cut as the
+    runtime cuts it (its turn.first_sentence_min_chars and turn.max_sentence_chars)."""
+    cutter = SentenceCutter("m", first_min, max_chars)
     for when, piece in stats.pieces:
         if cutter.feed(piece):
             return when - stats.started_at

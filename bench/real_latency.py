@@ -106,11 +106,15 @@ async def whole_synthesis(synth: Any, text: str) -> float:
 
 
 async def measure(model: LocalPersonaModel, timed: TimedModel, synth: TimedSynth, recall: TimedRecall,
-                  rec: TurnRecord, stats: GenerationStats, extra: dict[str, float]) -> dict[str, float]:
+                  rec: TurnRecord, stats: GenerationStats, extra: dict[str, float],
+                  cuts: tuple[int, int]) -> dict[str, float]:
     """One trial's stages (seconds since the input arrived: the line, or the end of speech) and
     the whole-reply pipeline for the same prompt."""
     t = rec.timings
-    e_model = model_time_to_first_sentence(stats)
+    # cut where the runtime cut it: the configured lengths (the stripped bench's 60 characters
+    # would end the first sentence earlier than the runtime did, and the difference would pass
+    # for overhead)
+    e_model = model_time_to_first_sentence(stats, *cuts)
     first_seq = min(seq for (turn, seq) in synth.first_chunk if turn == rec.turn_id)
     e_tts = synth.first_chunk[(rec.turn_id, first_seq)]
     e_recall = recall.seconds[-1]
@@ -119,7 +123,17 @@ async def measure(model: LocalPersonaModel, timed: TimedModel, synth: TimedSynth
     b_gen = await asyncio.to_thread(whole_reply, model, rec.prompt, max(stats.new_tokens, 1))
     b_tts = await whole_synthesis(synth.inner, rec.spoken_text)
     ready = t[Stage.PROMPT_READY]  # recall and render: the same for both pipelines
-    return {
+    # the overhead, in four parts that add up to it: before the model is asked (the input's
+    # commit, the turn's record, thread hops), waiting for the model (a reflection's chunk, a
+    # prompt being prepared), from the model's first sentence to the runtime's (the cutter,
+    # moderation), and from there to the first audio besides the voice's own work (queues, sinks)
+    arrived = min(e.received_at for e in rec.inputs)  # what the stages count from
+    asked, started = stats.asked_at - arrived, stats.started_at - arrived
+    parts = {"overhead_before_model": asked - e_recall - timed.render_s - sum(extra.values()),
+             "overhead_waiting_for_model": started - asked,
+             "overhead_to_sentence": t[Stage.FIRST_SENTENCE] - (started + e_model),
+             "overhead_after_sentence": t[Stage.FIRST_AUDIO] - t[Stage.FIRST_SENTENCE] - e_tts}
+    return {**parts,
         **extra, "prompt_ready": ready, "first_token": t[Stage.FIRST_TOKEN],
         "first_sentence": t[Stage.FIRST_SENTENCE], "first_audio": t[Stage.FIRST_AUDIO],
         "engine_recall": e_recall, "engine_render": timed.render_s, "engine_model": e_model, "engine_tts": e_tts,
@@ -128,6 +142,10 @@ async def measure(model: LocalPersonaModel, timed: TimedModel, synth: TimedSynth
         "whole_generation": b_gen, "whole_tts": b_tts, "whole_first_audio": ready + b_gen + b_tts,
         "prompt_tokens": stats.prompt_tokens, "cached_tokens": stats.cached_tokens, "new_tokens": stats.new_tokens,
     }
+
+
+def cuts(config: Config) -> tuple[int, int]:
+    return config.turn.first_sentence_min_chars, config.turn.max_sentence_chars
 
 
 def instrument(app: App, model: LocalPersonaModel) -> tuple[TimedModel, TimedSynth, TimedRecall, list[Any]]:
@@ -154,7 +172,7 @@ async def typed_trials(config: Config, model: LocalPersonaModel, trials: int) ->
         while len(records) == n:
             await asyncio.sleep(0.005)
         if i:
-            rows.append(await measure(model, timed, synth, recall, *records[-1], {}))
+            rows.append(await measure(model, timed, synth, recall, *records[-1], {}, cuts(config)))
     app.director.stop()
     await runner
     await app.aclose()
@@ -182,7 +200,7 @@ async def spoken_trials(config: Config, model: LocalPersonaModel, trials: int, w
         silence = heard.meta["decided_at"] - heard.received_at  # end_of_speech_s of silence
         stt_tail = heard.meta["transcribed_at"] - heard.meta["decided_at"]
         rows.append(await measure(model, timed, synth, recall, rec, stats,
-                                  {"silence_wait": silence, "stt_after_silence": stt_tail}))
+                                  {"silence_wait": silence, "stt_after_silence": stt_tail}, cuts(config)))
         rows[-1]["transcript_ready"] = silence + stt_tail
     app.director.stop()
     await runner
@@ -196,6 +214,11 @@ def report(title: str, rows: list[dict[str, float]], stages: tuple[str, ...], en
     print(f"\n{title}: {len(rows)} trials; prompts of {min(r['prompt_tokens'] for r in rows):.0f}-"
           f"{max(r['prompt_tokens'] for r in rows):.0f} tokens ({cached:.0%} from the prefix cache);"
           f" replies of {min(r['new_tokens'] for r in rows):.0f}-{max(r['new_tokens'] for r in rows):.0f} tokens")
+    for i, r in enumerate(rows, 1):  # what a slow trial had that the others did not
+        print(f"  trial {i:2}: prompt {r['prompt_tokens']:.0f} tokens, {r['cached_tokens']:.0f} cached;"
+              f" first token {r['first_token'] * 1000:.0f} ms, first audio {r['first_audio'] * 1000:.0f} ms,"
+              f" overhead {r['overhead'] * 1000:.1f} ms (waiting for the model"
+              f" {r['overhead_waiting_for_model'] * 1000:.1f})")
     print(f"  {'stage (ms)':40} {'median':>8} {'p90':>8}")
     for key in stages:
         print(f"  streamed {key:31} {med(key):8.1f} {p90(key):8.1f}")
@@ -203,6 +226,9 @@ def report(title: str, rows: list[dict[str, float]], stages: tuple[str, ...], en
     for key in engines:
         print(f"    {key:38} {med(key):8.1f} {p90(key):8.1f}")
     print(f"    {'runtime overhead':38} {med('overhead'):8.1f} {p90('overhead'):8.1f}")
+    for key in ("overhead_before_model", "overhead_waiting_for_model", "overhead_to_sentence",
+                "overhead_after_sentence"):
+        print(f"      {key.removeprefix('overhead_').replace('_', ' '):36} {med(key):8.1f} {p90(key):8.1f}")
     print(f"    {'runtime overhead, recall counted in it':38} {med('overhead_with_recall'):8.1f}"
           f" {p90('overhead_with_recall'):8.1f}")
     print("  whole-reply pipeline (generate all, synthesize all, then play), same prompts")

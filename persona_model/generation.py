@@ -25,5 +25,6 @@ class GenerationStats:
     prepared_tokens: int = 0  # of those, computed ahead by `prepare` (while the last reply was spoken)
     new_tokens: int = 0
     stopped_early: bool = False  # the stream was closed before the model finished
+    asked_at: float = 0.0  # when the stream was asked for; until started_at it waited for the model
     started_at: float = 0.0  # just before generate() was called, in the worker thread
     pieces: list[tuple[float, str]] = field(default_factory=list)  # (when decoded, text)

@@ -121,7 +121,8 @@ class ServerPersonaModel:
     async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
         self._check_down()
         body = await self._body(prompt, stream=True)
-        stats = GenerationStats(prompt_tokens=prompt.tokens, started_at=time.monotonic())
+        now = time.monotonic()
+        stats = GenerationStats(prompt_tokens=prompt.tokens, asked_at=now, started_at=now)
         self.last_stats = stats
         client = self._http()
         response: httpx.Response | None = None
