@@ -1,10 +1,12 @@
-"""A night live, compressed: the whole runtime (real SQLite file, real avatar and game servers on
-127.0.0.1, espeak-ng, the tiny model, silent speakers pacing in real time) driven for a while
-with mixed load, while its health is sampled.
+"""A night live, compressed: the whole runtime as config.toml builds it (the bundled
+SmolLM2-135M-Instruct, the Piper voice, recall by MiniLM, history, reflection; a real SQLite file,
+real avatar and game servers on 127.0.0.1, silent speakers pacing in real time) driven for a
+while with mixed load, while its health is sampled. `--tiny` runs the stripped configuration
+instead: the tiny model, espeak-ng, recall by words, reflection every 8 turns.
 
 Load: chat from 60 viewers at a streaming rate (0.5 lines a second, Poisson) with a flood of 300
 lines every 5 minutes (a quarter of the run, if shorter); a game (the Python game SDK, over the real socket) that keeps an action
-registered, sends context, and forces an action every 45 s; memory reflection every 8 turns; a new
+registered, sends context, and forces an action every 45 s; memory reflection as configured; a new
 adapter version activated every 10 minutes (a third of the run, if shorter) (swapped in live between turns); avatar clients
 connecting, listening a while and leaving, and one that never reads (dropped as too slow).
 
@@ -13,7 +15,8 @@ sample, the process's RSS and open file descriptors, and errors logged. At the e
 row counts against the inputs sent (every input must be stored), and whether RSS or descriptors
 grew after warm-up (the first fifth of the run).
 
-    python bench/soak.py                   # 30 minutes
+    python bench/soak.py                   # 30 minutes, the shipped config.toml
+    python bench/soak.py --tiny            # the stripped configuration (tiny model, no embedder)
     python bench/soak.py --minutes 5       # a quick one
     python bench/soak.py --trace           # also: what Python allocated after warm-up, by line
     python bench/soak.py --default-arenas  # without the malloc arena cap `omoide run` sets
@@ -48,11 +51,14 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from persona_model import tiny  # noqa: E402
-from persona_model.adapters import AdapterRegistry  # noqa: E402
 from runtime.app import build  # noqa: E402
-from runtime.config import load  # noqa: E402
+from runtime.config import Config, load  # noqa: E402
 from runtime.events import InputEvent, InputKind, Stage, TurnRecord  # noqa: E402
 from runtime.heap import cap_malloc_arenas, heap_bytes, keep_heap_trimmed, trim_heap  # noqa: E402
+from runtime.models import adapter_registry, base_of, model_path  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from replies import bench_config  # noqa: E402
 
 
 class Errors(logging.Handler):
@@ -79,7 +85,16 @@ def pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def write_config(folder: Path, model: Path) -> Path:
+def shipped(path: Path, folder: Path) -> Config:
+    """config.toml as a user runs it; only what must differ on a bench machine changes: the files
+    in `folder`, silent speakers, the servers on free ports, the game API on."""
+    return bench_config(path, folder, avatar={"enabled": True, "port": 0, "control_token_file":
+                                              str(folder / "avatar_control.token")},
+                        game={"enabled": True, "port": 0, "result_timeout_s": 10.0},
+                        sliders={"file": str(folder / "sliders.json"), "cache": str(folder / "steering")})
+
+
+def stripped(folder: Path, model: Path) -> Config:
     path = folder / "config.toml"
     path.write_text(f"""
 [persona]
@@ -108,7 +123,7 @@ every_turns = 8
 [learning]
 adapters = "{folder / 'adapters'}"
 """)
-    return path
+    return load(path, env={})
 
 
 def new_adapter(base: Path, out: Path, seed: int) -> Path:
@@ -122,8 +137,9 @@ def new_adapter(base: Path, out: Path, seed: int) -> Path:
 
 
 class Load:
-    def __init__(self, app: Any, seconds: float) -> None:
+    def __init__(self, app: Any, seconds: float, name: str) -> None:
         self.app = app
+        self.name = name
         self.seconds = seconds
         self.sent: list[str] = []  # ids of inputs submitted
         self.stop = asyncio.Event()
@@ -145,10 +161,10 @@ class Load:
     async def chat(self) -> None:
         rng = random.Random(1)
         lines = ["hi {n}!", "what are you playing?", "do you like cats?", "my favourite food is ramen",
-                 "how was your day?", "Soaky, sing a song!", "lol", "what is your name?", "I just got home"]
+                 "how was your day?", f"{self.name}, sing a song!", "lol", "what is your name?", "I just got home"]
         while not self.stop.is_set():
             await self.nap(rng.expovariate(0.5))
-            self.say(rng.choice(lines).format(n=rng.randint(1, 99)), rng.randint(1, 60))
+            self.say(rng.choice(lines).replace("{n}", str(rng.randint(1, 99))), rng.randint(1, 60))
             self.counts["chat"] += 1
 
     async def floods(self) -> None:
@@ -215,8 +231,8 @@ class Load:
                 pass
             self.counts["slow_dropped"] += 1
 
-    async def adapters(self, base: Path, folder: Path) -> None:
-        reg = AdapterRegistry(folder / "adapters")
+    async def adapters(self, base: Path, folder: Path, config: Config) -> None:
+        reg = adapter_registry(config)
         n = 0
         while not self.stop.is_set():
             await self.nap(min(600.0, self.seconds / 3))
@@ -224,19 +240,29 @@ class Load:
                 break
             n += 1
             out = await asyncio.to_thread(new_adapter, base, folder / f"adapter{n}", n)
-            version = reg.register(out, parent=None, window=f"w{n:04d}", base=str(base), passed=True, metrics={})
+            version = reg.register(out, parent=None, window=f"w{n:04d}", base=base_of(config), passed=True,
+                                   metrics={})
             reg.activate(version.version)
             self.counts["adapters"] += 1
 
 
-async def soak(minutes: float, sample_s: float, trace: bool = False, trim: bool = True) -> None:
+async def soak(minutes: float, sample_s: float, config_path: Path | None, trace: bool = False,
+               trim: bool = True) -> None:
     errors = Errors()
     logging.getLogger().addHandler(errors)
     logging.getLogger().setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        base = tiny.build(folder / "tiny")
-        app = await build(load(write_config(folder, base), env={}), console=False)
+        if config_path is None:
+            base = tiny.build(folder / "tiny")
+            config = stripped(folder, base)
+        else:
+            config = shipped(config_path, folder)
+            base = model_path(config)
+        print(f"configuration: {config_path or 'stripped (--tiny)'}; model {base}; embedder"
+              f" {config.memory.embedding_model}; voice {config.tts.engine}; reflection every"
+              f" {config.memory.reflection.every_turns} turns", flush=True)
+        app = await build(config, console=False)
         # only what is measured is kept (holding every TurnRecord would itself grow the heap)
         firsts_all: list[float] = []
         done = {"turns": 0}
@@ -251,9 +277,9 @@ async def soak(minutes: float, sample_s: float, trace: bool = False, trim: bool 
             app.director.background = tuple(j for j in app.director.background if j is not keep_heap_trimmed)
         director = asyncio.create_task(app.director.run(), name="director")
         seconds = minutes * 60
-        load_ = Load(app, seconds)
+        load_ = Load(app, seconds, app.director.cast.persona.name)
         tasks = [asyncio.create_task(t) for t in (load_.chat(), load_.floods(), load_.game(), load_.avatars(),
-                                                   load_.slow_avatar(), load_.adapters(base, folder))]
+                                                   load_.slow_avatar(), load_.adapters(base, folder, config))]
         samples: list[dict[str, Any]] = []
         started = time.monotonic()
         if trace:
@@ -295,7 +321,7 @@ async def soak(minutes: float, sample_s: float, trace: bool = False, trim: bool 
         await app.memory.flush()
         swaps = len(getattr(app.director.cast.model, "swaps", []))
         await app.aclose()
-        db = sqlite3.connect(folder / "omoide.db")
+        db = sqlite3.connect(config.path(config.memory.database))
         stored = {i for (i,) in db.execute("SELECT id FROM inputs")}
         statuses = dict(db.execute("SELECT status, COUNT(*) FROM turns GROUP BY status").fetchall())
         memories = db.execute("SELECT COUNT(*) FROM memories").fetchone()[0]
@@ -327,6 +353,9 @@ async def soak(minutes: float, sample_s: float, trace: bool = False, trim: bool 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--config", type=Path, default=ROOT / "config.toml", help="the configuration soaked")
+    ap.add_argument("--tiny", action="store_true",
+                    help="the stripped configuration: the tiny model, espeak-ng, no embedding model")
     ap.add_argument("--sample-s", type=float, default=30.0)
     ap.add_argument("--trace", action="store_true", help="trace Python allocations (slower)")
     ap.add_argument("--default-arenas", action="store_true",
@@ -336,7 +365,8 @@ def main() -> None:
     args = ap.parse_args()
     capped = False if args.default_arenas else cap_malloc_arenas()  # first, as `omoide run` does
     print(f"malloc arenas: {'capped at 2' if capped else os.environ.get('MALLOC_ARENA_MAX', 'default')}")
-    asyncio.run(soak(args.minutes, args.sample_s, args.trace, trim=not args.no_trim))
+    asyncio.run(soak(args.minutes, args.sample_s, None if args.tiny else args.config, args.trace,
+                     trim=not args.no_trim))
 
 
 if __name__ == "__main__":
