@@ -65,6 +65,10 @@ class ReflectionSettings:
 
 
 LOOSE_MAX = 300  # characters of output that follows no format still kept, as one episode
+# characters a reflection writes at most, over all its tries: each try may write the model's
+# max_new_tokens (160 by default, about 600 characters), and one stopped and resumed many times
+# would otherwise ramble on
+WRITTEN_MAX = 800
 
 
 def parse(text: str, turns: Sequence[LoggedTurn]) -> list[NewMemory]:
@@ -149,9 +153,13 @@ class Reflector:
 
         async def generate() -> None:
             stream = self.model.stream(prompt)
+            written_chars = len(written)
             try:
                 async for piece in stream:
                     pieces.append(piece)
+                    written_chars += len(piece)
+                    if written_chars >= WRITTEN_MAX:
+                        break
             finally:
                 await stream.aclose()  # the model stops within one token
 

@@ -111,6 +111,37 @@ async def test_reflection_runs_between_turns_and_gives_way_to_a_viewer(tmp_path)
     assert float(upto) == third
 
 
+async def test_a_reflection_stopped_and_resumed_again_and_again_still_ends():
+    """Each try may write a whole reply's worth; resumed after every line on a busy channel, a
+    small model that never stops by itself would write on for as long as the stream lasts."""
+    from runtime.events import LoggedTurn, Persona
+    from runtime.ports import MonotonicClock
+    from runtime.reflection import WRITTEN_MAX, Reflector
+
+    class Rambler(ThoughtfulModel):
+        async def stream(self, prompt: Prompt) -> AsyncGenerator[str, None]:
+            self.reflection_prompts.append(prompt.text)
+            for i in range(200):  # never a stop of its own
+                self.words += 1
+                yield f"Fact: Ada has a cat called Miso number {i}.\n"
+
+    class Log:
+        async def unreflected(self, limit: int) -> list[LoggedTurn]:
+            return []
+
+        async def reflected(self, until: LoggedTurn, memories: list) -> None:
+            self.memories = memories
+
+    model, log = Rambler(), Log()
+    reflector = Reflector(model, log, Persona("Testa", "A test character."), MonotonicClock(), lambda: False)
+    written = "".join(f"Fact: Bo plays the cello number {i}.\n" for i in range(15))  # earlier tries' words
+    assert await reflector.reflect([LoggedTurn("t1", 0.0, "Ada: my cat is Miso", "Nice!")], written)
+    assert model.reflection_prompts[0].endswith(written)  # it went on after them
+    line = len("Fact: Ada has a cat called Miso number 10.\n")
+    assert model.words == -(-(WRITTEN_MAX - len(written)) // line)  # and stopped at the cap, not at 200 lines
+    assert len(log.memories) == 15 + model.words
+
+
 def test_reflections_that_follow_no_format_are_kept_as_one_episode():
     assert [(m.kind, m.text) for m in parse("- episode: We sang.\nFACT:  Bo likes  jazz.\nfact: Bo likes jazz.", [])] == [
         ("episode", "We sang."), ("fact", "Bo likes jazz.")]
