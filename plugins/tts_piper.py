@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import onnxruntime
 from huggingface_hub import hf_hub_download
 from piper import PiperVoice, SynthesisConfig
+from piper.config import PiperConfig
 
 from plugins.audio import SynthesizerError, ThreadedVoice, chunk_bytes, rechunk
 from runtime.events import AudioChunk, Sentence
@@ -42,6 +45,18 @@ def pull_piper_voice(voice: str, models_dir: Path) -> Path:
     return models_dir / "piper" / sub
 
 
+def load_voice(voice: Path, config: Path) -> PiperVoice:
+    """PiperVoice.load, with onnxruntime's CPU memory arena off. The arena keeps the buffers of
+    the longest sentence it has spoken and grows in doublings: one 220-character sentence left
+    1.1 GB held for good, and a soak of the default configuration stepped up 800 MB in 25 minutes.
+    Without it each sentence's buffers are freed (a 60-character sentence is about 7% slower to
+    synthesize, a 220-character one 25%: still over ten times faster than it is spoken)."""
+    options = onnxruntime.SessionOptions()
+    options.enable_cpu_mem_arena = False
+    session = onnxruntime.InferenceSession(str(voice), sess_options=options, providers=["CPUExecutionProvider"])
+    return PiperVoice(session=session, config=PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8"))))
+
+
 class PiperSynthesizer:
     """Implements the Synthesizer port with piper-tts on a worker thread.
 
@@ -59,7 +74,7 @@ class PiperSynthesizer:
                 " or point tts.piper.voice at a local .onnx file"
             )
         try:
-            self.voice = PiperVoice.load(voice, config_path=config)
+            self.voice = load_voice(voice, config)
         except Exception as exc:  # noqa: BLE001 - a broken voice file is the user's to fix
             raise SynthesizerError(f"piper voice {voice} cannot be loaded: {exc}") from None
         self.config = SynthesisConfig(speaker_id=speaker, length_scale=length_scale)
