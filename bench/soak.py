@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import logging
+import multiprocessing
 import os
 import random
 import resource
@@ -75,6 +76,14 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_file_mb() -> float:
+    """The part of RSS that is files mapped in (model weights read through mmap, libraries)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def fds() -> int:
@@ -127,13 +136,23 @@ adapters = "{folder / 'adapters'}"
 
 
 def new_adapter(base: Path, out: Path, seed: int) -> Path:
+    """A LoRA for `base`, made in another process (as `omoide train` makes them): loading a second
+    copy of the model here would be the soak's own memory, not the runtime's."""
+    child = multiprocessing.get_context("spawn").Process(target=_make_adapter, args=(base, out, seed))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"making adapter {out} failed ({child.exitcode})")
+    return out
+
+
+def _make_adapter(base: Path, out: Path, seed: int) -> None:
     torch.manual_seed(seed)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules="all-linear"))
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
     model.save_pretrained(out)
-    return out
 
 
 class Load:
@@ -287,7 +306,7 @@ async def soak(minutes: float, sample_s: float, config_path: Path | None, trace:
         warm_snapshot: tracemalloc.Snapshot | None = None
         seen = 0
         print(f"soak: {minutes:g} minutes; a sample every {sample_s:g} s", flush=True)
-        print(f"{'min':>6}{'turns':>7}{'first audio p50':>17}{'p99':>9}{'RSS MB':>9}{'heap used':>10}{'free':>6}"
+        print(f"{'min':>6}{'turns':>7}{'first audio p50':>17}{'p99':>9}{'RSS MB':>9}{'of files':>9}{'heap used':>10}{'free':>6}"
               f"{'fds':>6}{'errors':>8}", flush=True)
         while (elapsed := time.monotonic() - started) < seconds:
             await asyncio.sleep(min(sample_s, seconds - elapsed))
@@ -297,14 +316,15 @@ async def soak(minutes: float, sample_s: float, config_path: Path | None, trace:
             firsts = firsts_all[seen:]
             seen = len(firsts_all)
             sample = {"min": (time.monotonic() - started) / 60, "turns": done["turns"], "p50": pct(firsts, 0.5),
-                      "p99": pct(firsts, 0.99), "rss": rss_mb(), "fds": fds(), "errors": len(errors.seen)}
+                      "p99": pct(firsts, 0.99), "rss": rss_mb(), "file": rss_file_mb(), "fds": fds(),
+                      "errors": len(errors.seen)}
             used, free = heap_bytes() or (0, 0)  # what glibc's malloc has handed out, and holds free
             sample.update(used=used / 2**20, free=free / 2**20)
             samples.append(sample)
             if trace and warm_snapshot is None and sample["min"] >= minutes / 5:
                 warm_snapshot = tracemalloc.take_snapshot()
             print(f"{sample['min']:>6.1f}{sample['turns']:>7}{sample['p50']:>15.0f}ms{sample['p99']:>7.0f}ms"
-                  f"{sample['rss']:>9.1f}{sample['used']:>10.1f}{sample['free']:>6.1f}{sample['fds']:>6}"
+                  f"{sample['rss']:>9.1f}{sample['file']:>9.1f}{sample['used']:>10.1f}{sample['free']:>6.1f}{sample['fds']:>6}"
                   f"{sample['errors']:>8}", flush=True)
         if warm_snapshot is not None:
             grown = tracemalloc.take_snapshot().compare_to(warm_snapshot, "traceback")
@@ -335,7 +355,7 @@ async def soak(minutes: float, sample_s: float, config_path: Path | None, trace:
         print(f"chat inputs sent {len(load_.sent)}, stored {len(load_.sent) - len(lost)}, lost {len(lost)}")
         print(f"turns {done['turns']}; first audio p50 {pct(firsts_all, 0.5):.0f} ms, p99 {pct(firsts_all, 0.99):.0f} ms")
         print(f"after warm-up ({warm[0]['min']:.1f} min on): RSS {warm[0]['rss']:.1f} -> {warm[-1]['rss']:.1f} MB"
-              f" (max {max(s['rss'] for s in warm):.1f}), fds {warm[0]['fds']} -> {warm[-1]['fds']}"
+              f" (max {max(s['rss'] for s in warm):.1f}; of files {warm[0]['file']:.1f} -> {warm[-1]['file']:.1f}), fds {warm[0]['fds']} -> {warm[-1]['fds']}"
               f" (max {max(s['fds'] for s in warm)}); heap in use {warm[0]['used']:.1f} -> {warm[-1]['used']:.1f} MB")
         took = time.perf_counter()
         trim_heap()
