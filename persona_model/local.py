@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from runtime.ports import ThreadStream, Worker
 
 log = logging.getLogger(__name__)
 MIN_REUSE = 16  # tokens a prompt must share with the last one for its cache to be reused
-WARM_CHUNK = 64  # tokens `prepare` (and an aside prompt) computes at a time: a turn waits at most one chunk
+WARM_CHUNK = 64  # tokens `prepare` (and an aside prompt) computes at a time: one layer of it is what a turn waits
 
 
 class _Stop(StoppingCriteria):
@@ -50,6 +50,59 @@ class _Stop(StoppingCriteria):
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         self.fired = self.fired or self.event.is_set()
         return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool)
+
+
+class _Aborted(Exception):
+    """A forward pass stopped between two decoder layers (see _Brake)."""
+
+
+class _Brake:
+    """Stops work that may be cut short (an aside prompt such as reflection's, `prepare`'s
+    chunks) between two decoder layers, not at the end of its forward pass: a turn that wants the
+    model waits for one layer (a millisecond or two on the bundled model), not a token or a chunk.
+    A forward pre-hook on every decoder layer; the model holds it, not the LocalPersonaModel."""
+
+    def __init__(self) -> None:
+        self.when: Callable[[], bool] | None = None  # set on the generation thread while such work runs
+
+    def __call__(self, module: Any, args: Any) -> None:
+        when = self.when
+        if when is not None and when():
+            raise _Aborted
+
+    @contextlib.contextmanager
+    def armed(self, when: Callable[[], bool]) -> Iterator[None]:
+        self.when = when
+        try:
+            yield
+        finally:
+            self.when = None
+
+
+def _decoder_layers(model: Any) -> torch.nn.ModuleList | None:
+    """The model's stack of decoder layers (the ModuleList as long as config.num_hidden_layers)."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if not n:
+        return None
+    return next((m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n), None)
+
+
+def _roll_back(cache: Any, length: int) -> bool:
+    """Cut every layer of `cache` to `length` positions: a pass stopped between layers leaves the
+    first ones a step ahead of the rest. False where a layer cannot be cut (then do not keep it)."""
+    try:
+        for layer in cache.layers:
+            extra = int(layer.get_seq_length()) - length
+            if extra > 0:
+                layer.crop(-extra)
+    except (AttributeError, RuntimeError, ValueError):
+        return False
+    return True
+
+
+def _consistent_length(cache: Any) -> int:
+    """The positions every layer of `cache` holds (after a pass stopped between layers)."""
+    return min((int(layer.get_seq_length()) for layer in getattr(cache, "layers", ())), default=0)
 
 
 class _StreamStreamer(TextStreamer):
@@ -64,12 +117,14 @@ class _StreamStreamer(TextStreamer):
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.stream = stream
         self.stats = stats
+        self.ids: list[int] = []  # every new token, in order
 
     def put(self, value: torch.Tensor) -> None:
         if self.skip_prompt and self.next_tokens_are_prompt:
             self.next_tokens_are_prompt = False
             return
         ids = value.reshape(-1).tolist()
+        self.ids.extend(ids)
         self.stats.new_tokens += len(ids)
         self.token_cache.extend(ids)
         text = str(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
@@ -181,6 +236,10 @@ class LocalPersonaModel:
         self._aside: _Kept | None = None  # an aside prompt (reflection) left unfinished for a turn: resumed from
         self.sliders: Sliders | None = None  # the traits a running character can set (attach_sliders)
         self._traits: dict[str, float] = {}  # the slider settings replies are generated with now
+        self._brake = _Brake()
+        layers = _decoder_layers(model)
+        for layer in layers if layers is not None else ():
+            layer.register_forward_pre_hook(self._brake)
 
     @classmethod
     def load(cls, path: Path | str, *, name: str | None = None, adapter_path: Path | str | None = None,
@@ -369,8 +428,8 @@ class LocalPersonaModel:
 
     async def _generate(self, prompt: Prompt, processor: SchemaProcessor | None = None,  # noqa: C901 (the generation thread: stop, cancel, prefix cache and adapter swap in one place)
                         max_new_tokens: int | None = None) -> AsyncGenerator[str, None]:
-        # one generation at a time: wait for the last one (it stops within one token) or for
-        # `prepare` (it stops within a chunk)
+        # one generation at a time: wait for the last one (it stops within one token; an aside
+        # one, such as reflection's, between two layers) or for `prepare` (between two layers)
         asked = time.monotonic()
         if self._worker.busy:
             self._hurry.set()
@@ -413,10 +472,15 @@ class LocalPersonaModel:
         def work() -> None:
             try:
                 stats.started_at = time.monotonic()
-                with torch.inference_mode():
+                with torch.inference_mode(), (self._brake.armed(stream.stop.is_set) if prompt.aside
+                                              else contextlib.nullcontext()):
                     if prompt.aside and not self._prefill_aside(kwargs, stream.stop, weights):
-                        return  # its reader left (a turn started): the turn waited one chunk at most
-                    out = self.model.generate(**kwargs, return_dict_in_generate=True)
+                        return  # its reader left (a turn started): the turn waited one layer at most
+                    try:
+                        out = self.model.generate(**kwargs, return_dict_in_generate=True)
+                    except _Aborted:  # an aside's reader left mid-token: kept up to its last whole token
+                        self._keep_aside(kwargs.get("past_key_values"), ids + streamer.ids, weights)
+                        return
                 if out.past_key_values is None:
                     return
                 kept = _Kept(weights, out.sequences[0].tolist()[:int(out.past_key_values.get_seq_length())],
@@ -445,21 +509,32 @@ class LocalPersonaModel:
     def _prefill_aside(self, kwargs: dict[str, Any], stop: threading.Event, weights: str | None) -> bool:
         """Compute a prompt off the conversation (reflection's: a thousand tokens, seconds of work
         in one forward pass) a chunk at a time into `kwargs`' cache (or what a last try left there),
-        so that a turn starting meanwhile waits one chunk, not the whole prompt. False if its
-        reader left first: what was computed is kept for the next try."""
+        so that a turn starting meanwhile waits one layer of a chunk (_Brake), not a layer of the whole
+        prompt. False if its reader left first: what was computed is kept for the next try."""
         ids = kwargs["input_ids"]
         cache = kwargs["past_key_values"] if "past_key_values" in kwargs else DynamicCache(config=self.model.config)
         done, end = int(cache.get_seq_length()), ids.shape[1] - 1  # the last token is generate()'s to compute
         while done < end:
-            if stop.is_set():
-                if self.prefix_cache and done >= MIN_REUSE:
-                    self._aside = _Kept(weights, ids[0, :done].tolist(), cache)
+            try:
+                if stop.is_set():
+                    raise _Aborted
+                self.model(input_ids=ids[:, done:min(done + WARM_CHUNK, end)], past_key_values=cache, use_cache=True)
+            except _Aborted:  # stopped between chunks or between two layers of one
+                self._keep_aside(cache, ids[0, :done].tolist(), weights)
                 return False
-            self.model(input_ids=ids[:, done:min(done + WARM_CHUNK, end)], past_key_values=cache, use_cache=True)
             done = min(done + WARM_CHUNK, end)
         if done:
             kwargs["past_key_values"] = cache
         return True
+
+    def _keep_aside(self, cache: Any, ids: list[int], weights: str | None) -> None:
+        """Keep what a stopped aside prompt computed, for its next try: every layer cut to the
+        positions all of them hold (`ids` covers at least those)."""
+        if cache is None or not self.prefix_cache:
+            return
+        length = _consistent_length(cache)
+        if length >= MIN_REUSE and length <= len(ids) and _roll_back(cache, length):
+            self._aside = _Kept(weights, ids[:length], cache)
 
     def prepare(self, context: PromptContext) -> None:
         """Compute the key/value cache of the start every next prompt will have (the persona, the
@@ -467,7 +542,7 @@ class LocalPersonaModel:
         a turn asks while its last words are spoken, with its own exchange in the history, so the
         next reply computes only its memories and input. With several characters on this model
         (`shared_by`), the next speaker's is computed under her adapter, beside the one who
-        speaks now. A generation asked meanwhile stops it after the chunk it is computing; an
+        speaks now. A generation asked meanwhile stops it between two layers (_Brake); an
         adapter being swapped in skips it."""
         if not self.prefix_cache or self._staged is not None or self._swap_done is not None:
             return
@@ -495,12 +570,15 @@ class LocalPersonaModel:
         done = shared
         device = next(self.model.parameters()).device
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._brake.armed(self._hurry.is_set):
                 while done < len(ids) and not self._hurry.is_set():
                     chunk = ids[done:done + WARM_CHUNK]
                     self.model(input_ids=torch.tensor([chunk], device=device), past_key_values=found.cache,
                                use_cache=True)
                     done += len(chunk)
+        except _Aborted:  # a generation wants the model: stopped between two layers of a chunk
+            if not _roll_back(found.cache, done):
+                return
         except Exception as exc:  # noqa: BLE001 - on the generation thread: the next reply computes it all
             log.warning("the next prompt could not be prepared", extra={"error": str(exc)})
             return

@@ -4,7 +4,7 @@ episode summary, facts, and thoughts of its own. They become memories like any o
 ids of the turns they came from.
 
 It never sits on a live turn's path: it starts only when the director is free, and the moment an
-input arrives it stops (the model stops within one token, or one chunk of its prompt) and tries
+input arrives it stops (the model stops between two of its layers) and tries
 again later, on the same turns, going on from what it had written: on a busy channel each quiet
 moment takes it further, where starting over would never finish.
 """
@@ -161,7 +161,7 @@ class Reflector:
                     if written_chars >= WRITTEN_MAX:
                         break
             finally:
-                await stream.aclose()  # the model stops within one token
+                await stream.aclose()  # the model stops at its next layer
 
         async def watch() -> None:
             while not self.busy():

@@ -104,7 +104,7 @@ async def test_a_prepared_prompt_gives_the_same_reply_and_yields_to_a_generation
     assert start is not None and second.text.startswith(start)
     # only the turn's memories and input were computed when she was asked
     assert stats.prepared_tokens > 0 and stats.cached_tokens >= cached.renderer.count(start) - 1
-    # a long history being prepared: a reply asked for meanwhile starts within a chunk, not after it all
+    # a long history being prepared: a reply asked for meanwhile stops it between two layers
     long = tuple(ChatMessage("user" if i % 2 == 0 else "assistant", f"line {i} " + "words " * 60) for i in range(16))
     cached.prepare(PromptContext(card, (), long))
     third = "".join([p async for p in cached.stream(cached.render(chat("and games?", history)))])
@@ -152,14 +152,14 @@ async def test_a_prompt_aside_such_as_reflection_leaves_the_conversations_cache(
     assert model.last_stats.cached_tokens > 100  # the card was not computed again
 
 
-async def test_a_turn_asking_during_a_reflections_long_prompt_waits_one_chunk_not_the_whole_prompt(tiny_model_dir):
+async def test_a_turn_asking_during_a_reflections_long_prompt_waits_one_layer_not_the_whole_prompt(tiny_model_dir):
     """Reflection's prompt (a transcript of 40 turns, a thousand tokens) is seconds of work in one
     forward pass on the bundled model; a viewer speaking meanwhile must not wait for all of it."""
     import dataclasses
     import threading
 
     from persona_model.generation import Sampling
-    from persona_model.local import WARM_CHUNK, LocalPersonaModel
+    from persona_model.local import WARM_CHUNK, LocalPersonaModel, _decoder_layers
     from runtime.events import InputEvent, InputKind, Persona, PromptContext
 
     greedy = Sampling(max_new_tokens=6, temperature=0)
@@ -175,32 +175,42 @@ async def test_a_turn_asking_during_a_reflections_long_prompt_waits_one_chunk_no
     assert "".join([p async for p in model.stream(aside)]) == "".join(
         [p async for p in plain.stream(dataclasses.replace(aside, aside=False))])
 
-    sizes: list[int] = []
-    first, go = threading.Event(), threading.Event()
+    sizes: list[int] = []  # tokens of each forward pass
+    layers: list[int] = []  # for each decoder layer run, the forward pass it belongs to
+    second, go = threading.Event(), threading.Event()
 
-    def hold_the_first_chunk(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+    def count(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
         sizes.append(int(kwargs["input_ids"].shape[1]))
-        if len(sizes) == 1:
-            first.set()
+
+    def hold_the_second_chunk_in_its_first_layer(module: Any, args: Any) -> None:
+        if len(sizes) == 2 and not second.is_set():
+            second.set()
             go.wait(30)
 
-    handle = model.model.register_forward_pre_hook(hold_the_first_chunk, with_kwargs=True)
+    decoder = _decoder_layers(model.model)
+    assert decoder is not None and len(decoder) >= 2
+    handles = [model.model.register_forward_pre_hook(count, with_kwargs=True),
+               decoder[0].register_forward_pre_hook(hold_the_second_chunk_in_its_first_layer),
+               *(layer.register_forward_pre_hook(lambda m, a: layers.append(len(sizes))) for layer in decoder)]
 
     async def read(prompt: Any) -> str:
         return "".join([p async for p in model.stream(prompt)])
 
     reflection = asyncio.create_task(read(aside))
-    assert await asyncio.to_thread(first.wait, 30)
+    assert await asyncio.to_thread(second.wait, 30)
     reflection.cancel()  # a turn started: the reflection's reader leaves
     await asyncio.gather(reflection, return_exceptions=True)
     go.set()
     turn = model.render(PromptContext(card, (InputEvent(InputKind.CHAT, "and games?", "test", 0.0, "Ada"),)))
     reply = await read(turn)
-    handle.remove()
-    assert reply
-    # the reflection computed its first chunk and no more; the next forward pass was the turn's
-    assert sizes[0] == WARM_CHUNK
-    assert sizes[1] == model.last_stats.prompt_tokens - model.last_stats.cached_tokens
+    for handle in handles:
+        handle.remove()
+    # the same reply as a model that never reflected: the half-computed chunk left nothing behind
+    assert reply == "".join([p async for p in plain.stream(turn)])
+    # the reflection's first chunk whole; of its second, the one layer that had started; then the turn
+    assert sizes[:2] == [WARM_CHUNK, WARM_CHUNK]
+    assert layers.count(1) == len(decoder) and layers.count(2) == 1
+    assert sizes[2] == model.last_stats.prompt_tokens - model.last_stats.cached_tokens
 
     # tried again, it goes on from that chunk; stopped while writing, it goes on after its words
     whole = "".join([p async for p in plain.stream(dataclasses.replace(aside, aside=False))])
