@@ -99,12 +99,14 @@ class TimedSynth:
 
 def model_time_to_first_sentence(stats, first_min: int = FIRST_MIN, max_chars: int = MAX_CHARS) -> float:  # noqa: ANN001
     """Seconds from generate() to the decoded piece that completed the first sentence, cut as the
-    runtime cuts it (its turn.first_sentence_min_chars and turn.max_sentence_chars)."""
+    runtime cuts it (its turn.first_sentence_min_chars and turn.max_sentence_chars). A reply of
+    one sentence is cut when the model's stream ends (its end-of-text token is one more forward
+    pass after the last words): then that is the model's time."""
     cutter = SentenceCutter("m", first_min, max_chars)
     for when, piece in stats.pieces:
         if cutter.feed(piece):
             return when - stats.started_at
-    return stats.pieces[-1][0] - stats.started_at
+    return (stats.ended_at or stats.pieces[-1][0]) - stats.started_at
 
 
 def stats_ms(rows: list[dict[str, Any]]) -> tuple[Callable[[str], float], Callable[[str], float]]:

@@ -28,3 +28,6 @@ class GenerationStats:
     asked_at: float = 0.0  # when the stream was asked for; until started_at it waited for the model
     started_at: float = 0.0  # just before generate() was called, in the worker thread
     pieces: list[tuple[float, str]] = field(default_factory=list)  # (when decoded, text)
+    # when the model's stream ended (its end-of-text token computed; 0: not known): a sentence
+    # the reply ends on is cut only then, one forward pass after its last words
+    ended_at: float = 0.0

@@ -140,6 +140,7 @@ class _StreamStreamer(TextStreamer):
             self.stats.pieces.append((time.monotonic(), text))
             self.stream.put(text)
         if stream_end:
+            self.stats.ended_at = time.monotonic()
             self.stream.end()
 
 

@@ -145,6 +145,7 @@ class ServerPersonaModel:
                 stats.pieces.append((time.monotonic(), first))
                 yield first  # closing the stream here closes the request: the server stops
                 first = await anext(pieces, None)
+            stats.ended_at = time.monotonic()
             finished = True
         except httpx.TransportError as exc:
             raise self._failed(_transport(exc)) from None

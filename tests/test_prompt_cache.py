@@ -100,6 +100,8 @@ async def test_a_prepared_prompt_gives_the_same_reply_and_yields_to_a_generation
     again = "".join([p async for p in cached.stream(second)])
     assert again == "".join([p async for p in plain.stream(second)])  # greedy: the same reply
     stats = cached.last_stats
+    # the stream's end is timed after its last words (a reply's last sentence is cut only then)
+    assert stats.ended_at >= (stats.pieces[-1][0] if stats.pieces else stats.started_at) > 0
     start = cached.renderer.prefix(PromptContext(card, (), history))
     assert start is not None and second.text.startswith(start)
     # only the turn's memories and input were computed when she was asked
