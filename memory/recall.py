@@ -103,18 +103,28 @@ class Recall:
     async def recall(self, text: str, k: int, viewer: str | None = None) -> list[Memory]:
         """The viewer's profile first, then pinned memories, then the k best by rank: similarity to
         `text`, recency, importance, and whether they are about this viewer. Without vectors (no
-        encoder, or it is still loading) full-text matches stand in for similarity."""
+        encoder, or it is still loading) full-text matches stand in for similarity. The query's
+        vector is made (or was started as the input arrived: `embed_ahead`) while the rows that do
+        not depend on it are read: the reads wait beside the embedding, not after it."""
         if k <= 0:
             return []
-        found: list[Memory] = []
-        if viewer is not None:
-            profile = await self._profile(viewer)
-            if profile is not None:
-                found.append(profile)
-        pinned = await self._rows("pinned = 1 AND superseded_by IS NULL ORDER BY importance DESC LIMIT ?", (k,))
-        found += [Memory(r.id, r.text, 1.0) for r in pinned]
-        ranked = await (self._ranked(text, k, viewer) if self.index_ready.is_set()
-                        else self._ranked_by_words(text, k, viewer))
+        query = self._query(text) if self.index_ready.is_set() else None
+        try:
+            found: list[Memory] = []
+            if viewer is not None:
+                profile = await self._profile(viewer)
+                if profile is not None:
+                    found.append(profile)
+            pinned = await self._rows("pinned = 1 AND superseded_by IS NULL ORDER BY importance DESC LIMIT ?", (k,))
+            found += [Memory(r.id, r.text, 1.0) for r in pinned]
+            if query is None:
+                ranked = await self._ranked_by_words(text, k, viewer)
+            else:
+                own = await self._own(viewer) if viewer is not None else None
+                ranked = await self.ranked_by_vector(await query, k, viewer, own)
+        finally:
+            if query is not None and not query.done():
+                query.cancel()  # recall failed first: the vector is not wanted
         unique: dict[int, Memory] = {}
         for m in found + ranked:
             unique.setdefault(m.id, m)  # first mention wins, in order
@@ -123,22 +133,32 @@ class Recall:
     def embed_ahead(self, text: str) -> None:
         """Start embedding a query recall will be asked soon (an input as it arrives), so the
         embedding is not on the way to the reply's first token. The last few are kept."""
-        encoder = self.encoder
-        if encoder is None or not self.index_ready.is_set() or text in self._ahead:
+        if self.encoder is None or not self.index_ready.is_set() or text in self._ahead:
             return
-        self._ahead[text] = asyncio.get_running_loop().run_in_executor(None, lambda: encoder.encode([text])[0])
+        self._ahead[text] = self._embedding(text)
         while len(self._ahead) > AHEAD:
             stale = self._ahead.pop(next(iter(self._ahead)))
             stale.cancel()  # not started yet: never made; made: dropped
 
-    async def _ranked(self, text: str, k: int, viewer: str | None) -> list[Memory]:
-        assert self.encoder is not None
-        ahead = self._ahead.pop(text, None)
-        query = await ahead if ahead is not None else (await asyncio.to_thread(self.encoder.encode, [text]))[0]
-        return await self.ranked_by_vector(query, k, viewer)
+    def _embedding(self, text: str) -> asyncio.Future[np.ndarray]:
+        encoder = self.encoder
+        assert encoder is not None
+        return asyncio.get_running_loop().run_in_executor(None, lambda: encoder.encode([text])[0])
 
-    async def ranked_by_vector(self, query: np.ndarray, k: int, viewer: str | None = None) -> list[Memory]:
-        """Recall's ranking for a query vector already made (`recall` embeds the text first)."""
+    def _query(self, text: str) -> asyncio.Future[np.ndarray]:
+        """The query's vector: the one started as the input arrived, or one started now."""
+        ahead = self._ahead.pop(text, None)
+        return ahead if ahead is not None else self._embedding(text)
+
+    async def _own(self, viewer: str) -> list[_Row]:
+        """The speaking viewer's newest facts (at most `viewer_facts`)."""
+        return await self._rows("viewer = ? AND superseded_by IS NULL ORDER BY created_at DESC LIMIT ?",
+                                (viewer, self.settings.viewer_facts))
+
+    async def ranked_by_vector(self, query: np.ndarray, k: int, viewer: str | None = None,
+                               own: list[_Row] | None = None) -> list[Memory]:
+        """Recall's ranking for a query vector already made (`recall` embeds the text first; it
+        hands in the viewer's own facts, read while the vector was made)."""
         assert self.index is not None
         index, s = self.index, self.settings
         # a small index answers in about a millisecond: not worth a thread hop. A large one may be
@@ -155,8 +175,8 @@ class Recall:
         if stale:  # deleted or superseded since they were indexed
             await call(index.remove, list(stale))
         if viewer is not None:
-            own = await self._rows("viewer = ? AND superseded_by IS NULL ORDER BY created_at DESC LIMIT ?",
-                                   (viewer, s.viewer_facts))
+            if own is None:
+                own = await self._own(viewer)
             sims.update(await call(index.similarity, [r.id for r in own if r.id not in sims], query))
             have = {r.id for r in rows}
             rows += [r for r in own if r.id not in have]
