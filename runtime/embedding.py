@@ -32,8 +32,10 @@ def encoder_from(config: Config) -> Callable[[], Embedder] | None:
     except EmbeddingError as exc:
         raise StartupError(f"memory.embedding_model: {exc}") from None
 
+    kept = config.path(config.model.models_dir) / "onnx"  # its graph for onnxruntime, exported once
+
     def load() -> Embedder:
         with LOADING:
-            return Embedder(path)
+            return Embedder(path, cache=kept)
 
     return load

@@ -229,6 +229,35 @@ async def test_a_reflection_that_says_it_again_replaces_the_older_one(tmp_path, 
         await store.aclose()
 
 
+def test_a_query_is_embedded_by_onnxruntime_into_the_vectors_torch_makes(tmp_path):
+    """Recall's query runs under onnxruntime (twice as fast as torch here): exported once, kept,
+    read back at the next start, exported again if the kept file is damaged, and the same vectors."""
+    torch_made = Embedder(bundled_path(), runtime="torch")
+    kept = tmp_path / "onnx"
+    first = Embedder(bundled_path(), cache=kept)
+    assert (first.runtime, torch_made.runtime) == ("onnx", "torch")
+    for texts in (["hi"], [""], ["do you remember my cat's name?"], ["日本語のテキスト"], ["word " * 400],
+                  ["short", "a longer line, so the first is padded"]):  # the last two: cut at 256 tokens; a batch
+        np.testing.assert_allclose(first.encode(texts), torch_made.encode(texts), atol=1e-5)
+    (graph,) = kept.iterdir()
+    stamp = graph.stat().st_mtime_ns
+    again = Embedder(bundled_path(), cache=kept)
+    assert again.runtime == "onnx" and graph.stat().st_mtime_ns == stamp  # read, not exported again
+    graph.write_bytes(b"half a file")
+    mended = Embedder(bundled_path(), cache=kept)
+    assert mended.runtime == "onnx" and graph.stat().st_size > 1_000_000
+    np.testing.assert_allclose(mended.encode(["hi"]), torch_made.encode(["hi"]), atol=1e-5)
+
+
+def test_when_onnxruntime_cannot_run_the_embedding_model_torch_does(monkeypatch, caplog):
+    monkeypatch.setattr(Embedder, "_export", lambda self: b"not a graph")
+    embedder = Embedder(bundled_path())
+    assert embedder.runtime == "torch"
+    assert "the embedding model runs in torch" in caplog.text
+    vector = embedder.encode(["hello chat"])
+    assert vector.shape == (1, embedder.dim) and abs(float(np.linalg.norm(vector)) - 1) < 1e-5
+
+
 def test_the_embedding_model_is_found_where_models_pull_puts_it(tmp_path):
     from memory.embed import EmbeddingError, resolve
 
