@@ -30,7 +30,7 @@ from memory.embed import Embedder  # noqa: E402
 from memory.recall import Recall  # noqa: E402
 from memory.store import SqliteMemory  # noqa: E402
 from runtime import bundled  # noqa: E402
-from runtime.events import InputEvent, InputKind, Memory, viewer_key  # noqa: E402
+from runtime.events import InputEvent, InputKind, Memory  # noqa: E402
 
 VIEWERS = ["mika", "juno_", "pixelfox", "tea_time", "ravenclaw99", "bun", "orbit", "leafy", "sol", "kumo",
            "ferris", "nox"]
@@ -125,8 +125,7 @@ async def main() -> None:
                     f"the two ways recalled different memories for {text!r}"
         finally:
             await store.aclose()
-    print(f"recall of {args.k} memories (and the viewer's profile) from 300, {args.trials} trials a way"
-          f" (viewer {viewer_key(chat('mika', ''))} etc.)")
+    print(f"recall of {args.k} memories (and the viewer's profile) from 300, {args.trials} trials a way")
     print(f"{'ms':40} {'median':>8} {'p90':>8}")
     for name, xs in times.items():
         xs = sorted(xs)
